@@ -1,0 +1,292 @@
+//! Turning a normalised map into a picture: bilinear upsampling, colour maps, blending onto the
+//! photograph, PNG encoding. Pure Rust, no libtorch.
+
+use image::{ImageEncoder, RgbImage};
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::str::FromStr;
+
+/// Colour maps for the heatmap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Colormap {
+    /// OpenCV's `COLORMAP_JET`, the seed's choice.
+    #[default]
+    Jet,
+    Turbo,
+    Viridis,
+    Inferno,
+    Gray,
+}
+
+impl Colormap {
+    pub const ALL: [Colormap; 5] = [
+        Colormap::Jet,
+        Colormap::Turbo,
+        Colormap::Viridis,
+        Colormap::Inferno,
+        Colormap::Gray,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Colormap::Jet => "jet",
+            Colormap::Turbo => "turbo",
+            Colormap::Viridis => "viridis",
+            Colormap::Inferno => "inferno",
+            Colormap::Gray => "gray",
+        }
+    }
+
+    /// The colour of `t` in [0, 1] (clamped; NaN counts as 0).
+    pub fn color(self, t: f32) -> [u8; 3] {
+        let t = if t.is_nan() { 0.0 } else { t.clamp(0.0, 1.0) };
+        let gradient = match self {
+            Colormap::Jet => return jet(t),
+            Colormap::Gray => {
+                let v = to_u8(t);
+                return [v, v, v];
+            }
+            Colormap::Turbo => colorous::TURBO,
+            Colormap::Viridis => colorous::VIRIDIS,
+            Colormap::Inferno => colorous::INFERNO,
+        };
+        let c = gradient.eval_continuous(f64::from(t));
+        [c.r, c.g, c.b]
+    }
+
+    /// 256 colours, one per 8-bit level, so mapping a pixel is one table lookup.
+    pub fn lut(self) -> [[u8; 3]; 256] {
+        std::array::from_fn(|i| self.color(i as f32 / 255.0))
+    }
+}
+
+impl fmt::Display for Colormap {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Colormap {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Colormap::ALL
+            .into_iter()
+            .find(|c| c.name().eq_ignore_ascii_case(s))
+            .ok_or_else(|| {
+                let allowed: Vec<_> = Colormap::ALL.iter().map(|c| c.name()).collect();
+                format!("unknown colormap {s:?}; allowed: {}", allowed.join(", "))
+            })
+    }
+}
+
+fn to_u8(v: f32) -> u8 {
+    (v.clamp(0.0, 1.0) * 255.0).round() as u8
+}
+
+/// The classic jet: dark blue, blue, cyan, yellow, red, dark red, piecewise linear.
+fn jet(t: f32) -> [u8; 3] {
+    let ramp = |centre: f32| to_u8(1.5 - (4.0 * t - centre).abs());
+    [ramp(3.0), ramp(2.0), ramp(1.0)]
+}
+
+/// Upsamples a `w` x `h` map to `out_w` x `out_h` bilinearly, with pixel centres aligned as
+/// OpenCV's `resize` and PyTorch's `interpolate(align_corners=False)` align them (edges clamp).
+pub fn upsample_bilinear(map: &[f32], w: usize, h: usize, out_w: usize, out_h: usize) -> Vec<f32> {
+    assert_eq!(map.len(), w * h, "map shape mismatch: this is a bug");
+    // Precompute, per output column and row, the two source indices and the weight of the second.
+    let axis = |n_in: usize, n_out: usize| -> Vec<(usize, usize, f32)> {
+        let scale = n_in as f32 / n_out as f32;
+        (0..n_out)
+            .map(|o| {
+                let src = ((o as f32 + 0.5) * scale - 0.5).max(0.0);
+                let i0 = (src.floor() as usize).min(n_in - 1);
+                let i1 = (i0 + 1).min(n_in - 1);
+                (i0, i1, src - i0 as f32)
+            })
+            .collect()
+    };
+    let (xs, ys) = (axis(w, out_w), axis(h, out_h));
+    let mut out = Vec::with_capacity(out_w * out_h);
+    for &(y0, y1, fy) in &ys {
+        let (r0, r1) = (&map[y0 * w..(y0 + 1) * w], &map[y1 * w..(y1 + 1) * w]);
+        for &(x0, x1, fx) in &xs {
+            let top = r0[x0] + (r0[x1] - r0[x0]) * fx;
+            let bottom = r1[x0] + (r1[x1] - r1[x0]) * fx;
+            out.push(top + (bottom - top) * fy);
+        }
+    }
+    out
+}
+
+/// The size of an overlay for an image of `w` x `h`: unchanged, or shrunk (keeping the aspect
+/// ratio) so that its longer side is `max_side`.
+pub fn overlay_size(w: u32, h: u32, max_side: u32) -> (u32, u32) {
+    let long = w.max(h);
+    if long <= max_side {
+        return (w, h);
+    }
+    let scale = f64::from(max_side) / f64::from(long);
+    let fit = |v: u32| ((f64::from(v) * scale).round() as u32).clamp(1, max_side);
+    (fit(w), fit(h))
+}
+
+/// Blends one colour onto one pixel: `(1 - alpha) * pixel + alpha * colour`.
+pub fn blend(pixel: [u8; 3], color: [u8; 3], alpha: f32) -> [u8; 3] {
+    std::array::from_fn(|c| {
+        let v = (1.0 - alpha) * f32::from(pixel[c]) + alpha * f32::from(color[c]);
+        v.round().clamp(0.0, 255.0) as u8
+    })
+}
+
+/// Options for [`overlay`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct OverlayOptions {
+    pub colormap: Colormap,
+    /// Weight of the heatmap colour, in [0, 1]. The default, 0.4, is the seed's heat weight.
+    pub alpha: f32,
+    /// The overlay's longer side is at most this many pixels.
+    pub max_side: u32,
+}
+
+impl Default for OverlayOptions {
+    fn default() -> Self {
+        Self {
+            colormap: Colormap::Jet,
+            alpha: 0.4,
+            max_side: 1024,
+        }
+    }
+}
+
+/// Draws the normalised map (`map_w` x `map_h`, values in [0, 1]) over the photograph.
+pub fn overlay(
+    image: &RgbImage,
+    map: &[f32],
+    map_w: usize,
+    map_h: usize,
+    opts: &OverlayOptions,
+) -> RgbImage {
+    let (w, h) = overlay_size(image.width(), image.height(), opts.max_side);
+    let base = if (w, h) == image.dimensions() {
+        std::borrow::Cow::Borrowed(image)
+    } else {
+        std::borrow::Cow::Owned(crate::input::resize_rgb(image, w, h))
+    };
+    let heat = upsample_bilinear(map, map_w, map_h, w as usize, h as usize);
+    let lut = opts.colormap.lut();
+    let mut out = RgbImage::new(w, h);
+    for ((dst, src), t) in out.pixels_mut().zip(base.pixels()).zip(heat) {
+        dst.0 = blend(src.0, lut[usize::from(to_u8(t))], opts.alpha);
+    }
+    out
+}
+
+/// Encodes as PNG, favouring speed over size (overlays are photographs: heavy compression buys
+/// little and costs milliseconds per request).
+pub fn encode_png(image: &RgbImage) -> Vec<u8> {
+    let mut out = Vec::with_capacity(image.as_raw().len() / 2);
+    image::codecs::png::PngEncoder::new_with_quality(
+        &mut out,
+        image::codecs::png::CompressionType::Fast,
+        image::codecs::png::FilterType::Sub,
+    )
+    .write_image(
+        image.as_raw(),
+        image.width(),
+        image.height(),
+        image::ExtendedColorType::Rgb8,
+    )
+    .expect("encoding an in-memory RGB image cannot fail: this is a bug");
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use image::Rgb;
+
+    #[test]
+    fn colormaps_at_their_ends() {
+        assert_eq!(Colormap::Jet.color(0.0), [0, 0, 128]);
+        assert_eq!(Colormap::Jet.color(1.0), [128, 0, 0]);
+        assert_eq!(Colormap::Jet.color(0.5), [128, 255, 128]);
+        assert_eq!(Colormap::Gray.color(0.0), [0, 0, 0]);
+        assert_eq!(Colormap::Gray.color(1.0), [255, 255, 255]);
+        // viridis: dark purple to yellow; inferno: near black to pale yellow; turbo: dark
+        // blue-purple to dark red.
+        let [r, g, b] = Colormap::Viridis.color(0.0);
+        assert!(r < 80 && g < 20 && b > 70, "{r} {g} {b}");
+        let [r, g, b] = Colormap::Viridis.color(1.0);
+        assert!(r > 240 && g > 220 && b < 50, "{r} {g} {b}");
+        let [r, g, b] = Colormap::Inferno.color(0.0);
+        assert!(r < 10 && g < 10 && b < 20, "{r} {g} {b}");
+        let [r, g, b] = Colormap::Inferno.color(1.0);
+        assert!(r > 240 && g > 240 && b > 140, "{r} {g} {b}");
+        let [r, g, b] = Colormap::Turbo.color(1.0);
+        assert!(r > 100 && g < 30 && b < 10, "{r} {g} {b}");
+    }
+
+    #[test]
+    fn colormap_clamps_and_treats_nan_as_zero() {
+        for c in Colormap::ALL {
+            assert_eq!(c.color(-3.0), c.color(0.0));
+            assert_eq!(c.color(7.0), c.color(1.0));
+            assert_eq!(c.color(f32::NAN), c.color(0.0));
+            assert_eq!(c.lut()[255], c.color(1.0));
+        }
+    }
+
+    #[test]
+    fn colormap_names_round_trip() {
+        for c in Colormap::ALL {
+            assert_eq!(c.name().parse::<Colormap>().unwrap(), c);
+        }
+        assert!("hot".parse::<Colormap>().unwrap_err().contains("viridis"));
+    }
+
+    #[test]
+    fn upsample_matches_half_pixel_bilinear() {
+        // 2x1 -> 4x1: centres at -0.25, 0.25, 0.75, 1.25 in source coordinates.
+        assert_eq!(
+            upsample_bilinear(&[0.0, 1.0], 2, 1, 4, 1),
+            vec![0.0, 0.25, 0.75, 1.0]
+        );
+        // Same size is the identity; a 1x1 map is constant.
+        let m = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6];
+        assert_eq!(upsample_bilinear(&m, 3, 2, 3, 2), m.to_vec());
+        assert_eq!(upsample_bilinear(&[0.7], 1, 1, 5, 3), vec![0.7; 15]);
+    }
+
+    #[test]
+    fn blend_weights_colour_by_alpha() {
+        assert_eq!(blend([100, 100, 100], [200, 0, 50], 0.0), [100, 100, 100]);
+        assert_eq!(blend([100, 100, 100], [200, 0, 50], 1.0), [200, 0, 50]);
+        assert_eq!(blend([100, 100, 100], [200, 0, 50], 0.5), [150, 50, 75]);
+    }
+
+    #[test]
+    fn overlay_size_caps_longer_side_and_keeps_aspect() {
+        assert_eq!(overlay_size(640, 480, 1024), (640, 480));
+        assert_eq!(overlay_size(4000, 3000, 1024), (1024, 768));
+        assert_eq!(overlay_size(1, 10000, 1024), (1, 1024));
+    }
+
+    #[test]
+    fn overlay_of_empty_map_is_image_tinted_with_the_low_colour() {
+        let img = RgbImage::from_pixel(30, 20, Rgb([200, 200, 200]));
+        let opts = OverlayOptions {
+            alpha: 0.5,
+            ..Default::default()
+        };
+        let out = overlay(&img, &[0.0; 4], 2, 2, &opts);
+        assert_eq!(out.dimensions(), (30, 20));
+        assert!(
+            out.pixels()
+                .all(|p| p.0 == blend([200; 3], Colormap::Jet.color(0.0), 0.5))
+        );
+        let png = encode_png(&out);
+        let back = image::load_from_memory(&png).unwrap().to_rgb8();
+        assert_eq!(back, out);
+    }
+}

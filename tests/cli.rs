@@ -1,0 +1,149 @@
+//! The `gradcam-serve explain` command and weight-file checks, run as a user would.
+
+mod common;
+
+use common::{REFERENCE, fixture, reference_dir};
+use gradcam_serve::model::{Model, weights};
+use std::process::Command;
+use tch::Tensor;
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_gradcam-serve"))
+}
+
+fn tempdir(name: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("gradcam-test-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+#[test]
+fn explain_writes_overlay_and_json_and_prints_top5() {
+    let out = tempdir("cli");
+    let weights = reference_dir().join("weights.pth");
+    let output = bin()
+        .args([
+            "explain",
+            "--device",
+            "cpu",
+            "--top-k",
+            "2",
+            "--method",
+            "gradcam++",
+            "--colormap",
+            "turbo",
+        ])
+        .arg("--weights")
+        .arg(&weights)
+        .arg("--out")
+        .arg(&out)
+        .arg(fixture("chelsea.png"))
+        .arg(fixture("rocket.jpg"))
+        .env_remove("GRADCAM_WEIGHTS")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    for (stem, (w, h)) in [("chelsea", (451, 300)), ("rocket", (640, 427))] {
+        let photo = REFERENCE
+            .meta
+            .photos
+            .iter()
+            .find(|p| p.name == stem)
+            .unwrap();
+        let doc: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(out.join(format!("{stem}.json"))).unwrap())
+                .unwrap();
+        assert_eq!(doc["predictions"][0]["index"], photo.top3[0]);
+        assert_eq!(doc["predictions"].as_array().unwrap().len(), 5);
+        let ex = doc["explanations"].as_array().unwrap();
+        assert_eq!(ex.len(), 2);
+        assert_eq!(ex[1]["class_index"], photo.top3[1]);
+        assert_eq!(ex[0]["method"], "gradcam++");
+        assert_eq!(ex[0]["heatmap"]["data"].as_array().unwrap().len(), 49);
+        for (rank, name) in [(0, format!("{stem}.png")), (1, format!("{stem}.1.png"))] {
+            assert_eq!(ex[rank]["overlay"], name.as_str());
+            let png = image::open(out.join(&name)).unwrap();
+            assert_eq!((png.width(), png.height()), (w, h), "{name}");
+        }
+        let line = format!("{:>3}", photo.top3[0]);
+        assert!(
+            stdout.contains(&line),
+            "top-1 {line} not printed:\n{stdout}"
+        );
+    }
+    std::fs::remove_dir_all(&out).unwrap();
+}
+
+#[test]
+fn bad_option_is_refused_with_what_is_allowed() {
+    let output = bin()
+        .args(["explain", "--method", "scorecam", "x.jpg"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("layercam"), "{stderr}");
+}
+
+#[test]
+fn offline_download_error_says_how_to_pass_a_local_file() {
+    let out = tempdir("offline");
+    let output = bin()
+        .args([
+            "explain",
+            "--device",
+            "cpu",
+            "--weights",
+            "http://127.0.0.1:9/resnet50-11ad3fa6.pth",
+            "--cache-dir",
+        ])
+        .arg(&out)
+        .arg(fixture("chelsea.png"))
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("--weights /path/to/resnet50-11ad3fa6.pth"),
+        "{stderr}"
+    );
+    std::fs::remove_dir_all(&out).unwrap();
+}
+
+#[test]
+fn incomplete_or_renamed_weights_are_refused_by_name() {
+    let dir = tempdir("layout");
+    let mut tensors =
+        Tensor::read_safetensors(reference_dir().join("weights.safetensors")).unwrap();
+    tensors.retain(|(n, _)| n != "layer2.1.bn2.running_var");
+    for (n, _) in tensors.iter_mut() {
+        if n == "fc.bias" {
+            *n = "classifier.bias".into();
+        }
+    }
+    let bad = dir.join("bad.safetensors");
+    Tensor::write_safetensors(&tensors, &bad).unwrap();
+    let w = weights::resolve(bad.to_str().unwrap(), &dir).unwrap();
+    let err = Model::load(w, tch::Device::Cpu)
+        .err()
+        .expect("incomplete weights must not load")
+        .to_string();
+    assert!(err.contains("layer2.1.bn2.running_var"), "{err}");
+    assert!(err.contains("fc.bias"), "{err}");
+    assert!(err.contains("unexpected: classifier.bias"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn local_weights_report_their_sha256() {
+    let path = reference_dir().join("weights.safetensors");
+    let w = weights::resolve(path.to_str().unwrap(), &std::env::temp_dir()).unwrap();
+    assert_eq!(w.sha256.len(), 64);
+    assert_eq!(w.sha256, weights::sha256_file(&path).unwrap());
+}
