@@ -1,0 +1,58 @@
+//! Forward-only against explain (forward + partial backward + CAM), batch 1 and 8, at layer4
+//! and layer3, on the CPU. Run with `scripts/bench.sh` (which sets up libtorch and the test
+//! weights). Throughput is in images per second.
+
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use gradcam_serve::cam::Method;
+use gradcam_serve::input;
+use gradcam_serve::model::{ExplainOptions, Layer, Model, weights};
+use std::path::PathBuf;
+
+fn model() -> Model {
+    let path = std::env::var_os("GRADCAM_BENCH_WEIGHTS")
+        .map(PathBuf::from)
+        .expect(
+            "GRADCAM_BENCH_WEIGHTS must name a ResNet-50 weights file (scripts/bench.sh sets it)",
+        );
+    let w = weights::resolve(path.to_str().unwrap(), &std::env::temp_dir()).unwrap();
+    let m = Model::load(w, tch::Device::Cpu).unwrap();
+    m.warm_up().unwrap();
+    m
+}
+
+fn photo() -> Vec<f32> {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/chelsea.png");
+    let img = input::decode(&std::fs::read(path).unwrap(), Default::default()).unwrap();
+    input::preprocess(&img.image)
+}
+
+fn engine(c: &mut Criterion) {
+    let model = model();
+    let x = photo();
+    let mut group = c.benchmark_group("engine");
+    group
+        .sample_size(10)
+        .measurement_time(std::time::Duration::from_secs(8));
+    for batch in [1usize, 8] {
+        let inputs: Vec<&[f32]> = vec![x.as_slice(); batch];
+        group.throughput(Throughput::Elements(batch as u64));
+        group.bench_function(BenchmarkId::new("forward", batch), |b| {
+            b.iter(|| model.logits(&inputs).unwrap())
+        });
+        for layer in [Layer::Layer4, Layer::Layer3] {
+            let opts = ExplainOptions {
+                layer,
+                method: Method::GradCam,
+                ..Default::default()
+            };
+            let items: Vec<(&[f32], ExplainOptions)> = inputs.iter().map(|x| (*x, opts)).collect();
+            group.bench_function(BenchmarkId::new(format!("explain_{layer}"), batch), |b| {
+                b.iter(|| model.explain(&items).unwrap())
+            });
+        }
+    }
+    group.finish();
+}
+
+criterion_group!(benches, engine);
+criterion_main!(benches);
