@@ -22,6 +22,8 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the HTTP service.
+    Serve(crate::config::ServeConfig),
     /// Classify images and write a heatmap overlay (PNG) and the maps (JSON) for each.
     Explain(ExplainArgs),
 }
@@ -105,7 +107,32 @@ pub struct ExplainArgs {
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Explain(args) => explain(args),
+        Command::Serve(config) => {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(crate::http::serve(config, shutdown_signal()))
+        }
     }
+}
+
+/// Resolves on SIGINT (Ctrl-C) or SIGTERM (what container runtimes send).
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
 }
 
 fn explain(args: ExplainArgs) -> Result<()> {

@@ -12,10 +12,19 @@
 //! - [`cam`]: the Grad-CAM family (GradCAM, HiResCAM, GradCAM++, XGradCAM, LayerCAM) and
 //!   normalisation, as plain arithmetic on those activations and gradients.
 //! - [`render`]: bilinear upsampling, colour maps, blending onto the photograph, PNG.
+//! - [`engine`]: the worker queue: a bounded queue and one model thread that batches.
+//! - [`http`]: the axum service (`POST /explain`, `POST /predict`, health, metrics, info),
+//!   problem responses, URL fetching, start-up and graceful shutdown.
+//! - [`metrics`]: Prometheus counters and histograms.
+//! - [`config`]: `serve` settings (flags and `GRADCAM_*` environment variables).
 //! - [`cli`]: the `gradcam-serve` command line.
 
 pub mod cam;
 pub mod cli;
+pub mod config;
+pub mod engine;
+pub mod http;
 pub mod input;
+pub mod metrics;
 pub mod model;
 pub mod render;

@@ -20,6 +20,9 @@ pub fn labels() -> &'static [&'static str] {
     LABELS.get_or_init(|| include_str!("imagenet_classes.txt").lines().collect())
 }
 
+/// The libtorch version this build links (tch 0.26 refuses to build against any other).
+pub const LIBTORCH_VERSION: &str = "2.13.0";
+
 /// The model's name in answers.
 pub const MODEL_NAME: &str = "resnet50";
 

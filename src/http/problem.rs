@@ -1,0 +1,166 @@
+//! Every error the HTTP layer can answer, and the one place that maps them to status codes and
+//! RFC 9457 problem details (`application/problem+json`).
+
+use crate::engine::EngineError;
+use crate::input::DecodeError;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    Malformed(String),
+    #[error("the request body is larger than the limit of {limit} bytes")]
+    BodyTooLarge { limit: usize },
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    #[error(transparent)]
+    Image(#[from] DecodeError),
+    #[error("{0}")]
+    InvalidOption(String),
+    #[error("{0}")]
+    InvalidUrl(String),
+    #[error("{0}")]
+    Fetch(FetchError),
+    #[error("the queue is full; retry shortly")]
+    QueueFull,
+    #[error("the model is not ready yet")]
+    NotReady,
+    #[error("the server is shutting down; retry on another instance")]
+    Draining,
+    #[error("the request did not finish within {0} ms")]
+    Timeout(u64),
+    /// Details go to the log, never to the client.
+    #[error("internal error")]
+    Internal(String),
+}
+
+/// Why an image URL could not be fetched. The detail never includes what the source answered.
+#[derive(Debug, Clone, thiserror::Error, PartialEq)]
+pub enum FetchError {
+    #[error("the source is not allowed: {0}")]
+    Forbidden(String),
+    #[error("the source could not be reached")]
+    Unreachable,
+    #[error("the source did not answer in time")]
+    Timeout,
+    #[error("the image at the source is larger than the limit of {0} bytes")]
+    TooLarge(u64),
+    #[error("the source answered HTTP {0}")]
+    Upstream(u16),
+}
+
+#[derive(Serialize)]
+struct Problem<'a> {
+    #[serde(rename = "type")]
+    kind: &'a str,
+    title: &'a str,
+    status: u16,
+    detail: String,
+}
+
+impl ApiError {
+    /// Status, stable snake_case type and title.
+    pub fn parts(&self) -> (StatusCode, &'static str, &'static str) {
+        use StatusCode as S;
+        match self {
+            ApiError::Malformed(_) => (S::BAD_REQUEST, "malformed_request", "Malformed request"),
+            ApiError::BodyTooLarge { .. } => (
+                S::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                "Request body too large",
+            ),
+            ApiError::UnsupportedMediaType(_) => (
+                S::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "Unsupported media type",
+            ),
+            ApiError::Image(DecodeError::TooManyPixels { .. }) => (
+                S::UNPROCESSABLE_ENTITY,
+                "image_too_large",
+                "Image too large",
+            ),
+            ApiError::Image(_) => (S::UNPROCESSABLE_ENTITY, "invalid_image", "Invalid image"),
+            ApiError::InvalidOption(_) => {
+                (S::UNPROCESSABLE_ENTITY, "invalid_option", "Invalid option")
+            }
+            ApiError::InvalidUrl(_) => {
+                (S::UNPROCESSABLE_ENTITY, "invalid_url", "Invalid image URL")
+            }
+            ApiError::Fetch(FetchError::Forbidden(_)) => {
+                (S::FORBIDDEN, "forbidden_source", "Forbidden image source")
+            }
+            ApiError::Fetch(FetchError::Unreachable) => (
+                S::UNPROCESSABLE_ENTITY,
+                "source_unreachable",
+                "Image source unreachable",
+            ),
+            ApiError::Fetch(FetchError::Timeout) => (
+                S::UNPROCESSABLE_ENTITY,
+                "source_timeout",
+                "Image source timed out",
+            ),
+            ApiError::Fetch(FetchError::TooLarge(_)) => (
+                S::UNPROCESSABLE_ENTITY,
+                "source_too_large",
+                "Image at source too large",
+            ),
+            ApiError::Fetch(FetchError::Upstream(_)) => (
+                S::UNPROCESSABLE_ENTITY,
+                "upstream_error",
+                "Image source error",
+            ),
+            ApiError::QueueFull => (S::TOO_MANY_REQUESTS, "queue_full", "Too many requests"),
+            ApiError::NotReady => (S::SERVICE_UNAVAILABLE, "not_ready", "Not ready"),
+            ApiError::Draining => (S::SERVICE_UNAVAILABLE, "draining", "Shutting down"),
+            ApiError::Timeout(_) => (S::GATEWAY_TIMEOUT, "timeout", "Request timed out"),
+            ApiError::Internal(_) => (S::INTERNAL_SERVER_ERROR, "internal", "Internal error"),
+        }
+    }
+}
+
+impl From<EngineError> for ApiError {
+    fn from(e: EngineError) -> Self {
+        match e {
+            EngineError::QueueFull => ApiError::QueueFull,
+            EngineError::Expired => ApiError::Timeout(0),
+            EngineError::Stopped => ApiError::Draining,
+            EngineError::Model(m) => ApiError::Internal(m),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, kind, title) = self.parts();
+        if let ApiError::Internal(detail) = &self {
+            tracing::error!(%detail, "internal error");
+        }
+        let body = Problem {
+            kind,
+            title,
+            status: status.as_u16(),
+            detail: self.to_string(),
+        };
+        let mut res = (status, axum::Json(body)).into_response();
+        let headers = res.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        if matches!(
+            self,
+            ApiError::QueueFull | ApiError::NotReady | ApiError::Draining
+        ) {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        // Lets the metrics layer count refusals by reason without parsing the body.
+        res.extensions_mut().insert(ProblemType(kind));
+        res
+    }
+}
+
+/// The problem type of an error response, for metrics.
+#[derive(Debug, Clone, Copy)]
+pub struct ProblemType(pub &'static str);

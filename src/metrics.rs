@@ -1,0 +1,210 @@
+//! Prometheus metrics in the text exposition format, kept in memory with plain locks: a few
+//! counters and histograms do not need a metrics framework.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// Latency buckets in seconds, from 1 ms to 60 s.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
+const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0];
+
+#[derive(Debug, Clone)]
+struct Histogram {
+    bounds: &'static [f64],
+    counts: Vec<u64>,
+    sum: f64,
+    count: u64,
+}
+
+impl Histogram {
+    fn new(bounds: &'static [f64]) -> Self {
+        Self {
+            bounds,
+            counts: vec![0; bounds.len()],
+            sum: 0.0,
+            count: 0,
+        }
+    }
+
+    fn observe(&mut self, v: f64) {
+        if let Some(i) = self.bounds.iter().position(|b| v <= *b) {
+            self.counts[i] += 1;
+        }
+        self.sum += v;
+        self.count += 1;
+    }
+
+    fn render(&self, out: &mut String, name: &str, labels: &str) {
+        let sep = if labels.is_empty() { "" } else { "," };
+        let mut cumulative = 0;
+        for (b, c) in self.bounds.iter().zip(&self.counts) {
+            cumulative += c;
+            let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{b}\"}} {cumulative}");
+        }
+        let _ = writeln!(
+            out,
+            "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {}",
+            self.count
+        );
+        let braces = if labels.is_empty() {
+            String::new()
+        } else {
+            format!("{{{labels}}}")
+        };
+        let _ = writeln!(out, "{name}_sum{braces} {}", self.sum);
+        let _ = writeln!(out, "{name}_count{braces} {}", self.count);
+    }
+}
+
+/// Every metric the service exports.
+#[derive(Debug)]
+pub struct Metrics {
+    device: String,
+    requests: Mutex<BTreeMap<(String, u16), u64>>,
+    rejections: Mutex<BTreeMap<String, u64>>,
+    stages: Mutex<BTreeMap<String, Histogram>>,
+    batch_sizes: Mutex<Histogram>,
+    /// Images waiting for the model thread (set by the engine).
+    pub queue_depth: AtomicUsize,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic while holding a metrics lock leaves consistent counters behind: keep going.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Metrics {
+    pub fn new(device: String) -> Self {
+        Self {
+            device,
+            requests: Mutex::default(),
+            rejections: Mutex::default(),
+            stages: Mutex::default(),
+            batch_sizes: Mutex::new(Histogram::new(BATCH_BUCKETS)),
+            queue_depth: AtomicUsize::new(0),
+        }
+    }
+
+    pub fn request(&self, route: &str, status: u16) {
+        *lock(&self.requests)
+            .entry((route.to_string(), status))
+            .or_default() += 1;
+    }
+
+    /// A request refused for `reason` (a problem type such as `queue_full`).
+    pub fn rejection(&self, reason: &str) {
+        *lock(&self.rejections)
+            .entry(reason.to_string())
+            .or_default() += 1;
+    }
+
+    /// Time spent in one stage (`fetch`, `decode`, `queue`, `inference`, `render`, `total`).
+    pub fn stage(&self, stage: &str, seconds: f64) {
+        lock(&self.stages)
+            .entry(stage.to_string())
+            .or_insert_with(|| Histogram::new(LATENCY_BUCKETS))
+            .observe(seconds);
+    }
+
+    pub fn batch(&self, size: usize) {
+        lock(&self.batch_sizes).observe(size as f64);
+    }
+
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        out.push_str(
+            "# HELP gradcam_requests_total Requests answered, by route and status code.\n",
+        );
+        out.push_str("# TYPE gradcam_requests_total counter\n");
+        for ((route, status), n) in lock(&self.requests).iter() {
+            let _ = writeln!(
+                out,
+                "gradcam_requests_total{{route=\"{route}\",status=\"{status}\"}} {n}"
+            );
+        }
+        out.push_str(
+            "# HELP gradcam_rejections_total Requests refused, by reason (problem type).\n",
+        );
+        out.push_str("# TYPE gradcam_rejections_total counter\n");
+        for (reason, n) in lock(&self.rejections).iter() {
+            let _ = writeln!(out, "gradcam_rejections_total{{reason=\"{reason}\"}} {n}");
+        }
+        out.push_str("# HELP gradcam_stage_seconds Time per request stage.\n");
+        out.push_str("# TYPE gradcam_stage_seconds histogram\n");
+        for (stage, h) in lock(&self.stages).iter() {
+            h.render(
+                &mut out,
+                "gradcam_stage_seconds",
+                &format!("stage=\"{stage}\""),
+            );
+        }
+        out.push_str("# HELP gradcam_batch_size Images per model batch.\n");
+        out.push_str("# TYPE gradcam_batch_size histogram\n");
+        lock(&self.batch_sizes).render(&mut out, "gradcam_batch_size", "");
+        out.push_str("# HELP gradcam_queue_depth Images waiting for the model.\n");
+        out.push_str("# TYPE gradcam_queue_depth gauge\n");
+        let _ = writeln!(
+            out,
+            "gradcam_queue_depth {}",
+            self.queue_depth.load(Ordering::Relaxed)
+        );
+        out.push_str("# HELP gradcam_model_info The model and the device it runs on.\n");
+        out.push_str("# TYPE gradcam_model_info gauge\n");
+        let _ = writeln!(
+            out,
+            "gradcam_model_info{{model=\"{}\",device=\"{}\"}} 1",
+            crate::model::MODEL_NAME,
+            self.device
+        );
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_buckets_are_cumulative() {
+        let m = Metrics::new("cpu".into());
+        for v in [0.0005, 0.003, 0.003, 100.0] {
+            m.stage("queue", v);
+        }
+        m.request("/explain", 200);
+        m.request("/explain", 200);
+        m.rejection("queue_full");
+        let text = m.render();
+        assert!(
+            text.contains("gradcam_stage_seconds_bucket{stage=\"queue\",le=\"0.001\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("gradcam_stage_seconds_bucket{stage=\"queue\",le=\"0.005\"} 3"),
+            "{text}"
+        );
+        assert!(
+            text.contains("gradcam_stage_seconds_bucket{stage=\"queue\",le=\"+Inf\"} 4"),
+            "{text}"
+        );
+        assert!(
+            text.contains("gradcam_stage_seconds_count{stage=\"queue\"} 4"),
+            "{text}"
+        );
+        assert!(
+            text.contains("gradcam_requests_total{route=\"/explain\",status=\"200\"} 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("gradcam_rejections_total{reason=\"queue_full\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("gradcam_model_info{model=\"resnet50\",device=\"cpu\"} 1"),
+            "{text}"
+        );
+    }
+}
