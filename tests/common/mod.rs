@@ -5,6 +5,8 @@
 //! that silently does not run proves nothing.
 #![allow(dead_code)]
 
+pub mod server;
+
 use gradcam_serve::model::{Model, weights};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
