@@ -33,116 +33,81 @@ pub struct ExplainRequest {
 #[derive(Debug, Default, Clone)]
 pub struct RawOptions(pub Vec<(String, String)>);
 
+fn invalid(name: &str, v: &str, allowed: &str) -> ApiError {
+    ApiError::InvalidOption(format!("{name} {v:?} is not valid; allowed: {allowed}"))
+}
+
+/// Parses a number and checks its range; the message names both.
+fn ranged<T>(name: &str, v: &str, range: std::ops::RangeInclusive<T>) -> Result<T, ApiError>
+where
+    T: std::str::FromStr + PartialOrd + std::fmt::Display,
+{
+    let allowed = format!("{}..={}", range.start(), range.end());
+    let x: T = v.trim().parse().map_err(|_| invalid(name, v, &allowed))?;
+    if range.contains(&x) {
+        Ok(x)
+    } else {
+        Err(invalid(name, v, &allowed))
+    }
+}
+
+fn named<T: std::str::FromStr<Err = String>>(v: &str) -> Result<T, ApiError> {
+    v.trim().parse().map_err(ApiError::InvalidOption)
+}
+
 impl RawOptions {
-    fn get(&self, name: &str) -> Option<&str> {
-        self.0
-            .iter()
-            .rev()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
-    }
-
-    fn check_known(&self, allowed: &[&str]) -> Result<(), ApiError> {
-        match self.0.iter().find(|(k, _)| !allowed.contains(&k.as_str())) {
-            Some((k, _)) => Err(ApiError::InvalidOption(format!(
-                "unknown option {k:?}; allowed: {}",
-                allowed.join(", ")
-            ))),
-            None => Ok(()),
-        }
-    }
-
-    fn parse<T: std::str::FromStr>(
-        &self,
-        name: &str,
-        allowed: &str,
-    ) -> Result<Option<T>, ApiError> {
-        self.get(name)
-            .map(|v| {
-                v.trim().parse::<T>().map_err(|_| {
-                    ApiError::InvalidOption(format!(
-                        "{name} {v:?} is not valid; allowed: {allowed}"
-                    ))
-                })
-            })
-            .transpose()
-    }
-
-    /// Options of `/explain`; `max_side` is the server's overlay limit.
+    /// Options of `/explain`; `max_side` is the server's overlay limit. Every occurrence of an
+    /// option is checked, and the last one counts.
     pub fn explain(&self, max_side: u32) -> Result<ExplainRequest, ApiError> {
-        self.check_known(EXPLAIN_OPTIONS)?;
-        let invalid = |m: String| ApiError::InvalidOption(m);
-        let layer = self
-            .get("layer")
-            .map(str::parse::<Layer>)
-            .transpose()
-            .map_err(invalid)?
-            .unwrap_or_default();
-        let method = self
-            .get("method")
-            .map(str::parse::<Method>)
-            .transpose()
-            .map_err(invalid)?
-            .unwrap_or_default();
-        let colormap = self
-            .get("colormap")
-            .map(str::parse::<Colormap>)
-            .transpose()
-            .map_err(invalid)?
-            .unwrap_or_default();
-        let explain = ExplainOptions {
-            class: self.parse("class", "an integer in 0..=999")?,
-            top_k: self
-                .parse("top_k", &format!("an integer in 1..={MAX_TOP_K}"))?
-                .unwrap_or(1),
-            layer,
-            method,
+        let mut explain = ExplainOptions::default();
+        let mut overlay = OverlayOptions {
+            max_side,
+            ..Default::default()
         };
+        let mut with_overlay = true;
+        for (k, v) in &self.0 {
+            match k.as_str() {
+                "class" => explain.class = Some(ranged(k, v, 0..=999)?),
+                "top_k" => explain.top_k = ranged(k, v, 1..=MAX_TOP_K)?,
+                "layer" => explain.layer = named::<Layer>(v)?,
+                "method" => explain.method = named::<Method>(v)?,
+                "colormap" => overlay.colormap = named::<Colormap>(v)?,
+                "alpha" => overlay.alpha = ranged(k, v, 0.0..=1.0)?,
+                "overlay" => {
+                    with_overlay = v
+                        .trim()
+                        .parse()
+                        .map_err(|_| invalid(k, v, "true or false"))?
+                }
+                "overlay_max_side" => overlay.max_side = ranged(k, v, 16..=max_side)?,
+                _ => return Err(unknown(k, EXPLAIN_OPTIONS)),
+            }
+        }
         explain.validate().map_err(ApiError::InvalidOption)?;
-        let alpha: f32 = self
-            .parse("alpha", "a number in 0..=1")?
-            .unwrap_or(OverlayOptions::default().alpha);
-        if !(0.0..=1.0).contains(&alpha) {
-            return Err(invalid(format!(
-                "alpha {alpha} is out of range; allowed: 0..=1"
-            )));
-        }
-        let side: u32 = self
-            .parse(
-                "overlay_max_side",
-                &format!("an integer in 16..={max_side}"),
-            )?
-            .unwrap_or(max_side);
-        if !(16..=max_side).contains(&side) {
-            return Err(invalid(format!(
-                "overlay_max_side {side} is out of range; allowed: 16..={max_side}"
-            )));
-        }
-        let overlay = self
-            .parse::<bool>("overlay", "true or false")?
-            .unwrap_or(true);
         Ok(ExplainRequest {
             explain,
-            overlay: overlay.then_some(OverlayOptions {
-                colormap,
-                alpha,
-                max_side: side,
-            }),
+            overlay: with_overlay.then_some(overlay),
         })
     }
 
     /// `top_k` of `/predict` (default 5).
     pub fn predict(&self) -> Result<usize, ApiError> {
-        self.check_known(PREDICT_OPTIONS)?;
-        let allowed = format!("an integer in 1..={MAX_PREDICT_TOP_K}");
-        let k = self.parse::<usize>("top_k", &allowed)?.unwrap_or(5);
-        if !(1..=MAX_PREDICT_TOP_K).contains(&k) {
-            return Err(ApiError::InvalidOption(format!(
-                "top_k {k} is out of range; allowed: {allowed}"
-            )));
+        let mut top_k = 5;
+        for (k, v) in &self.0 {
+            match k.as_str() {
+                "top_k" => top_k = ranged(k, v, 1..=MAX_PREDICT_TOP_K)?,
+                _ => return Err(unknown(k, PREDICT_OPTIONS)),
+            }
         }
-        Ok(k)
+        Ok(top_k)
     }
+}
+
+fn unknown(name: &str, allowed: &[&str]) -> ApiError {
+    ApiError::InvalidOption(format!(
+        "unknown option {name:?}; allowed: {}",
+        allowed.join(", ")
+    ))
 }
 
 #[cfg(test)]
@@ -203,8 +168,10 @@ mod tests {
             (&[("class", "1000")], "0..=999"),
             (&[("class", "cat")], "0..=999"),
             (&[("top_k", "11")], "1..=10"),
+            (&[("top_k", "11"), ("top_k", "1")], "1..=10"),
             (&[("alpha", "1.5")], "0..=1"),
             (&[("alpha", "NaN")], "0..=1"),
+            (&[("alpha", "-0.1")], "0..=1"),
             (&[("overlay_max_side", "4096")], "16..=1024"),
             (&[("overlay", "maybe")], "true or false"),
             (&[("method", "scorecam")], "layercam"),

@@ -1,0 +1,49 @@
+//! The live server against its contract, openapi.yaml: schemathesis (from the test
+//! environment) generates valid and invalid requests for every operation and checks status
+//! codes, content types, headers and response bodies against the document. Any drift between
+//! the server and openapi.yaml fails this test.
+
+mod common;
+
+use common::server::Server;
+use std::process::Command;
+
+#[test]
+fn live_server_conforms_to_openapi_yaml() {
+    let server = Server::start(&[]);
+    let root = env!("CARGO_MANIFEST_DIR");
+    let out = Command::new("schemathesis")
+        .current_dir(std::env::temp_dir())
+        .arg("--config-file")
+        .arg(format!("{root}/tests/schemathesis.toml"))
+        .arg("run")
+        .arg(format!("{root}/openapi.yaml"))
+        .args([
+            "--url",
+            &server.url(""),
+            "--checks",
+            "all",
+            "--max-examples",
+            "25",
+            "--workers",
+            "2",
+        ])
+        .args(["--phases", "examples,coverage,fuzzing", "--no-color"])
+        .output()
+        .expect(
+            "schemathesis is installed by scripts/setup.sh; run the tests with scripts/test.sh",
+        );
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success(),
+        "schemathesis found contract violations:\n{report}"
+    );
+    assert!(
+        report.contains("generated"),
+        "schemathesis did not run any test case:\n{report}"
+    );
+}
