@@ -1,10 +1,26 @@
 #!/usr/bin/env bash
-# Installs what the project needs outside cargo: a Python virtual environment in the cache with
-# the pinned torch wheel (which carries libtorch). Idempotent: does nothing when the environment
-# already matches scripts/requirements.txt.
+# Installs what the project needs outside cargo, idempotently:
+# - Debian packages the tests use (nginx for the load-balancer test), when missing;
+# - a Python virtual environment in the cache with the pinned torch wheel (which carries
+#   libtorch) and the test tools, when it does not match scripts/requirements.txt.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 . "$here/env.sh"
+
+packages=(nginx)
+# The container build needs no test tools: it sets GRADCAM_SKIP_SYSTEM_PACKAGES=1.
+[ "${GRADCAM_SKIP_SYSTEM_PACKAGES:-0}" = 1 ] && packages=()
+missing=()
+for pkg in "${packages[@]}"; do
+  command -v "$pkg" >/dev/null 2>&1 || [ -x "/usr/sbin/$pkg" ] || missing+=("$pkg")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing ${missing[*]} from Debian" >&2
+  sudo=""
+  [ "$(id -u)" = 0 ] || sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
 
 want="$(sha256sum "$here/requirements.txt" | cut -d' ' -f1)"
 stamp="$GRADCAM_VENV/.requirements.sha256"

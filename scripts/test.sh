@@ -15,3 +15,6 @@ if cargo nextest --version >/dev/null 2>&1; then
 else
   cargo test --release --no-fail-fast "$@"
 fi
+
+# And what a user's CI does with curl against the release binary.
+scripts/smoke.sh

@@ -1,0 +1,46 @@
+# syntax=docker/dockerfile:1
+# gradcam-serve: build with the same scripts CI runs, run as a non-root user.
+#
+#   docker build -t gradcam-serve .
+#   docker run -p 8080:8080 -v gradcam-cache:/cache gradcam-serve
+#
+# libtorch comes from the pinned PyPI torch wheel (scripts/requirements.txt) installed by
+# scripts/setup.sh into GRADCAM_CACHE; the binary carries an rpath to it, so the runtime image
+# keeps that same path.
+
+FROM rust:1.95-bookworm AS build
+ENV GRADCAM_CACHE=/opt/gradcam
+RUN apt-get update && apt-get install -y --no-install-recommends python3 python3-venv python3-pip \
+    && rm -rf /var/lib/apt/lists/*
+WORKDIR /src
+COPY scripts/ scripts/
+# The Python environment first: it changes least and is the largest layer.
+RUN GRADCAM_SKIP_SYSTEM_PACKAGES=1 scripts/setup.sh
+COPY Cargo.toml Cargo.lock build.rs openapi.yaml ./
+COPY src/ src/
+COPY benches/ benches/
+RUN . scripts/env.sh && cargo build --release --locked --bin gradcam-serve \
+    && cp target/release/gradcam-serve /usr/local/bin/
+
+FROM debian:bookworm-slim AS runtime
+RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates curl libgomp1 \
+    && rm -rf /var/lib/apt/lists/* \
+    && useradd --system --uid 10001 --home-dir /cache --create-home gradcam
+# Only libtorch's shared libraries and the CUDA libraries they load, at the path the rpath names.
+ARG SITE=/opt/gradcam/venv/lib/python3.11/site-packages
+COPY --from=build ${SITE}/torch/lib ${SITE}/torch/lib
+COPY --from=build ${SITE}/nvidia ${SITE}/nvidia
+COPY --from=build /usr/local/bin/gradcam-serve /usr/local/bin/gradcam-serve
+USER gradcam
+# Downloaded weights live in the cache volume (or mount a file and set GRADCAM_WEIGHTS).
+ENV GRADCAM_CACHE=/cache \
+    GRADCAM_HOST=0.0.0.0 \
+    GRADCAM_PORT=8080 \
+    GRADCAM_LOG_FORMAT=json
+VOLUME ["/cache"]
+EXPOSE 8080
+HEALTHCHECK --interval=10s --timeout=3s --start-period=120s --retries=3 \
+    CMD curl -fsS http://127.0.0.1:8080/health/ready || exit 1
+STOPSIGNAL SIGTERM
+ENTRYPOINT ["gradcam-serve"]
+CMD ["serve"]
