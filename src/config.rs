@@ -29,8 +29,10 @@ pub struct ServeConfig {
     #[arg(long, env = "GRADCAM_MAX_BATCH_SIZE", default_value_t = 8)]
     pub max_batch_size: usize,
     /// After the first queued image, wait at most this many milliseconds for more to batch.
-    /// On the CPU a batch gains little, so the default barely waits; on a GPU 2-5 ms pays off.
-    #[arg(long, env = "GRADCAM_MAX_BATCH_DELAY_MS", default_value_t = 1)]
+    /// On the CPU a batch gains little, so by default the model thread takes only what is
+    /// already queued (under load, what arrived during the previous batch); on a GPU 2-5 ms
+    /// pays off.
+    #[arg(long, env = "GRADCAM_MAX_BATCH_DELAY_MS", default_value_t = 0)]
     pub max_batch_delay_ms: u64,
     /// Images that may wait for the model; when full, requests are refused at once with 429
     /// and Retry-After.

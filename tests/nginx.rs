@@ -25,7 +25,11 @@ impl Drop for Nginx {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn nginx_binary() -> String {
@@ -37,7 +41,8 @@ fn nginx_binary() -> String {
 }
 
 fn start_nginx(a: &Server, b: &Server) -> Nginx {
-    let conf = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/nginx.conf")).unwrap();
+    let conf =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/nginx.conf")).unwrap();
     let port = free_port();
     let dir = std::env::temp_dir().join(format!("gradcam-nginx-{}", std::process::id()));
     std::fs::create_dir_all(dir.join("logs")).unwrap();
@@ -45,7 +50,10 @@ fn start_nginx(a: &Server, b: &Server) -> Nginx {
         .replace("gradcam-a:8080", &a.addr.to_string())
         .replace("gradcam-b:8080", &b.addr.to_string())
         .replace("listen 8080;", &format!("listen 127.0.0.1:{port};"));
-    assert_ne!(replaced, conf, "deploy/nginx.conf no longer names the replicas as expected");
+    assert_ne!(
+        replaced, conf,
+        "deploy/nginx.conf no longer names the replicas as expected"
+    );
     // Keep nginx's temporary files in our directory so the test needs no system paths.
     let replaced = replaced.replacen(
         "http {",
@@ -65,14 +73,20 @@ fn start_nginx(a: &Server, b: &Server) -> Nginx {
         .arg("-c")
         .arg(&conf_path)
         .args(["-e", "stderr", "-g"])
-        .arg(format!("daemon off; pid {}/nginx.pid; error_log stderr;", dir.display()))
+        .arg(format!(
+            "daemon off; pid {}/nginx.pid; error_log stderr;",
+            dir.display()
+        ))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .expect("nginx is installed by scripts/setup.sh");
     let started = Instant::now();
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(started.elapsed() < Duration::from_secs(20), "nginx did not start");
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "nginx did not start"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     Nginx { child, port, dir }
@@ -81,13 +95,23 @@ fn start_nginx(a: &Server, b: &Server) -> Nginx {
 fn explain_through(port: u16, file: &str) -> (u16, i64) {
     let res = client()
         .post(format!("http://127.0.0.1:{port}/explain?overlay=false"))
-        .header("content-type", if file.ends_with(".png") { "image/png" } else { "image/jpeg" })
+        .header(
+            "content-type",
+            if file.ends_with(".png") {
+                "image/png"
+            } else {
+                "image/jpeg"
+            },
+        )
         .body(std::fs::read(fixture(file)).unwrap())
         .send()
         .unwrap();
     let status = res.status().as_u16();
     let body: serde_json::Value = res.json().unwrap_or_default();
-    (status, body["predictions"][0]["index"].as_i64().unwrap_or(-1))
+    (
+        status,
+        body["predictions"][0]["index"].as_i64().unwrap_or(-1),
+    )
 }
 
 #[test]
@@ -106,8 +130,16 @@ fn load_balancer_keeps_answering_when_a_replica_stops() {
     check_round("both replicas");
     // Both replicas took traffic.
     for s in [&a, &b] {
-        let text = client().get(s.url("/metrics")).send().unwrap().text().unwrap();
-        assert!(text.contains("gradcam_requests_total{route=\"/explain\",status=\"200\"}"), "a replica got nothing");
+        let text = client()
+            .get(s.url("/metrics"))
+            .send()
+            .unwrap()
+            .text()
+            .unwrap();
+        assert!(
+            text.contains("gradcam_requests_total{route=\"/explain\",status=\"200\"}"),
+            "a replica got nothing"
+        );
     }
     assert!(b.terminate().success());
     check_round("one replica stopped");

@@ -67,6 +67,12 @@ struct PredictBody<'a> {
     predictions: &'a [Prediction],
 }
 
+/// An overlay as the answer needs it.
+enum Encoded {
+    Png(Vec<u8>),
+    Base64(String),
+}
+
 fn ms(d: Duration) -> f64 {
     (d.as_secs_f64() * 1e6).round() / 1e3
 }
@@ -206,6 +212,7 @@ pub async fn explain(State(state): State<AppState>, req: Request) -> Result<Resp
         let overlay = req.overlay.or(png.then(Default::default));
         let t = Instant::now();
         let (result, overlays) = blocking(move || {
+            let b64 = base64::engine::general_purpose::STANDARD;
             let pngs: Vec<Option<Vec<u8>>> = result
                 .explanations
                 .iter()
@@ -222,7 +229,20 @@ pub async fn explain(State(state): State<AppState>, req: Request) -> Result<Resp
                     })
                 })
                 .collect();
-            ((result, image_info(&decoded)), pngs)
+            // The PNG itself for Accept: image/png, else base64 for the JSON; both off the runtime.
+            let encoded: Vec<Option<Encoded>> = pngs
+                .into_iter()
+                .map(|p| {
+                    p.map(|p| {
+                        if png {
+                            Encoded::Png(p)
+                        } else {
+                            Encoded::Base64(b64.encode(p))
+                        }
+                    })
+                })
+                .collect();
+            ((result, image_info(&decoded)), encoded)
         })
         .await?;
         let (result, info) = result;
@@ -235,7 +255,10 @@ pub async fn explain(State(state): State<AppState>, req: Request) -> Result<Resp
                 .explanations
                 .first()
                 .ok_or_else(|| ApiError::Internal("no explanation".into()))?;
-            let bytes = overlays.into_iter().next().flatten().unwrap_or_default();
+            let bytes = match overlays.into_iter().next().flatten() {
+                Some(Encoded::Png(p)) => p,
+                _ => return Err(ApiError::Internal("no overlay PNG was rendered".into())),
+            };
             let mut res = ([(header::CONTENT_TYPE, "image/png")], bytes).into_response();
             let h = res.headers_mut();
             h.insert("x-class-index", HeaderValue::from(first.class_index));
@@ -248,7 +271,6 @@ pub async fn explain(State(state): State<AppState>, req: Request) -> Result<Resp
             timing_headers(&mut res, &timings);
             return Ok(res);
         }
-        let b64 = base64::engine::general_purpose::STANDARD;
         let body = ExplainBody {
             model: model::MODEL_NAME,
             device: &state.device,
@@ -258,9 +280,12 @@ pub async fn explain(State(state): State<AppState>, req: Request) -> Result<Resp
                 .explanations
                 .iter()
                 .zip(overlays)
-                .map(|(e, png)| ExplanationBody {
+                .map(|(e, enc)| ExplanationBody {
                     explanation: e,
-                    overlay_png: png.map(|p| b64.encode(p)),
+                    overlay_png: enc.and_then(|e| match e {
+                        Encoded::Base64(s) => Some(s),
+                        Encoded::Png(_) => None,
+                    }),
                 })
                 .collect(),
             timings,
