@@ -1,7 +1,7 @@
 //! Turning a normalised map into a picture: bilinear upsampling, colour maps, blending onto the
 //! photograph, PNG encoding. Pure Rust, no libtorch.
 
-use image::{ImageEncoder, RgbImage};
+use image::RgbImage;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::str::FromStr;
@@ -213,22 +213,25 @@ pub fn overlay(
     out
 }
 
-/// Encodes as PNG, favouring speed over size (overlays are photographs: heavy compression buys
-/// little and costs milliseconds per request).
+/// Encodes as PNG, favouring speed over size: overlays are photographs, so heavy compression
+/// buys little and costs milliseconds per request (benches/render.rs, 1000x872 photo: 5.5 ms
+/// with `Fastest`, 7.3 ms with `Fast`).
 pub fn encode_png(image: &RgbImage) -> Vec<u8> {
     let mut out = Vec::with_capacity(image.as_raw().len() / 2);
-    image::codecs::png::PngEncoder::new_with_quality(
-        &mut out,
-        image::codecs::png::CompressionType::Fast,
-        image::codecs::png::FilterType::Sub,
-    )
-    .write_image(
-        image.as_raw(),
-        image.width(),
-        image.height(),
-        image::ExtendedColorType::Rgb8,
-    )
-    .expect("encoding an in-memory RGB image cannot fail: this is a bug");
+    let mut encoder = png::Encoder::new(&mut out, image.width(), image.height());
+    encoder.set_color(png::ColorType::Rgb);
+    encoder.set_depth(png::BitDepth::Eight);
+    encoder.set_compression(png::Compression::Fastest);
+    encoder.set_filter(png::Filter::Sub);
+    let mut writer = encoder
+        .write_header()
+        .expect("writing to memory cannot fail: this is a bug");
+    writer
+        .write_image_data(image.as_raw())
+        .expect("the buffer matches the header: this is a bug");
+    writer
+        .finish()
+        .expect("writing to memory cannot fail: this is a bug");
     out
 }
 
