@@ -57,6 +57,18 @@ pub struct ServeConfig {
     /// Timeout for fetching an image URL, in milliseconds.
     #[arg(long, env = "GRADCAM_FETCH_TIMEOUT_MS", default_value_t = 10_000)]
     pub fetch_timeout_ms: u64,
+    /// Addresses or CIDR blocks the URL fetcher may reach even though they are private,
+    /// loopback or otherwise internal (comma-separated; off by default).
+    #[arg(long, env = "GRADCAM_FETCH_ALLOW", value_delimiter = ',')]
+    pub fetch_allow: Vec<crate::http::addr::Cidr>,
+    /// Ports the URL fetcher may connect to (comma-separated).
+    #[arg(
+        long,
+        env = "GRADCAM_FETCH_PORTS",
+        value_delimiter = ',',
+        default_value = "80,443"
+    )]
+    pub fetch_ports: Vec<u16>,
     /// Origins allowed by CORS, comma-separated; `*` allows any; empty allows none.
     #[arg(
         long,

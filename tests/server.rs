@@ -147,11 +147,13 @@ fn multipart_upload_with_options() {
 }
 
 #[test]
-fn url_form_fetches_from_a_loopback_origin() {
+fn url_form_fetches_from_an_allowed_loopback_origin() {
     let origin = Origin::serve(std::fs::read(fixture("rocket.jpg")).unwrap(), "image/jpeg");
+    let port = origin.addr.port().to_string();
+    let server = Server::start(&["--fetch-allow", "127.0.0.1/32", "--fetch-ports", &port]);
     let url = format!("http://{}/rocket.jpg", origin.addr);
     let res = client()
-        .post(SERVER.url("/explain"))
+        .post(server.url("/explain"))
         .json(
             &serde_json::json!({ "url": url, "method": "xgradcam", "class": 1, "overlay": false }),
         )
@@ -170,7 +172,65 @@ fn url_form_fetches_from_a_loopback_origin() {
         ..Default::default()
     };
     assert_matches_engine(&body, "rocket.jpg", opts);
-    assert_eq!(origin.hits.load(std::sync::atomic::Ordering::SeqCst), 1);
+    assert_eq!(origin.hits(), 1);
+}
+
+/// URLs that lead into the server's own network are refused without a connection to it: a
+/// canary origin on another loopback address must never see one.
+#[test]
+fn url_form_refuses_internal_targets_and_redirects_into_them() {
+    let canary = Origin::answer("127.0.0.2", |_| {
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi".to_vec()
+    });
+    let canary_url = format!("http://{}/secret", canary.addr);
+    let target = canary_url.clone();
+    // An allowed origin that redirects: to the canary, or along a chain of 4 hops.
+    let origin = Origin::answer("127.0.0.1", move |path| {
+        let location = match path.strip_prefix("/hop") {
+            Some(n) => format!("/hop{}", n.parse::<u32>().unwrap_or(0) + 1),
+            None => target.clone(),
+        };
+        format!("HTTP/1.1 302 Found\r\nLocation: {location}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+            .into_bytes()
+    });
+    let ports = format!("{},{}", origin.addr.port(), canary.addr.port());
+    let server = Server::start(&["--fetch-allow", "127.0.0.1/32", "--fetch-ports", &ports]);
+    let post = |url: &str| {
+        client()
+            .post(server.url("/explain"))
+            .json(&serde_json::json!({ "url": url }))
+            .send()
+            .unwrap()
+    };
+    // The canary directly, in several spellings of loopback and metadata addresses.
+    let p = problem(post(&canary_url), 403, "forbidden_source");
+    assert!(!p["detail"].as_str().unwrap().contains("hi"));
+    for url in [
+        format!("http://2130706434:{}/", canary.addr.port()),
+        format!("http://[::ffff:127.0.0.2]:{}/", canary.addr.port()),
+        "http://169.254.169.254/latest/meta-data/".to_string(),
+    ] {
+        problem(post(&url), 403, "forbidden_source");
+    }
+    // A redirect from the allowed origin into the canary, and a chain of four redirects.
+    problem(
+        post(&format!("http://{}/go", origin.addr)),
+        403,
+        "forbidden_source",
+    );
+    let p = problem(
+        post(&format!("http://{}/hop0", origin.addr)),
+        403,
+        "forbidden_source",
+    );
+    assert!(p["detail"].as_str().unwrap().contains("redirects"), "{p}");
+    assert_eq!(canary.hits(), 0, "no connection may reach the canary");
+    // A port outside the allowed list.
+    problem(
+        post("http://93.184.216.34:8080/cat.jpg"),
+        403,
+        "forbidden_source",
+    );
 }
 
 #[test]

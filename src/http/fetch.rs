@@ -1,34 +1,170 @@
-//! Fetching an image named by URL: http and https only, no credentials, no proxy from the
-//! environment, no transparent decompression, a bounded number of redirects, connect and total
-//! timeouts, and a byte cap enforced while reading.
+//! Fetching an image named by URL without letting the URL reach into our own network (SSRF).
+//!
+//! - Only absolute `http`/`https` URLs, no credentials, only allowed ports (80 and 443 unless
+//!   configured).
+//! - The host is taken from the WHATWG-parsed URL, so every textual form of an IPv4 address
+//!   (decimal, octal, hex, shortened, percent-encoded) is classified as the address it denotes.
+//! - IP literals are checked here, before any connection (reqwest's connector does not ask a
+//!   resolver for them). Names are resolved once by [`CheckingResolver`], which refuses the name
+//!   if any answer is forbidden and hands the connector exactly the addresses it checked: no
+//!   second lookup, so DNS rebinding gains nothing.
+//! - Every redirect hop is checked the same way; at most [`MAX_REDIRECTS`].
+//! - No proxy from the environment, no transparent decompression, connect and total timeouts,
+//!   and a byte cap enforced while reading. Refusals never repeat what the source answered.
 
+use super::addr::AddressPolicy;
 use super::problem::{ApiError, FetchError};
 use axum::body::Bytes;
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 pub const MAX_REDIRECTS: usize = 3;
 
+/// Resolves a host name to addresses (port 0). The production one asks the system resolver;
+/// tests substitute their own.
+pub type Lookup = Arc<
+    dyn Fn(String) -> Pin<Box<dyn Future<Output = std::io::Result<Vec<IpAddr>>> + Send>>
+        + Send
+        + Sync,
+>;
+
+/// The system resolver.
+pub fn system_lookup() -> Lookup {
+    Arc::new(|host: String| {
+        Box::pin(async move {
+            Ok(tokio::net::lookup_host((host.as_str(), 0))
+                .await?
+                .map(|a| a.ip())
+                .collect())
+        })
+    })
+}
+
+/// A refusal raised inside reqwest (resolver or redirect policy), found again by [`classify`].
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct Refused(String);
+
+/// reqwest's resolver hook: resolve once, check every answer, return only checked addresses.
+struct CheckingResolver {
+    lookup: Lookup,
+    policy: Arc<AddressPolicy>,
+}
+
+impl reqwest::dns::Resolve for CheckingResolver {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let host = name.as_str().to_string();
+        let (lookup, policy) = (self.lookup.clone(), self.policy.clone());
+        Box::pin(async move {
+            let ips = lookup(host.clone()).await?;
+            if ips.is_empty() {
+                return Err(std::io::Error::other(format!("{host} has no address")).into());
+            }
+            for ip in &ips {
+                policy.check(*ip).map_err(|why| {
+                    Refused(format!("{host} resolves to a forbidden address ({why})"))
+                })?;
+            }
+            let addrs: reqwest::dns::Addrs =
+                Box::new(ips.into_iter().map(|ip| SocketAddr::new(ip, 0)));
+            Ok(addrs)
+        })
+    }
+}
+
+/// Settings of the fetcher.
 #[derive(Debug, Clone)]
+pub struct FetchConfig {
+    pub timeout: Duration,
+    pub max_bytes: u64,
+    pub allowed_ports: Vec<u16>,
+    pub policy: AddressPolicy,
+}
+
+#[derive(Clone)]
 pub struct Fetcher {
     client: reqwest::Client,
     max_bytes: u64,
+    rules: Arc<Rules>,
+}
+
+/// What every URL (first and redirected) must satisfy before a connection.
+struct Rules {
+    ports: Vec<u16>,
+    policy: Arc<AddressPolicy>,
+}
+
+impl Rules {
+    /// Scheme, credentials, port and (for IP literals) address.
+    fn check(&self, url: &reqwest::Url) -> Result<(), ApiError> {
+        validate_url(url.as_str())?;
+        let port = url.port_or_known_default().unwrap_or(0);
+        if !self.ports.contains(&port) {
+            let allowed: Vec<String> = self.ports.iter().map(u16::to_string).collect();
+            return Err(ApiError::Fetch(FetchError::Forbidden(format!(
+                "port {port} is not allowed; allowed: {}",
+                allowed.join(", ")
+            ))));
+        }
+        let literal = match url.host() {
+            Some(url::Host::Ipv4(ip)) => Some(IpAddr::V4(ip)),
+            Some(url::Host::Ipv6(ip)) => Some(IpAddr::V6(ip)),
+            _ => None,
+        };
+        if let Some(ip) = literal {
+            self.policy
+                .check(ip)
+                .map_err(|why| ApiError::Fetch(FetchError::Forbidden(why)))?;
+        }
+        Ok(())
+    }
 }
 
 impl Fetcher {
-    pub fn new(timeout: Duration, max_bytes: u64) -> Self {
+    pub fn new(config: FetchConfig) -> Self {
+        Self::with_lookup(config, system_lookup())
+    }
+
+    /// A fetcher with its own name resolution (tests use a stub resolver).
+    pub fn with_lookup(config: FetchConfig, lookup: Lookup) -> Self {
+        let policy = Arc::new(config.policy);
+        let rules = Arc::new(Rules {
+            ports: config.allowed_ports,
+            policy: policy.clone(),
+        });
+        let redirect_rules = rules.clone();
+        let redirect = reqwest::redirect::Policy::custom(move |attempt| {
+            if attempt.previous().len() > MAX_REDIRECTS {
+                return attempt.error(Refused(format!("more than {MAX_REDIRECTS} redirects")));
+            }
+            match redirect_rules.check(attempt.url()) {
+                Ok(()) => attempt.follow(),
+                Err(e) => attempt.error(Refused(format!("a redirect led to a refused URL: {e}"))),
+            }
+        });
         let client = reqwest::Client::builder()
             .no_proxy()
-            .redirect(reqwest::redirect::Policy::limited(MAX_REDIRECTS))
-            .connect_timeout(timeout.min(Duration::from_secs(5)))
-            .timeout(timeout)
+            .redirect(redirect)
+            .dns_resolver(Arc::new(CheckingResolver { lookup, policy }))
+            .connect_timeout(config.timeout.min(Duration::from_secs(5)))
+            .read_timeout(config.timeout)
+            .timeout(config.timeout)
             .user_agent(concat!("gradcam-serve/", env!("CARGO_PKG_VERSION")))
             .build()
             .expect("a client with static settings builds: this is a bug");
-        Self { client, max_bytes }
+        Self {
+            client,
+            max_bytes: config.max_bytes,
+            rules,
+        }
     }
 
     pub async fn fetch(&self, url: &str) -> Result<Bytes, ApiError> {
         let parsed = validate_url(url)?;
+        self.rules.check(&parsed)?;
         let mut response = self.client.get(parsed).send().await.map_err(classify)?;
         let status = response.status();
         if !status.is_success() {
@@ -74,12 +210,15 @@ pub fn validate_url(url: &str) -> Result<reqwest::Url, ApiError> {
 }
 
 fn classify(e: reqwest::Error) -> ApiError {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+    while let Some(s) = source {
+        if let Some(r) = s.downcast_ref::<Refused>() {
+            return ApiError::Fetch(FetchError::Forbidden(r.0.clone()));
+        }
+        source = s.source();
+    }
     if e.is_timeout() {
         ApiError::Fetch(FetchError::Timeout)
-    } else if e.is_redirect() {
-        ApiError::Fetch(FetchError::Forbidden(format!(
-            "more than {MAX_REDIRECTS} redirects"
-        )))
     } else {
         ApiError::Fetch(FetchError::Unreachable)
     }
@@ -103,6 +242,47 @@ mod tests {
                 matches!(validate_url(bad), Err(ApiError::InvalidUrl(_))),
                 "{bad}"
             );
+        }
+    }
+
+    #[test]
+    fn every_textual_form_of_an_address_is_classified_as_that_address() {
+        let rules = Rules {
+            ports: vec![80, 443],
+            policy: Arc::new(AddressPolicy::default()),
+        };
+        for url in [
+            "http://127.0.0.1/",
+            "http://2130706433/",
+            "http://0x7f000001/",
+            "http://0177.0.0.1/",
+            "http://127.1/",
+            "http://0x7f.1/",
+            "http://%31%32%37.0.0.1/",
+            "http://[::1]/",
+            "http://[::ffff:127.0.0.1]/",
+            "http://[::ffff:7f00:1]/",
+            "http://169.254.169.254/latest/meta-data/",
+            "http://[fd00:ec2::254]/",
+            "http://0/",
+            "http://10.0.0.1:443/",
+        ] {
+            let parsed = validate_url(url).unwrap();
+            match rules.check(&parsed) {
+                Err(ApiError::Fetch(FetchError::Forbidden(_))) => {}
+                other => panic!("{url}: {other:?}"),
+            }
+        }
+        assert!(
+            rules
+                .check(&validate_url("http://93.184.216.34/").unwrap())
+                .is_ok()
+        );
+        match rules.check(&validate_url("http://93.184.216.34:8080/").unwrap()) {
+            Err(ApiError::Fetch(FetchError::Forbidden(m))) => {
+                assert!(m.contains("port 8080"), "{m}")
+            }
+            other => panic!("{other:?}"),
         }
     }
 }

@@ -3,6 +3,7 @@
 //! Knows nothing of tensors: it turns requests into preprocessed images (on the blocking pool),
 //! hands them to the [`Engine`], and renders the answers (on the blocking pool again).
 
+pub mod addr;
 mod body;
 pub mod fetch;
 mod handlers;
@@ -152,10 +153,14 @@ pub async fn serve(
         },
     });
     let state = AppState {
-        fetcher: fetch::Fetcher::new(
-            std::time::Duration::from_millis(config.fetch_timeout_ms),
-            config.fetch_max_bytes,
-        ),
+        fetcher: fetch::Fetcher::new(fetch::FetchConfig {
+            timeout: std::time::Duration::from_millis(config.fetch_timeout_ms),
+            max_bytes: config.fetch_max_bytes,
+            allowed_ports: config.fetch_ports.clone(),
+            policy: addr::AddressPolicy {
+                allow: config.fetch_allow.clone(),
+            },
+        }),
         config: config.clone(),
         engine: Arc::new(engine),
         metrics,
