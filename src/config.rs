@@ -42,6 +42,12 @@ pub struct ServeConfig {
     /// Queued work past it is dropped before it reaches the model and answered with 504.
     #[arg(long, env = "GRADCAM_REQUEST_TIMEOUT_MS", default_value_t = 30_000)]
     pub request_timeout_ms: u64,
+    /// A connection must deliver its request headers within this many milliseconds.
+    #[arg(long, env = "GRADCAM_HEADER_READ_TIMEOUT_MS", default_value_t = 10_000)]
+    pub header_read_timeout_ms: u64,
+    /// Connections served at once; further clients wait in the listen backlog.
+    #[arg(long, env = "GRADCAM_MAX_CONNECTIONS", default_value_t = 1024)]
+    pub max_connections: usize,
     /// Largest request body in bytes (an uploaded image, or the JSON).
     #[arg(long, env = "GRADCAM_BODY_LIMIT", default_value_t = 20 * 1024 * 1024)]
     pub body_limit: usize,
@@ -143,6 +149,9 @@ impl ServeConfig {
         ];
         if let Some((_, msg)) = checks.into_iter().find(|(ok, _)| !ok) {
             return Err(msg);
+        }
+        if self.max_connections == 0 || self.header_read_timeout_ms == 0 {
+            return Err("max connections and the header read timeout must be at least 1".into());
         }
         if self.fetch_timeout_ms >= self.request_timeout_ms {
             return Err("fetch timeout must be shorter than the request timeout".into());

@@ -51,6 +51,8 @@ pub enum EngineError {
     Expired,
     #[error("the engine is shutting down")]
     Stopped,
+    #[error("the device ran out of memory")]
+    OutOfMemory,
     #[error("model failure: {0}")]
     Model(String),
 }
@@ -284,6 +286,10 @@ fn run_batch(model: &Model, jobs: Vec<Job>, metrics: &Metrics) {
 fn guarded<T>(f: impl FnOnce() -> Result<T, ModelError>) -> Result<T, EngineError> {
     match std::panic::catch_unwind(AssertUnwindSafe(f)) {
         Ok(Ok(v)) => Ok(v),
+        // A CUDA out-of-memory is the load's fault, not the request's: the caller may retry.
+        Ok(Err(e)) if e.to_string().to_ascii_lowercase().contains("out of memory") => {
+            Err(EngineError::OutOfMemory)
+        }
         Ok(Err(e)) => Err(EngineError::Model(e.to_string())),
         Err(panic) => {
             let msg = panic

@@ -90,6 +90,72 @@ fn exif_orientation_is_applied() {
 }
 
 #[test]
+fn every_exif_orientation_is_turned_upright() {
+    let cat = decode_file(&fixture("chelsea.png"));
+    for o in 1..=8 {
+        let upright = decode_file(&synthetic(&format!("orientation{o}.jpg")));
+        assert_eq!(upright.dimensions(), cat.dimensions(), "orientation {o}");
+        let (mean, _) = diff(&upright, &cat);
+        assert!(
+            mean < 3.0,
+            "orientation {o}: {mean} levels from the original on average"
+        );
+    }
+}
+
+/// A few bytes that claim a gigantic image must be refused from the header, before any
+/// decoder allocates for it.
+#[test]
+fn tiny_files_claiming_huge_dimensions_are_refused_before_decoding() {
+    // PNG: signature, an IHDR chunk for 100000 x 100000 RGB, an empty IDAT and IEND.
+    let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
+    let mut ihdr = b"IHDR".to_vec();
+    ihdr.extend_from_slice(&100_000u32.to_be_bytes());
+    ihdr.extend_from_slice(&100_000u32.to_be_bytes());
+    ihdr.extend_from_slice(&[8, 2, 0, 0, 0]);
+    png.extend_from_slice(&13u32.to_be_bytes());
+    png.extend_from_slice(&ihdr);
+    png.extend_from_slice(&crc32(&ihdr).to_be_bytes());
+    for chunk in [&b"IDAT"[..], &b"IEND"[..]] {
+        png.extend_from_slice(&0u32.to_be_bytes());
+        png.extend_from_slice(chunk);
+        png.extend_from_slice(&crc32(chunk).to_be_bytes());
+    }
+    // JPEG: SOI, a baseline SOF0 for 65000 x 65000 with three components, an empty scan, EOI.
+    let mut jpeg = vec![0xFF, 0xD8, 0xFF, 0xC0, 0x00, 0x11, 0x08];
+    jpeg.extend_from_slice(&65000u16.to_be_bytes());
+    jpeg.extend_from_slice(&65000u16.to_be_bytes());
+    jpeg.extend_from_slice(&[3, 1, 0x11, 0, 2, 0x11, 1, 3, 0x11, 1]);
+    jpeg.extend_from_slice(&[
+        0xFF, 0xDA, 0x00, 0x0C, 3, 1, 0x00, 2, 0x11, 3, 0x11, 0x00, 0x3F, 0x00, 0xFF, 0xD9,
+    ]);
+    for (name, bytes) in [("png", png), ("jpeg", jpeg)] {
+        assert!(bytes.len() < 80, "{name}");
+        match input::decode(&bytes, DecodeLimits::default()) {
+            Err(input::DecodeError::TooManyPixels { pixels, .. }) => {
+                assert!(pixels > 4_000_000_000, "{name}")
+            }
+            other => panic!("{name}: {other:?}"),
+        }
+    }
+}
+
+fn crc32(data: &[u8]) -> u32 {
+    let mut crc = 0xFFFF_FFFFu32;
+    for &b in data {
+        crc ^= u32::from(b);
+        for _ in 0..8 {
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0xEDB8_8320
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
+}
+
+#[test]
 fn cmyk_grey16_and_grey_alpha_become_rgb() {
     let cat = decode_file(&fixture("chelsea.png"));
     let (mean, _) = diff(&decode_file(&synthetic("cmyk.jpg")), &cat);
@@ -143,7 +209,7 @@ fn truncated_jpeg_is_refused_not_padded() {
 #[test]
 fn degenerate_sizes_run_through_the_model_without_nan() {
     let model = MODEL.lock().unwrap();
-    for (w, h) in [(1, 1), (1, 4000), (4000, 1)] {
+    for (w, h) in [(1, 1), (1, 4000), (4000, 1), (1, 10000)] {
         let img = RgbImage::from_fn(w, h, |x, y| {
             image::Rgb([(x % 256) as u8, (y % 256) as u8, 128])
         });

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torchvision
-from PIL import Image
+from PIL import Image, ImageOps
 from pytorch_grad_cam import GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM, XGradCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from safetensors.torch import save_file
@@ -113,6 +113,24 @@ def write_synthetic(out: Path):
     exif = Image.Exif()
     exif[0x0112] = 6
     stored.save(syn / "exif6.jpg", quality=95, exif=exif.tobytes())
+    # Every EXIF orientation: stored so that, turned upright, it shows the cat as it is.
+    undo = {
+        2: Image.Transpose.FLIP_LEFT_RIGHT,
+        3: Image.Transpose.ROTATE_180,
+        4: Image.Transpose.FLIP_TOP_BOTTOM,
+        5: Image.Transpose.TRANSPOSE,
+        6: Image.Transpose.ROTATE_90,
+        7: Image.Transpose.TRANSVERSE,
+        8: Image.Transpose.ROTATE_270,
+    }
+    for o in range(1, 9):
+        stored_o = cat.transpose(undo[o]) if o in undo else cat.copy()
+        ex = Image.Exif()
+        ex[0x0112] = o
+        path = syn / f"orientation{o}.jpg"
+        stored_o.save(path, quality=95, exif=ex.tobytes())
+        upright = ImageOps.exif_transpose(Image.open(path))
+        assert upright.size == cat.size, (o, upright.size)
     cat.convert("CMYK").save(syn / "cmyk.jpg", quality=95)
     arr16 = (np.asarray(cat.convert("L"), dtype=np.uint16) * 257).astype(np.uint16)
     Image.fromarray(arr16).save(syn / "grey16.png")

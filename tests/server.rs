@@ -716,3 +716,88 @@ fn sigterm_drains_accepted_requests_then_exits_zero() {
     let log = server.log.lock().unwrap().join("\n");
     assert!(log.contains("draining") && log.contains("stopped"), "{log}");
 }
+
+#[test]
+fn the_bytes_decide_the_format_and_overlays_are_upright() {
+    // PNG bytes sent as JPEG: the declared type is only a hint.
+    let res = post_raw("/explain?overlay=false", "chelsea.png", "image/jpeg");
+    assert_eq!(res.status(), 200);
+    let body: Value = res.json().unwrap();
+    assert_eq!(body["image"]["format"], "png");
+    // A photo stored sideways with EXIF orientation 6 is explained and drawn upright.
+    let stored = std::fs::read(common::synthetic("orientation6.jpg")).unwrap();
+    let res = client()
+        .post(SERVER.url("/explain"))
+        .header("content-type", "image/jpeg")
+        .header("accept", "image/png")
+        .body(stored)
+        .send()
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let img = image::load_from_memory(&res.bytes().unwrap()).unwrap();
+    assert_eq!(
+        (img.width(), img.height()),
+        (451, 300),
+        "overlay in display orientation"
+    );
+}
+
+/// Slow clients: 500 sockets that send half a request line and stall must not keep a normal
+/// request from its answer, and the server must drop them once the header-read timeout passes.
+#[test]
+fn stalled_connections_neither_block_others_nor_stay_open() {
+    use std::io::{Read, Write};
+    let server = Server::start(&["--header-read-timeout-ms", "1500"]);
+    let stalled: Vec<std::net::TcpStream> = (0..500)
+        .map(|_| {
+            let mut s = std::net::TcpStream::connect(server.addr).unwrap();
+            s.write_all(b"POST /explain HTTP/1.1\r\nHost: x\r\n")
+                .unwrap();
+            s
+        })
+        .collect();
+    let started = std::time::Instant::now();
+    assert_eq!(
+        post_raw_to(&server, "/predict", "chelsea.png").status(),
+        200
+    );
+    println!(
+        "answered in {:?} beside 500 stalled sockets",
+        started.elapsed()
+    );
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    let mut still_open = 0;
+    for mut s in stalled {
+        s.set_read_timeout(Some(std::time::Duration::from_millis(200)))
+            .unwrap();
+        let mut buf = [0u8; 512];
+        // A closed connection reads as end-of-file (or a 408 answer, or a reset) at once; an
+        // open one times out.
+        match s.read(&mut buf) {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+            Err(_) => still_open += 1,
+        }
+    }
+    assert_eq!(
+        still_open, 0,
+        "stalled connections outlived the header-read timeout"
+    );
+    assert_eq!(
+        client()
+            .get(server.url("/health/ready"))
+            .send()
+            .unwrap()
+            .status(),
+        200
+    );
+}
+
+fn post_raw_to(server: &Server, path: &str, file: &str) -> reqwest::blocking::Response {
+    client()
+        .post(server.url(path))
+        .header("content-type", "image/png")
+        .body(std::fs::read(fixture(file)).unwrap())
+        .send()
+        .unwrap()
+}

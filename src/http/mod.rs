@@ -7,6 +7,7 @@ pub mod addr;
 mod body;
 pub mod fetch;
 mod handlers;
+mod listen;
 pub mod options;
 pub mod problem;
 
@@ -20,7 +21,7 @@ use axum::http::{HeaderName, HeaderValue, Method};
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::{get, post};
-use std::future::{Future, IntoFuture};
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::net::TcpListener;
@@ -183,18 +184,22 @@ pub async fn serve(
         tracing::info!("shutdown requested: draining");
         let _ = stop_tx.send(true);
     });
-    let mut graceful_rx = stop_rx.clone();
-    let server = axum::serve(listener, app(state.clone())).with_graceful_shutdown(async move {
-        let _ = graceful_rx.wait_for(|s| *s).await;
-    });
-    let mut server = std::pin::pin!(server.into_future());
+    let limits = listen::ConnectionLimits {
+        header_read_timeout: std::time::Duration::from_millis(config.header_read_timeout_ms),
+        max_connections: config.max_connections,
+    };
+    let mut server = std::pin::pin!(listen::serve(
+        listener,
+        app(state.clone()),
+        limits,
+        stop_rx.clone()
+    ));
     let mut stop_rx = stop_rx;
     tokio::select! {
-        r = &mut server => r?,
+        () = &mut server => {},
         _ = stop_rx.wait_for(|s| *s) => {
-            match tokio::time::timeout(config.drain_timeout(), &mut server).await {
-                Ok(r) => r?,
-                Err(_) => tracing::warn!("drain timeout passed with requests still in flight"),
+            if tokio::time::timeout(config.drain_timeout(), &mut server).await.is_err() {
+                tracing::warn!("drain timeout passed with requests still in flight");
             }
         }
     }

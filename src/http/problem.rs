@@ -29,6 +29,8 @@ pub enum ApiError {
     NotReady,
     #[error("the server is shutting down; retry on another instance")]
     Draining,
+    #[error("the model's device is out of memory; retry shortly")]
+    OutOfMemory,
     #[error("the request did not finish within {0} ms")]
     Timeout(u64),
     /// Details go to the log, never to the client.
@@ -114,6 +116,11 @@ impl ApiError {
             ApiError::QueueFull => (S::TOO_MANY_REQUESTS, "queue_full", "Too many requests"),
             ApiError::NotReady => (S::SERVICE_UNAVAILABLE, "not_ready", "Not ready"),
             ApiError::Draining => (S::SERVICE_UNAVAILABLE, "draining", "Shutting down"),
+            ApiError::OutOfMemory => (
+                S::SERVICE_UNAVAILABLE,
+                "out_of_memory",
+                "Out of device memory",
+            ),
             ApiError::Timeout(_) => (S::GATEWAY_TIMEOUT, "timeout", "Request timed out"),
             ApiError::Internal(_) => (S::INTERNAL_SERVER_ERROR, "internal", "Internal error"),
         }
@@ -126,6 +133,7 @@ impl From<EngineError> for ApiError {
             EngineError::QueueFull => ApiError::QueueFull,
             EngineError::Expired => ApiError::Timeout(0),
             EngineError::Stopped => ApiError::Draining,
+            EngineError::OutOfMemory => ApiError::OutOfMemory,
             EngineError::Model(m) => ApiError::Internal(m),
         }
     }
