@@ -10,11 +10,12 @@ use gradcam_serve::input;
 use gradcam_serve::model::{ExplainOptions, ExplainResult, Layer};
 use reqwest::blocking::multipart;
 use serde_json::Value;
-use std::sync::LazyLock;
 
-/// One server shared by the tests that do not need special settings.
-static SERVER: LazyLock<Server> =
-    LazyLock::new(|| Server::start(&["--cors-origins", "https://app.example"]));
+/// A server with default settings (and one CORS origin). Each test starts its own: a server in
+/// a static would never be dropped, so its process would outlive the tests.
+fn default_server() -> Server {
+    Server::start(&["--cors-origins", "https://app.example"])
+}
 
 fn engine(file: &str, opts: ExplainOptions) -> ExplainResult {
     let bytes = std::fs::read(fixture(file)).unwrap();
@@ -28,9 +29,14 @@ fn engine(file: &str, opts: ExplainOptions) -> ExplainResult {
         .remove(0)
 }
 
-fn post_raw(path: &str, file: &str, content_type: &str) -> reqwest::blocking::Response {
+fn post_raw(
+    server: &Server,
+    path: &str,
+    file: &str,
+    content_type: &str,
+) -> reqwest::blocking::Response {
     client()
-        .post(SERVER.url(path))
+        .post(server.url(path))
         .header("content-type", content_type)
         .body(std::fs::read(fixture(file)).unwrap())
         .send()
@@ -77,7 +83,8 @@ fn problem(res: reqwest::blocking::Response, status: u16, kind: &str) -> Value {
 
 #[test]
 fn raw_body_explain_matches_the_engine_with_timing_headers() {
-    let res = post_raw("/explain", "chelsea.png", "image/png");
+    let server = default_server();
+    let res = post_raw(&server, "/explain", "chelsea.png", "image/png");
     assert_eq!(res.status(), 200);
     for h in ["x-queue-time", "x-inference-time", "x-total-time"] {
         assert!(
@@ -112,6 +119,7 @@ fn base64_decode(s: &str) -> Vec<u8> {
 
 #[test]
 fn multipart_upload_with_options() {
+    let server = default_server();
     let form = multipart::Form::new()
         .part(
             "image",
@@ -124,7 +132,7 @@ fn multipart_upload_with_options() {
         .text("overlay_max_side", "100")
         .text("colormap", "inferno");
     let res = client()
-        .post(SERVER.url("/explain"))
+        .post(server.url("/explain"))
         .multipart(form)
         .send()
         .unwrap();
@@ -235,8 +243,9 @@ fn url_form_refuses_internal_targets_and_redirects_into_them() {
 
 #[test]
 fn accept_png_answers_with_the_overlay_itself() {
+    let server = default_server();
     let res = client()
-        .post(SERVER.url("/explain?overlay_max_side=256&class=281"))
+        .post(server.url("/explain?overlay_max_side=256&class=281"))
         .header("content-type", "image/jpeg")
         .header("accept", "image/png")
         .body(std::fs::read(fixture("rocket.jpg")).unwrap())
@@ -253,8 +262,9 @@ fn accept_png_answers_with_the_overlay_itself() {
 
 #[test]
 fn predict_classifies_without_explanations() {
+    let server = default_server();
     let res = client()
-        .post(SERVER.url("/predict?top_k=3"))
+        .post(server.url("/predict?top_k=3"))
         .header("content-type", "image/png")
         .body(std::fs::read(fixture("camera.png")).unwrap())
         .send()
@@ -273,6 +283,7 @@ fn predict_classifies_without_explanations() {
 
 #[test]
 fn concurrent_requests_with_different_options_get_their_own_answers() {
+    let server = default_server();
     let cases: Vec<(&str, ExplainOptions)> = (0..12)
         .map(|i| {
             let file = ["chelsea.png", "coffee.jpg", "rocket.jpg", "camera.png"][i % 4];
@@ -289,6 +300,7 @@ fn concurrent_requests_with_different_options_get_their_own_answers() {
             (file, opts)
         })
         .collect();
+    let server = &server;
     let answers: Vec<Value> = std::thread::scope(|s| {
         let handles: Vec<_> = cases
             .iter()
@@ -308,7 +320,7 @@ fn concurrent_requests_with_different_options_get_their_own_answers() {
                     } else {
                         "image/jpeg"
                     };
-                    let res = post_raw(&q, file, ct);
+                    let res = post_raw(server, &q, file, ct);
                     assert_eq!(res.status(), 200);
                     res.json::<Value>().unwrap()
                 })
@@ -331,9 +343,10 @@ fn concurrent_requests_with_different_options_get_their_own_answers() {
 
 #[test]
 fn bad_input_gets_a_problem_that_says_what_is_wrong() {
+    let server = default_server();
     let c = client();
     let res = c
-        .post(SERVER.url("/explain"))
+        .post(server.url("/explain"))
         .header("content-type", "text/plain")
         .body("hello")
         .send()
@@ -346,100 +359,111 @@ fn bad_input_gets_a_problem_that_says_what_is_wrong() {
             .contains("multipart/form-data")
     );
     problem(
-        c.post(SERVER.url("/explain")).send().unwrap(),
+        c.post(server.url("/explain")).send().unwrap(),
         415,
         "unsupported_media_type",
     );
     let res = c
-        .post(SERVER.url("/explain"))
+        .post(server.url("/explain"))
         .header("content-type", "image/png")
         .body(vec![0u8; 100])
         .send()
         .unwrap();
     problem(res, 422, "invalid_image");
     let res = c
-        .post(SERVER.url("/explain"))
+        .post(server.url("/explain"))
         .header("content-type", "image/png")
         .body(Vec::new())
         .send()
         .unwrap();
     problem(res, 422, "invalid_image");
     let p = problem(
-        post_raw("/explain?method=scorecam", "chelsea.png", "image/png"),
+        post_raw(
+            &server,
+            "/explain?method=scorecam",
+            "chelsea.png",
+            "image/png",
+        ),
         422,
         "invalid_option",
     );
     assert!(p["detail"].as_str().unwrap().contains("layercam"));
     problem(
-        post_raw("/explain?class=1000", "chelsea.png", "image/png"),
+        post_raw(&server, "/explain?class=1000", "chelsea.png", "image/png"),
         422,
         "invalid_option",
     );
     problem(
-        post_raw("/explain?color=red", "chelsea.png", "image/png"),
+        post_raw(&server, "/explain?color=red", "chelsea.png", "image/png"),
         422,
         "invalid_option",
     );
     problem(
-        post_raw("/predict?method=gradcam", "chelsea.png", "image/png"),
+        post_raw(
+            &server,
+            "/predict?method=gradcam",
+            "chelsea.png",
+            "image/png",
+        ),
         422,
         "invalid_option",
     );
     let res = c
-        .post(SERVER.url("/explain"))
+        .post(server.url("/explain"))
         .header("content-type", "application/json")
         .body("{not json")
         .send()
         .unwrap();
     problem(res, 400, "malformed_request");
     let res = c
-        .post(SERVER.url("/explain"))
+        .post(server.url("/explain"))
         .json(&serde_json::json!({ "method": "gradcam" }))
         .send()
         .unwrap();
     problem(res, 400, "malformed_request");
     let res = c
-        .post(SERVER.url("/explain"))
+        .post(server.url("/explain"))
         .json(&serde_json::json!({ "url": "file:///etc/passwd" }))
         .send()
         .unwrap();
     problem(res, 422, "invalid_url");
     let form = multipart::Form::new().text("method", "gradcam");
     problem(
-        c.post(SERVER.url("/explain"))
+        c.post(server.url("/explain"))
             .multipart(form)
             .send()
             .unwrap(),
         400,
         "malformed_request",
     );
-    problem(c.get(SERVER.url("/nope")).send().unwrap(), 404, "not_found");
+    problem(c.get(server.url("/nope")).send().unwrap(), 404, "not_found");
     // The server is still healthy and answers correctly after all of that.
     assert_eq!(
-        c.get(SERVER.url("/health/ready")).send().unwrap().status(),
+        c.get(server.url("/health/ready")).send().unwrap().status(),
         200
     );
     assert_eq!(
-        post_raw("/explain", "chelsea.png", "image/png").status(),
+        post_raw(&server, "/explain", "chelsea.png", "image/png").status(),
         200
     );
 }
 
 #[test]
 fn operations_endpoints() {
+    let server = default_server();
     let c = client();
     let live: Value = c
-        .get(SERVER.url("/health/live"))
+        .get(server.url("/health/live"))
         .send()
         .unwrap()
         .json()
         .unwrap();
     assert_eq!(live["status"], "live");
     assert_eq!(
-        c.get(SERVER.url("/health/ready")).send().unwrap().status(),
+        c.get(server.url("/health/ready")).send().unwrap().status(),
         200
     );
-    let info: Value = c.get(SERVER.url("/info")).send().unwrap().json().unwrap();
+    let info: Value = c.get(server.url("/info")).send().unwrap().json().unwrap();
     let sha = gradcam_serve::model::weights::sha256_file(
         &common::reference_dir().join("weights.safetensors"),
     )
@@ -447,11 +471,11 @@ fn operations_endpoints() {
     assert_eq!(info["weights"]["sha256"], sha);
     assert_eq!(info["device"], "cpu");
     assert_eq!(info["batching"]["max_batch_size"], 8);
-    let labels: Value = c.get(SERVER.url("/labels")).send().unwrap().json().unwrap();
+    let labels: Value = c.get(server.url("/labels")).send().unwrap().json().unwrap();
     assert_eq!(labels["labels"].as_array().unwrap().len(), 1000);
     assert_eq!(labels["labels"][281]["label"], "tabby");
     let spec = c
-        .get(SERVER.url("/openapi.yaml"))
+        .get(server.url("/openapi.yaml"))
         .send()
         .unwrap()
         .text()
@@ -462,16 +486,16 @@ fn operations_endpoints() {
     );
     // Make sure at least one inference and one refusal are counted, then read the metrics.
     assert_eq!(
-        post_raw("/predict", "chelsea.png", "image/png").status(),
+        post_raw(&server, "/predict", "chelsea.png", "image/png").status(),
         200
     );
     problem(
-        post_raw("/predict?top_k=0", "chelsea.png", "image/png"),
+        post_raw(&server, "/predict?top_k=0", "chelsea.png", "image/png"),
         422,
         "invalid_option",
     );
     let text = c
-        .get(SERVER.url("/metrics"))
+        .get(server.url("/metrics"))
         .send()
         .unwrap()
         .text()
@@ -490,9 +514,10 @@ fn operations_endpoints() {
 
 #[test]
 fn cors_allows_only_the_configured_origin() {
+    let server = default_server();
     let c = client();
     let ok = c
-        .get(SERVER.url("/info"))
+        .get(server.url("/info"))
         .header("origin", "https://app.example")
         .send()
         .unwrap();
@@ -501,7 +526,7 @@ fn cors_allows_only_the_configured_origin() {
         "https://app.example"
     );
     let other = c
-        .get(SERVER.url("/info"))
+        .get(server.url("/info"))
         .header("origin", "https://evil.example")
         .send()
         .unwrap();
@@ -719,15 +744,21 @@ fn sigterm_drains_accepted_requests_then_exits_zero() {
 
 #[test]
 fn the_bytes_decide_the_format_and_overlays_are_upright() {
+    let server = default_server();
     // PNG bytes sent as JPEG: the declared type is only a hint.
-    let res = post_raw("/explain?overlay=false", "chelsea.png", "image/jpeg");
+    let res = post_raw(
+        &server,
+        "/explain?overlay=false",
+        "chelsea.png",
+        "image/jpeg",
+    );
     assert_eq!(res.status(), 200);
     let body: Value = res.json().unwrap();
     assert_eq!(body["image"]["format"], "png");
     // A photo stored sideways with EXIF orientation 6 is explained and drawn upright.
     let stored = std::fs::read(common::synthetic("orientation6.jpg")).unwrap();
     let res = client()
-        .post(SERVER.url("/explain"))
+        .post(server.url("/explain"))
         .header("content-type", "image/jpeg")
         .header("accept", "image/png")
         .body(stored)
