@@ -67,12 +67,6 @@ struct PredictBody<'a> {
     predictions: &'a [Prediction],
 }
 
-/// An overlay as the answer needs it.
-enum Encoded {
-    Png(Vec<u8>),
-    Base64(String),
-}
-
 fn ms(d: Duration) -> f64 {
     (d.as_secs_f64() * 1e6).round() / 1e3
 }
@@ -208,57 +202,21 @@ pub async fn explain(State(state): State<AppState>, req: Request) -> Result<Resp
                 "the engine answered an explain job with predictions".into(),
             ));
         };
-        // With Accept: image/png the overlay is the answer, even if overlay=false was asked.
-        let overlay = req.overlay.or(png.then(Default::default));
         let t = Instant::now();
-        let (result, overlays) = blocking(move || {
-            let b64 = base64::engine::general_purpose::STANDARD;
-            let pngs: Vec<Option<Vec<u8>>> = result
-                .explanations
-                .iter()
-                .map(|e| {
-                    overlay.map(|o| {
-                        let img = render::overlay(
-                            &decoded.image,
-                            &e.normalized,
-                            e.heatmap.width,
-                            e.heatmap.height,
-                            &o,
-                        );
-                        render::encode_png(&img)
-                    })
-                })
-                .collect();
-            // The PNG itself for Accept: image/png, else base64 for the JSON; both off the runtime.
-            let encoded: Vec<Option<Encoded>> = pngs
-                .into_iter()
-                .map(|p| {
-                    p.map(|p| {
-                        if png {
-                            Encoded::Png(p)
-                        } else {
-                            Encoded::Base64(b64.encode(p))
-                        }
-                    })
-                })
-                .collect();
-            ((result, image_info(&decoded)), encoded)
-        })
-        .await?;
-        let (result, info) = result;
-        timings.render_ms = Some(ms(t.elapsed()));
-        state.metrics.stage("render", t.elapsed().as_secs_f64());
-        timings.total_ms = ms(started.elapsed());
-
         if png {
-            let first = result
-                .explanations
-                .first()
-                .ok_or_else(|| ApiError::Internal("no explanation".into()))?;
-            let bytes = match overlays.into_iter().next().flatten() {
-                Some(Encoded::Png(p)) => p,
-                _ => return Err(ApiError::Internal("no overlay PNG was rendered".into())),
-            };
+            // The overlay is the answer (even with overlay=false): draw only the first class's.
+            let o = req.overlay.unwrap_or_default();
+            let drawn = blocking(move || {
+                let e = result.explanations.into_iter().next()?;
+                let png = draw(&decoded, &e, &o);
+                Some((e, png))
+            })
+            .await?;
+            let (first, bytes) =
+                drawn.ok_or_else(|| ApiError::Internal("no explanation".into()))?;
+            timings.render_ms = Some(ms(t.elapsed()));
+            state.metrics.stage("render", t.elapsed().as_secs_f64());
+            timings.total_ms = ms(started.elapsed());
             let mut res = ([(header::CONTENT_TYPE, "image/png")], bytes).into_response();
             let h = res.headers_mut();
             h.insert("x-class-index", HeaderValue::from(first.class_index));
@@ -271,30 +229,53 @@ pub async fn explain(State(state): State<AppState>, req: Request) -> Result<Resp
             timing_headers(&mut res, &timings);
             return Ok(res);
         }
-        let body = ExplainBody {
-            model: model::MODEL_NAME,
-            device: &state.device,
-            image: info,
-            predictions: &result.predictions,
-            explanations: result
+        // Overlays, base64 and the (megabytes of) JSON are all built on the blocking pool.
+        let device = state.device.clone();
+        let overlay = req.overlay;
+        let (json, timings) = blocking(move || {
+            let b64 = base64::engine::general_purpose::STANDARD;
+            let explanations = result
                 .explanations
                 .iter()
-                .zip(overlays)
-                .map(|(e, enc)| ExplanationBody {
+                .map(|e| ExplanationBody {
                     explanation: e,
-                    overlay_png: enc.and_then(|e| match e {
-                        Encoded::Base64(s) => Some(s),
-                        Encoded::Png(_) => None,
-                    }),
+                    overlay_png: overlay.map(|o| b64.encode(draw(&decoded, e, &o))),
                 })
-                .collect(),
-            timings,
-        };
-        let mut res = Json(&body).into_response();
-        timing_headers(&mut res, &body.timings);
+                .collect();
+            timings.render_ms = Some(ms(t.elapsed()));
+            timings.total_ms = ms(started.elapsed());
+            let body = ExplainBody {
+                model: model::MODEL_NAME,
+                device: &device,
+                image: image_info(&decoded),
+                predictions: &result.predictions,
+                explanations,
+                timings,
+            };
+            let json = serde_json::to_vec(&body).expect("the answer serialises: this is a bug");
+            (json, body.timings)
+        })
+        .await?;
+        state
+            .metrics
+            .stage("render", timings.render_ms.unwrap_or_default() / 1e3);
+        let mut res = ([(header::CONTENT_TYPE, "application/json")], json).into_response();
+        timing_headers(&mut res, &timings);
         Ok(res)
     })
     .await
+}
+
+/// The overlay PNG of one explanation.
+fn draw(decoded: &Decoded, e: &Explanation, o: &render::OverlayOptions) -> Vec<u8> {
+    let img = render::overlay(
+        &decoded.image,
+        &e.normalized,
+        e.heatmap.width,
+        e.heatmap.height,
+        o,
+    );
+    render::encode_png(&img)
 }
 
 pub async fn predict(State(state): State<AppState>, req: Request) -> Result<Response, ApiError> {

@@ -72,7 +72,8 @@ impl RawOptions {
                 "layer" => explain.layer = named::<Layer>(v)?,
                 "method" => explain.method = named::<Method>(v)?,
                 "colormap" => overlay.colormap = named::<Colormap>(v)?,
-                "alpha" => overlay.alpha = ranged(k, v, 0.0..=1.0)?,
+                // f64, so that a tiny negative such as -1e-300 is refused rather than rounded to -0.
+                "alpha" => overlay.alpha = ranged::<f64>(k, v, 0.0..=1.0)? as f32,
                 "overlay" => {
                     with_overlay = v
                         .trim()
@@ -172,6 +173,7 @@ mod tests {
             (&[("alpha", "1.5")], "0..=1"),
             (&[("alpha", "NaN")], "0..=1"),
             (&[("alpha", "-0.1")], "0..=1"),
+            (&[("alpha", "-2.2e-313")], "0..=1"),
             (&[("overlay_max_side", "4096")], "16..=1024"),
             (&[("overlay", "maybe")], "true or false"),
             (&[("method", "scorecam")], "layercam"),
