@@ -9,11 +9,11 @@ cd "$root"
 GRADCAM_TEST_REFERENCE="$(scripts/reference.sh)"
 export GRADCAM_TEST_REFERENCE
 
-# One release build serves the tests, the benchmarks and scripts/run.sh.
+# Release builds, with the test-only fault hook on (smoke.sh below then checks the shipped build).
 if cargo nextest --version >/dev/null 2>&1; then
-  cargo nextest run --release --no-fail-fast "$@"
+  cargo nextest run --release --features fault-injection --no-fail-fast "$@"
 else
-  cargo test --release --no-fail-fast "$@"
+  cargo test --release --features fault-injection --no-fail-fast "$@"
 fi
 
 # And what a user's CI does with curl against the release binary.

@@ -45,6 +45,10 @@ pub struct ServeConfig {
     /// A connection must deliver its request headers within this many milliseconds.
     #[arg(long, env = "GRADCAM_HEADER_READ_TIMEOUT_MS", default_value_t = 10_000)]
     pub header_read_timeout_ms: u64,
+    /// The request body (upload or JSON) must arrive within this many milliseconds once the
+    /// handler starts reading it; otherwise 408.
+    #[arg(long, env = "GRADCAM_BODY_READ_TIMEOUT_MS", default_value_t = 10_000)]
+    pub body_read_timeout_ms: u64,
     /// Connections served at once; further clients wait in the listen backlog.
     #[arg(long, env = "GRADCAM_MAX_CONNECTIONS", default_value_t = 1024)]
     pub max_connections: usize,
@@ -101,6 +105,10 @@ impl ServeConfig {
         Duration::from_millis(self.max_batch_delay_ms)
     }
 
+    pub fn body_read_timeout(&self) -> Duration {
+        Duration::from_millis(self.body_read_timeout_ms)
+    }
+
     pub fn drain_timeout(&self) -> Duration {
         Duration::from_millis(self.drain_timeout_ms)
     }
@@ -150,8 +158,13 @@ impl ServeConfig {
         if let Some((_, msg)) = checks.into_iter().find(|(ok, _)| !ok) {
             return Err(msg);
         }
-        if self.max_connections == 0 || self.header_read_timeout_ms == 0 {
-            return Err("max connections and the header read timeout must be at least 1".into());
+        if self.max_connections == 0
+            || self.header_read_timeout_ms == 0
+            || self.body_read_timeout_ms == 0
+        {
+            return Err(
+                "max connections and the header and body read timeouts must be at least 1".into(),
+            );
         }
         if self.fetch_timeout_ms >= self.request_timeout_ms {
             return Err("fetch timeout must be shorter than the request timeout".into());

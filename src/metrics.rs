@@ -70,6 +70,8 @@ pub struct Metrics {
     batch_sizes: Mutex<Histogram>,
     /// Images waiting for the model thread (set by the engine).
     pub queue_depth: AtomicUsize,
+    /// Model rebuilds after a panic: (succeeded, failed).
+    rebuilds: Mutex<(u64, u64)>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -86,6 +88,7 @@ impl Metrics {
             stages: Mutex::default(),
             batch_sizes: Mutex::new(Histogram::new(BATCH_BUCKETS)),
             queue_depth: AtomicUsize::new(0),
+            rebuilds: Mutex::default(),
         }
     }
 
@@ -112,6 +115,12 @@ impl Metrics {
 
     pub fn batch(&self, size: usize) {
         lock(&self.batch_sizes).observe(size as f64);
+    }
+
+    /// One attempt to rebuild the model after a panic.
+    pub fn rebuild(&self, ok: bool) {
+        let mut r = lock(&self.rebuilds);
+        if ok { r.0 += 1 } else { r.1 += 1 }
     }
 
     pub fn render(&self) -> String {
@@ -151,6 +160,16 @@ impl Metrics {
             out,
             "gradcam_queue_depth {}",
             self.queue_depth.load(Ordering::Relaxed)
+        );
+        out.push_str(
+            "# HELP gradcam_model_rebuilds_total Attempts to rebuild the model after a panic.\n",
+        );
+        out.push_str("# TYPE gradcam_model_rebuilds_total counter\n");
+        let (ok, failed) = *lock(&self.rebuilds);
+        let _ = writeln!(out, "gradcam_model_rebuilds_total{{result=\"ok\"}} {ok}");
+        let _ = writeln!(
+            out,
+            "gradcam_model_rebuilds_total{{result=\"failed\"}} {failed}"
         );
         out.push_str("# HELP gradcam_model_info The model and the device it runs on.\n");
         out.push_str("# TYPE gradcam_model_info gauge\n");

@@ -686,63 +686,6 @@ fn queued_work_past_its_deadline_is_refused_with_504() {
 }
 
 #[test]
-fn sigterm_drains_accepted_requests_then_exits_zero() {
-    let mut server = Server::start(&[]);
-    let url = server.url("/explain?overlay=false");
-    let bytes = std::fs::read(fixture("chelsea.png")).unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    let workers: Vec<_> = (0..6)
-        .map(|_| {
-            let (url, bytes, tx) = (url.clone(), bytes.clone(), tx.clone());
-            std::thread::spawn(move || {
-                let res = client()
-                    .post(url)
-                    .header("content-type", "image/png")
-                    .body(bytes)
-                    .send();
-                let _ = tx.send(res.map(|r| r.status().as_u16()).map_err(|e| e.to_string()));
-            })
-        })
-        .collect();
-    // Signal once all six have been read and decoded, i.e. accepted, most still queued.
-    let started = std::time::Instant::now();
-    loop {
-        let text = client()
-            .get(server.url("/metrics"))
-            .send()
-            .unwrap()
-            .text()
-            .unwrap();
-        let decoded = text
-            .lines()
-            .find_map(|l| l.strip_prefix("gradcam_stage_seconds_count{stage=\"decode\"} "))
-            .map_or(0, |n| n.parse::<u64>().unwrap());
-        if decoded >= 6 {
-            break;
-        }
-        assert!(
-            started.elapsed().as_secs() < 60,
-            "requests never reached the server"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(5));
-    }
-    let status = server.terminate();
-    assert!(status.success(), "exit status {status:?}");
-    drop(tx);
-    for w in workers {
-        w.join().unwrap();
-    }
-    let results: Vec<_> = rx.iter().collect();
-    assert_eq!(results.len(), 6);
-    assert!(
-        results.iter().all(|r| r == &Ok(200)),
-        "every accepted request gets its answer: {results:?}"
-    );
-    let log = server.log.lock().unwrap().join("\n");
-    assert!(log.contains("draining") && log.contains("stopped"), "{log}");
-}
-
-#[test]
 fn the_bytes_decide_the_format_and_overlays_are_upright() {
     let server = default_server();
     // PNG bytes sent as JPEG: the declared type is only a hint.
@@ -821,6 +764,61 @@ fn stalled_connections_neither_block_others_nor_stay_open() {
             .unwrap()
             .status(),
         200
+    );
+}
+
+/// A client that sends its headers and then stalls (or trickles) the body gets a 408 once the
+/// body-read timeout passes, in the raw and the multipart form, while others are served.
+#[test]
+fn a_body_that_does_not_arrive_gets_408() {
+    use std::io::{Read, Write};
+    let server = Server::start(&["--body-read-timeout-ms", "1000"]);
+    let stall = |content_type: &str, start: &[u8]| {
+        let mut s = std::net::TcpStream::connect(server.addr).unwrap();
+        let head = format!(
+            "POST /explain HTTP/1.1\r\nHost: x\r\nContent-Type: {content_type}\r\nContent-Length: 50000\r\nConnection: close\r\n\r\n"
+        );
+        s.write_all(head.as_bytes()).unwrap();
+        s.write_all(start).unwrap();
+        s
+    };
+    let raw = stall(
+        "image/png",
+        &std::fs::read(fixture("chelsea.png")).unwrap()[..100],
+    );
+    let form = stall(
+        "multipart/form-data; boundary=XyZ",
+        b"--XyZ\r\nContent-Disposition: form-data; name=\"image\"; filename=\"a.png\"\r\n\r\n\x89PNG",
+    );
+    // Meanwhile a normal request is answered.
+    assert_eq!(
+        post_raw_to(&server, "/predict", "chelsea.png").status(),
+        200
+    );
+    for (name, mut s) in [("raw", raw), ("multipart", form)] {
+        s.set_read_timeout(Some(std::time::Duration::from_secs(30)))
+            .unwrap();
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out);
+        let text = String::from_utf8_lossy(&out);
+        assert!(text.starts_with("HTTP/1.1 408"), "{name}: {text}");
+        let body: Value = serde_json::from_str(text.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+        assert_eq!(body["type"], "body_timeout", "{name}: {body}");
+        assert!(
+            body["detail"].as_str().unwrap().contains("1000 ms"),
+            "{body}"
+        );
+    }
+    assert_eq!(
+        client()
+            .get(server.url("/metrics"))
+            .send()
+            .unwrap()
+            .text()
+            .unwrap()
+            .lines()
+            .find(|l| l.starts_with("gradcam_rejections_total{reason=\"body_timeout\"}")),
+        Some("gradcam_rejections_total{reason=\"body_timeout\"} 2")
     );
 }
 

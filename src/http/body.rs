@@ -56,25 +56,32 @@ pub async fn read(state: &AppState, req: Request) -> Result<Incoming, ApiError> 
     {
         return Err(ApiError::BodyTooLarge { limit });
     }
+    let timeout = state.config.body_read_timeout();
+    // The body read has its own deadline, apart from the whole request's: a client that sends
+    // its headers and then stalls or trickles the body is cut off early.
     match essence.as_str() {
         "multipart/form-data" => {
-            let mut multipart = Multipart::from_request(req, &())
-                .await
-                .map_err(|e| ApiError::Malformed(e.body_text()))?;
-            let mut image = None;
-            while let Some(field) = multipart
-                .next_field()
-                .await
-                .map_err(|e| multipart_error(e, limit))?
-            {
-                let name = field.name().unwrap_or("").to_string();
-                if name == "image" {
-                    image = Some(field.bytes().await.map_err(|e| multipart_error(e, limit))?);
-                } else {
-                    let value = field.text().await.map_err(|e| multipart_error(e, limit))?;
-                    options.0.push((name, value));
+            let image = within(timeout, async {
+                let mut multipart = Multipart::from_request(req, &())
+                    .await
+                    .map_err(|e| ApiError::Malformed(e.body_text()))?;
+                let mut image = None;
+                while let Some(field) = multipart
+                    .next_field()
+                    .await
+                    .map_err(|e| multipart_error(e, limit))?
+                {
+                    let name = field.name().unwrap_or("").to_string();
+                    if name == "image" {
+                        image = Some(field.bytes().await.map_err(|e| multipart_error(e, limit))?);
+                    } else {
+                        let value = field.text().await.map_err(|e| multipart_error(e, limit))?;
+                        options.0.push((name, value));
+                    }
                 }
-            }
+                Ok(image)
+            })
+            .await?;
             let bytes = image.ok_or_else(|| {
                 ApiError::Malformed("the multipart form has no field \"image\"".into())
             })?;
@@ -85,7 +92,7 @@ pub async fn read(state: &AppState, req: Request) -> Result<Incoming, ApiError> 
             })
         }
         "application/json" => {
-            let body = collect(req.into_body(), limit).await?;
+            let body = within(timeout, collect(req.into_body(), limit)).await?;
             let doc: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(&body)
                 .map_err(|e| ApiError::Malformed(format!("the body is not a JSON object: {e}")))?;
             let mut url = None;
@@ -117,7 +124,7 @@ pub async fn read(state: &AppState, req: Request) -> Result<Incoming, ApiError> 
             })
         }
         t if RAW_IMAGE_TYPES.contains(&t) => {
-            let bytes = collect(req.into_body(), limit).await?;
+            let bytes = within(timeout, collect(req.into_body(), limit)).await?;
             Ok(Incoming {
                 bytes,
                 options,
@@ -149,6 +156,16 @@ fn serde_urlencoded_pairs(q: &str) -> Result<Vec<(String, String)>, ApiError> {
     )
     .map(|axum::extract::Query(v)| v)
     .map_err(|e| ApiError::Malformed(format!("the query string is not valid: {e}")))
+}
+
+/// Runs a body read under the body-read timeout.
+async fn within<T>(
+    timeout: Duration,
+    read: impl Future<Output = Result<T, ApiError>>,
+) -> Result<T, ApiError> {
+    tokio::time::timeout(timeout, read)
+        .await
+        .unwrap_or(Err(ApiError::BodyTimeout(timeout.as_millis() as u64)))
 }
 
 /// Reads a whole body, refusing it as soon as it passes `limit` (whatever Content-Length said).

@@ -4,7 +4,7 @@ use super::AppState;
 use super::body;
 use super::options::ExplainRequest;
 use super::problem::ApiError;
-use crate::engine::{Done, Output, Task};
+use crate::engine::{Done, Fault, Output, Task};
 use crate::input::{self, DecodeLimits, Decoded};
 use crate::model::{self, Explanation, Prediction};
 use crate::render;
@@ -95,6 +95,7 @@ async fn infer(
         return Err(ApiError::NotReady);
     }
     let deadline = started + state.config.request_timeout();
+    let fault = injected_fault(req.headers())?;
     let incoming = body::read(state, req).await?;
     let (task, explain) = task_of(&incoming)?;
     let mut timings = Timings {
@@ -121,7 +122,7 @@ async fn infer(
     timings.decode_ms = ms(t.elapsed());
     state.metrics.stage("decode", t.elapsed().as_secs_f64());
 
-    let reply = state.engine.submit(x, task, deadline)?;
+    let reply = state.engine.submit(x, task, deadline, fault)?;
     // If the client goes away, this future is dropped with the receiver, and the model thread
     // skips the job.
     let done = reply
@@ -141,6 +142,26 @@ async fn infer(
         .metrics
         .stage("inference", done.inference.as_secs_f64());
     Ok((decoded, done, timings, explain))
+}
+
+/// The test build's fault hook: header `x-gradcam-fault` (see [`Fault`]'s syntax).
+#[cfg(feature = "fault-injection")]
+fn injected_fault(headers: &HeaderMap) -> Result<Option<Fault>, ApiError> {
+    headers
+        .get("x-gradcam-fault")
+        .map(|v| {
+            v.to_str()
+                .map_err(|_| "not text".to_string())
+                .and_then(str::parse)
+                .map_err(|e| ApiError::Malformed(format!("x-gradcam-fault: {e}")))
+        })
+        .transpose()
+}
+
+/// Builds without the `fault-injection` feature ignore the header.
+#[cfg(not(feature = "fault-injection"))]
+fn injected_fault(_: &HeaderMap) -> Result<Option<Fault>, ApiError> {
+    Ok(None)
 }
 
 /// Applies the whole-request deadline to a handler body.

@@ -174,6 +174,8 @@ pub async fn serve(
     let listener = TcpListener::bind((config.host, config.port)).await?;
     let addr = listener.local_addr()?;
     state.ready.store(true, Ordering::SeqCst);
+    #[cfg(feature = "fault-injection")]
+    tracing::warn!("built with fault injection (header x-gradcam-fault): for tests only");
     tracing::info!(%addr, device, model = model::MODEL_NAME, sha256 = %weights.sha256, "ready");
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

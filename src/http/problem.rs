@@ -33,6 +33,8 @@ pub enum ApiError {
     OutOfMemory,
     #[error("the request did not finish within {0} ms")]
     Timeout(u64),
+    #[error("the request body did not arrive within {0} ms")]
+    BodyTimeout(u64),
     /// Details go to the log, never to the client.
     #[error("internal error")]
     Internal(String),
@@ -122,6 +124,9 @@ impl ApiError {
                 "Out of device memory",
             ),
             ApiError::Timeout(_) => (S::GATEWAY_TIMEOUT, "timeout", "Request timed out"),
+            ApiError::BodyTimeout(_) => {
+                (S::REQUEST_TIMEOUT, "body_timeout", "Request body timed out")
+            }
             ApiError::Internal(_) => (S::INTERNAL_SERVER_ERROR, "internal", "Internal error"),
         }
     }
@@ -159,7 +164,7 @@ impl IntoResponse for ApiError {
         );
         if matches!(
             self,
-            ApiError::QueueFull | ApiError::NotReady | ApiError::Draining
+            ApiError::QueueFull | ApiError::NotReady | ApiError::Draining | ApiError::OutOfMemory
         ) {
             headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }

@@ -71,13 +71,62 @@ impl Server {
         format!("http://{}{path}", self.addr)
     }
 
+    /// The value of one Prometheus sample, e.g. `gradcam_queue_depth` or
+    /// `gradcam_rejections_total{reason="client_gone"}`; 0 when absent.
+    pub fn metric(&self, sample: &str) -> f64 {
+        let text = client()
+            .get(self.url("/metrics"))
+            .send()
+            .unwrap()
+            .text()
+            .unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' '))
+            .map_or(0.0, |v| v.parse().unwrap())
+    }
+
+    /// Polls `sample` until `ok` holds, for at most `secs` seconds.
+    pub fn wait_metric(&self, sample: &str, secs: u64, ok: impl Fn(f64) -> bool) -> f64 {
+        let start = Instant::now();
+        loop {
+            let v = self.metric(sample);
+            if ok(v) {
+                return v;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(secs),
+                "{sample} is still {v} after {secs} s"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// The status of `/health/ready`.
+    pub fn ready(&self) -> u16 {
+        client()
+            .get(self.url("/health/ready"))
+            .send()
+            .unwrap()
+            .status()
+            .as_u16()
+    }
+
     /// Sends SIGTERM and waits (bounded) for the exit status.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
+        self.signal_term();
+        self.wait_exit()
+    }
+
+    pub fn signal_term(&self) {
         let status = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status()
             .unwrap();
         assert!(status.success());
+    }
+
+    /// Waits up to a minute for the process to exit.
+    pub fn wait_exit(&mut self) -> std::process::ExitStatus {
         let start = Instant::now();
         loop {
             if let Some(s) = self.child.try_wait().unwrap() {
