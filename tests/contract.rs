@@ -25,8 +25,10 @@ fn live_server_conforms_to_openapi_yaml() {
             "all",
             "--max-examples",
             "25",
+            // One worker: with several, Python 3.11's ast.parse (used by hypothesis to
+            // describe its filters) races and schemathesis reports a runtime error of its own.
             "--workers",
-            "2",
+            "1",
         ])
         .args(["--phases", "examples,coverage,fuzzing", "--no-color"])
         .output()
