@@ -12,25 +12,23 @@ command -v wrk >/dev/null || { sudo=""; [ "$(id -u)" = 0 ] || sudo=sudo; $sudo a
 cargo build --release --quiet --bin gradcam-serve
 secs="${1:-30}"
 long="${2:-150}"
-weights="${GRADCAM_WEIGHTS:-$(scripts/reference.sh)/weights.safetensors}"
 photo="$(python -c 'import skimage, os; print(os.path.join(os.path.dirname(skimage.__file__), "data", "hubble_deep_field.jpg"))')"
-port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
-target/release/gradcam-serve serve --host 127.0.0.1 --port "$port" --weights "$weights" --log-format json \
-  "${@:3}" >/tmp/gradcam-load.log 2>&1 &
-pid=$!
-trap 'kill $pid 2>/dev/null || true' EXIT
-until curl -sf "http://127.0.0.1:$port/health/ready" >/dev/null; do sleep 0.5; done
+. scripts/server.sh
+log="$(mktemp)"
+pid=""
+trap '[ -z "$pid" ] || kill $pid 2>/dev/null || true; rm -f "$log"' EXIT
+start_server "$log" "${@:3}"
 rss() { awk '/VmRSS/ {print $2/1024 " MiB"}' "/proc/$pid/status"; }
 echo "photo: $photo ($(python -c "from PIL import Image; print('x'.join(map(str, Image.open('$photo').size)))"))"
 echo "rss after warm-up: $(rss)"
 export LOAD_FILE="$photo" LOAD_TYPE=image/jpeg
 for c in 1 4 16; do
   t=$(( c < 2 ? 1 : 2 ))
-  out=$(wrk -t"$t" -c"$c" -d"${secs}s" --timeout 60s -s benches/post.lua "http://127.0.0.1:$port/explain")
+  out=$(wrk -t"$t" -c"$c" -d"${secs}s" --timeout 60s -s benches/post.lua "$base/explain")
   echo "clients=$c $(echo "$out" | grep p50_ms) non2xx=$(echo "$out" | awk '/Non-2xx/ {print $5}')  rss=$(rss)"
 done
 echo "long run: 16 clients for ${long}s"
-out=$(wrk -t2 -c16 -d"${long}s" --timeout 60s -s benches/post.lua "http://127.0.0.1:$port/explain")
+out=$(wrk -t2 -c16 -d"${long}s" --timeout 60s -s benches/post.lua "$base/explain")
 echo "clients=16 $(echo "$out" | grep p50_ms) non2xx=$(echo "$out" | awk '/Non-2xx/ {print $5}')  rss=$(rss)"
 echo "peak rss: $(awk '/VmHWM/ {print $2/1024 " MiB"}' "/proc/$pid/status")"
-curl -s "http://127.0.0.1:$port/metrics" | grep -E '^gradcam_(batch_size_(sum|count)|requests_total)'
+curl -s "$base/metrics" | grep -E '^gradcam_(batch_size_(sum|count)|requests_total)'

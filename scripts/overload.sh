@@ -11,24 +11,18 @@ cd "$root"
 scripts/setup.sh
 cargo build --release --quiet --bin gradcam-serve
 cargo bench --quiet --bench overload --no-run 2>/dev/null
-weights="${GRADCAM_WEIGHTS:-$(scripts/reference.sh)/weights.safetensors}"
 photo="$(python -c 'import skimage, os; print(os.path.join(os.path.dirname(skimage.__file__), "data", "hubble_deep_field.jpg"))')"
-port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+. scripts/server.sh
 log="$(mktemp)"
-target/release/gradcam-serve serve --host 127.0.0.1 --port "$port" --weights "$weights" --log-format json \
-  "${@:3}" >"$log" 2>&1 &
-pid=$!
-trap 'kill $pid 2>/dev/null || true; rm -f "$log"' EXIT
-until curl -sf "http://127.0.0.1:$port/health/ready" >/dev/null; do
-  kill -0 "$pid" 2>/dev/null || { cat "$log" >&2; exit 1; }
-  sleep 0.5
-done
+pid=""
+trap '[ -z "$pid" ] || kill $pid 2>/dev/null || true; rm -f "$log"' EXIT
+start_server "$log" "${@:3}"
 echo "server RSS when ready: $(awk '/VmRSS/ {print $2/1024 " MiB"}' "/proc/$pid/status")"
 status=0
-OVERLOAD_URL="http://127.0.0.1:$port" OVERLOAD_PHOTO="$photo" OVERLOAD_PID="$pid" \
+OVERLOAD_URL="$base" OVERLOAD_PHOTO="$photo" OVERLOAD_PID="$pid" \
   OVERLOAD_SECS="${1:-60}" OVERLOAD_FACTOR="${2:-1.5}" \
   cargo bench --quiet --bench overload || status=$?
-curl -s "http://127.0.0.1:$port/metrics" | grep -E '^gradcam_(rejections_total|batch_size_(sum|count)|requests_total)'
+curl -s "$base/metrics" | grep -E '^gradcam_(rejections_total|batch_size_(sum|count)|requests_total)'
 kill -TERM "$pid"
 wait "$pid" && echo "server exited 0 after SIGTERM" || { echo "server exit status $?"; status=1; }
 exit "$status"

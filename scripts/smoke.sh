@@ -8,24 +8,15 @@ cd "$root"
 . scripts/env.sh
 scripts/setup.sh
 cargo build --release --quiet --bin gradcam-serve
-weights="${GRADCAM_WEIGHTS:-$(scripts/reference.sh)/weights.safetensors}"
-port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
-base="http://127.0.0.1:$port"
+. scripts/server.sh
 work="$(mktemp -d)"
 log="$work/server.log"
-
-target/release/gradcam-serve serve --host 127.0.0.1 --port "$port" --weights "$weights" --log-format json >"$log" 2>&1 &
-pid=$!
-cleanup() { kill "$pid" 2>/dev/null || true; rm -rf "$work"; }
+pid=""
+cleanup() { [ -z "$pid" ] || kill "$pid" 2>/dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT
 fail() { echo "smoke: FAIL: $*" >&2; tail -20 "$log" >&2; exit 1; }
 
-for _ in $(seq 1 240); do
-  curl -sf "$base/health/ready" >/dev/null && break
-  kill -0 "$pid" 2>/dev/null || fail "the server exited during start-up"
-  sleep 0.5
-done
-curl -sf "$base/health/ready" >/dev/null || fail "not ready after 120 s"
+start_server "$log" || fail "the server did not start"
 
 check_json() {  # file, python expression over d that must be true
   python3 -c "import json,sys; d=json.load(open(sys.argv[1])); sys.exit(0 if ($2) else 1)" "$1" \

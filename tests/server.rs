@@ -625,17 +625,9 @@ fn full_queue_refuses_at_once_with_retry_after() {
             .all(|(s, r)| *s == 200 || (*s == 429 && r.as_deref() == Some("1"))),
         "{statuses:?}"
     );
-    let text = client()
-        .get(server.url("/metrics"))
-        .send()
-        .unwrap()
-        .text()
-        .unwrap();
-    assert!(
-        text.contains(&format!(
-            "gradcam_rejections_total{{reason=\"queue_full\"}} {refused}"
-        )),
-        "{text}"
+    assert_eq!(
+        server.metric("gradcam_rejections_total{reason=\"queue_full\"}"),
+        refused as f64
     );
 }
 
@@ -675,14 +667,7 @@ fn queued_work_past_its_deadline_is_refused_with_504() {
         statuses.iter().all(|s| *s == 200 || *s == 504),
         "{statuses:?}"
     );
-    assert_eq!(
-        client()
-            .get(server.url("/health/ready"))
-            .send()
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(server.ready(), 200);
 }
 
 #[test]
@@ -757,14 +742,7 @@ fn stalled_connections_neither_block_others_nor_stay_open() {
         still_open, 0,
         "stalled connections outlived the header-read timeout"
     );
-    assert_eq!(
-        client()
-            .get(server.url("/health/ready"))
-            .send()
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(server.ready(), 200);
 }
 
 /// A client that sends its headers and then stalls (or trickles) the body gets a 408 once the
@@ -810,15 +788,8 @@ fn a_body_that_does_not_arrive_gets_408() {
         );
     }
     assert_eq!(
-        client()
-            .get(server.url("/metrics"))
-            .send()
-            .unwrap()
-            .text()
-            .unwrap()
-            .lines()
-            .find(|l| l.starts_with("gradcam_rejections_total{reason=\"body_timeout\"}")),
-        Some("gradcam_rejections_total{reason=\"body_timeout\"} 2")
+        server.metric("gradcam_rejections_total{reason=\"body_timeout\"}"),
+        2.0
     );
 }
 

@@ -1,0 +1,24 @@
+# Sourced by smoke.sh, load.sh and overload.sh: start_server LOG [SERVE ARGS...] starts the
+# release binary on a free loopback port with the weights in $GRADCAM_WEIGHTS (else the test
+# weights from the cache), sets $pid and $base, and waits until it is ready (at most 120 s).
+# Returns 1, with the log on stderr, when the server exits or does not become ready.
+start_server() {
+  local log="$1"
+  shift
+  local weights="${GRADCAM_WEIGHTS:-$(scripts/reference.sh)/weights.safetensors}"
+  local port
+  port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+  base="http://127.0.0.1:$port"
+  target/release/gradcam-serve serve --host 127.0.0.1 --port "$port" --weights "$weights" \
+    --log-format json "$@" >"$log" 2>&1 &
+  pid=$!
+  local _
+  for _ in $(seq 1 240); do
+    curl -sf "$base/health/ready" >/dev/null && return 0
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.5
+  done
+  echo "the server did not become ready:" >&2
+  tail -20 "$log" >&2
+  return 1
+}
