@@ -116,6 +116,96 @@ fn offline_download_error_says_how_to_pass_a_local_file() {
     std::fs::remove_dir_all(&out).unwrap();
 }
 
+/// Weights named by URL are downloaded once into the cache from a real HTTP origin (loopback),
+/// checked against the sha256 prefix in torchvision's file name, and reused afterwards. A file
+/// whose hash does not match its name is refused and not left in the cache.
+#[test]
+fn weights_from_a_url_are_downloaded_once_and_checked_against_their_name() {
+    use common::server::Origin;
+    let local = reference_dir().join("weights.pth");
+    let sha = weights::sha256_file(&local).unwrap();
+    let body = std::fs::read(&local).unwrap();
+    let origin = Origin::answer("127.0.0.1", move |_| {
+        let mut r = format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        )
+        .into_bytes();
+        r.extend_from_slice(&body);
+        r
+    });
+    let cache = tempdir("download");
+    let explain = |url: &str, out: &str| {
+        bin()
+            .args([
+                "explain",
+                "--device",
+                "cpu",
+                "--weights",
+                url,
+                "--cache-dir",
+            ])
+            .arg(&cache)
+            .arg("--out")
+            .arg(cache.join(out))
+            .arg(fixture("chelsea.png"))
+            .env_remove("GRADCAM_WEIGHTS")
+            .env_remove("http_proxy")
+            .env_remove("HTTP_PROXY")
+            .env_remove("all_proxy")
+            .env_remove("ALL_PROXY")
+            .output()
+            .unwrap()
+    };
+    let name = format!("resnet50-{}.pth", &sha[..8]);
+    let url = format!("http://{}/{name}", origin.addr);
+    for run in ["first", "second"] {
+        let output = explain(&url, run);
+        assert!(
+            output.status.success(),
+            "{run} run: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert_eq!(origin.hits(), 1, "{run} run: downloaded once, then cached");
+        let doc: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(cache.join(run).join("chelsea.json")).unwrap())
+                .unwrap();
+        assert_eq!(
+            doc["predictions"][0]["index"],
+            REFERENCE
+                .meta
+                .photos
+                .iter()
+                .find(|p| p.name == "chelsea")
+                .unwrap()
+                .top3[0],
+            "{run} run"
+        );
+    }
+    let cached = cache.join("weights").join(&name);
+    assert_eq!(weights::sha256_file(&cached).unwrap(), sha);
+
+    let wrong = format!("http://{}/resnet50-00000000.pth", origin.addr);
+    let output = explain(&wrong, "wrong");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(&sha) && stderr.contains("does not start with 00000000"),
+        "{stderr}"
+    );
+    assert_eq!(origin.hits(), 2);
+    let left: Vec<_> = std::fs::read_dir(cache.join("weights"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(
+        left,
+        vec![name],
+        "nothing of the refused file stays in the cache"
+    );
+    std::fs::remove_dir_all(&cache).unwrap();
+}
+
 #[test]
 fn incomplete_or_renamed_weights_are_refused_by_name() {
     let dir = tempdir("layout");
