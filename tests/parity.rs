@@ -5,6 +5,13 @@
 //! through 50 layers, with batch norm folded into the convolutions, differs from PyTorch's
 //! unfolded order of operations by about 1e-6 relative; 1e-3 leaves room for other CPUs'
 //! kernels), normalised maps within 1e-3 absolute.
+//!
+//! At `layer1` and `layer2` the gradients flow back through many more blocks, and float32
+//! rounding grows where an activation sits near a ReLU's kink (which implementation it hits
+//! is chance): PyTorch's own float32 maps there differ from the float64 answer by up to 2.6e-3
+//! of the scale on these photos. So at those layers both are measured against the float64
+//! answer: ours within 3e-3 in every case, and overall no further from it than PyTorch's
+//! float32 maps are.
 
 mod common;
 
@@ -14,6 +21,8 @@ use gradcam_serve::model::{ExplainOptions, Layer};
 
 const REL: f32 = 1e-3;
 const ABS_NORM: f32 = 1e-3;
+/// Raw (relative) and normalised bound against float64 at `layer1` and `layer2`.
+const DEEP: f32 = 3e-3;
 
 fn input(name: &str) -> Vec<f32> {
     REFERENCE.vec(&format!("input.{name}"))
@@ -48,9 +57,12 @@ fn logits_match_torchvision_with_both_weight_formats() {
 #[test]
 fn every_method_and_layer_matches_pytorch_grad_cam() {
     let model = MODEL.lock().unwrap();
+    let mut over = Vec::new();
+    // Largest (raw relative, normalised) distance from float64 at layer1 and layer2.
+    let (mut ours_worst, mut torch_worst) = ((0f32, 0f32), (0f32, 0f32));
     for photo in &REFERENCE.meta.photos {
         let x = input(&photo.name);
-        for layer in [Layer::Layer4, Layer::Layer3] {
+        for layer in Layer::ALL {
             for method in Method::ALL {
                 let opts = ExplainOptions {
                     layer,
@@ -60,17 +72,42 @@ fn every_method_and_layer_matches_pytorch_grad_cam() {
                 let r = model.explain(&[(&x, opts)]).unwrap().remove(0);
                 let e = &r.explanations[0];
                 assert_eq!(e.class_index, photo.top3[0]);
-                let side = if layer == Layer::Layer4 { 7 } else { 14 };
+                let side = 56 >> layer.index();
                 assert_eq!((e.heatmap.width, e.heatmap.height), (side, side));
-                let want = REFERENCE.vec(&format!("cam.{method}.{layer}.{}.k0", photo.name));
-                let (d, scale) = max_diff(&e.heatmap.data, &want);
+                let torch32 = REFERENCE.vec(&format!("cam.{method}.{layer}.{}.k0", photo.name));
                 let what = format!("{} {method} {layer}", photo.name);
-                assert!(
-                    d <= REL * scale,
-                    "{what}: raw map differs by {d} (scale {scale})"
+                // What ours is measured against, and how far PyTorch's float32 maps are from it.
+                let deep = layer.index() < 2;
+                let want = if deep {
+                    let exact = REFERENCE.vec(&format!("cam64.{method}.{layer}.{}", photo.name));
+                    let (d, scale) = max_diff(&torch32, &exact);
+                    let (n, _) =
+                        max_diff(&cam::normalise(&torch32).map, &cam::normalise(&exact).map);
+                    println!(
+                        "{what}: PyTorch float32 differs from float64 by {:.2e} of the scale, normalised by {n:.2e}",
+                        d / scale
+                    );
+                    torch_worst = (torch_worst.0.max(d / scale), torch_worst.1.max(n));
+                    exact
+                } else {
+                    torch32
+                };
+                let (d, scale) = max_diff(&e.heatmap.data, &want);
+                let (n, _) = max_diff(&e.normalized, &cam::normalise(&want).map);
+                println!(
+                    "{what}: ours differs by {:.2e} of the scale, normalised by {n:.2e}",
+                    d / scale
                 );
-                let (d, _) = max_diff(&e.normalized, &cam::normalise(&want).map);
-                assert!(d <= ABS_NORM, "{what}: normalised map differs by {d}");
+                if deep {
+                    ours_worst = (ours_worst.0.max(d / scale), ours_worst.1.max(n));
+                }
+                let (raw_bound, norm_bound) = if deep { (DEEP, DEEP) } else { (REL, ABS_NORM) };
+                if d > raw_bound * scale || n > norm_bound {
+                    over.push(format!(
+                        "{what}: raw {:.2e} of scale, normalised {n:.2e}",
+                        d / scale
+                    ));
+                }
                 assert!(
                     e.normalized.iter().all(|v| (0.0..=1.0).contains(v)),
                     "{what}"
@@ -78,6 +115,16 @@ fn every_method_and_layer_matches_pytorch_grad_cam() {
             }
         }
     }
+    assert!(over.is_empty(), "maps beyond their bounds: {over:#?}");
+    println!(
+        "layer1/layer2, largest distance from float64 (raw, normalised): ours {:.1e} {:.1e}, \
+         PyTorch float32 {:.1e} {:.1e}",
+        ours_worst.0, ours_worst.1, torch_worst.0, torch_worst.1
+    );
+    assert!(
+        ours_worst.0 <= torch_worst.0 && ours_worst.1 <= torch_worst.1,
+        "ours {ours_worst:?} is further from float64 than PyTorch's float32 {torch_worst:?}"
+    );
 }
 
 #[test]
@@ -85,7 +132,7 @@ fn gradcam_matches_the_seed_algorithm() {
     let model = MODEL.lock().unwrap();
     for photo in &REFERENCE.meta.photos {
         let x = input(&photo.name);
-        for layer in [Layer::Layer4, Layer::Layer3] {
+        for layer in Layer::ALL {
             let opts = ExplainOptions {
                 layer,
                 ..Default::default()

@@ -8,7 +8,8 @@ batch-norm statistic randomised, so no layer is an identity), saves the weights 
 - the logits;
 - the seed tutorial's Grad-CAM map (its own hooks and full backward pass);
 - pytorch-grad-cam's raw maps (before ReLU) for GradCAM, HiResCAM, GradCAM++, XGradCAM and
-  LayerCAM at `layer4` and `layer3`, for the top-1 class, and for GradCAM also the 2nd and 3rd.
+  LayerCAM at `layer1`..`layer4`, for the top-1 class, and for GradCAM at `layer4` also the
+  2nd and 3rd; at `layer1` and `layer2` also the same maps computed in float64.
 
 It also writes synthetic edge-case images (EXIF rotation, CMYK, 16-bit, ...) that need PIL to
 make. Everything goes to the directory given on the command line; a stamp file records the hash
@@ -17,6 +18,7 @@ of this script so the test runner regenerates only when it changes.
 Usage: python tests/reference.py OUT_DIR
 """
 
+import copy
 import hashlib
 import json
 import sys
@@ -41,7 +43,7 @@ METHODS = {
     "xgradcam": XGradCAM,
     "layercam": LayerCAM,
 }
-LAYERS = ["layer4", "layer3"]
+LAYERS = ["layer4", "layer3", "layer2", "layer1"]
 
 
 def seeded_resnet50():
@@ -103,6 +105,23 @@ def seed_gradcam(model, layer, x):
     return heat / m if m > 0 else heat
 
 
+def cams(model, layer, x, target, methods):
+    """pytorch-grad-cam's raw maps (before ReLU) for one target class, by method, as float32."""
+    targets = [ClassifierOutputTarget(target)]
+    capture = GradCAM(model=model, target_layers=[layer])
+    capture(input_tensor=x, targets=targets)
+    acts = capture.activations_and_grads.activations[0].cpu().numpy()
+    grads = capture.activations_and_grads.gradients[0].cpu().numpy()
+    capture.activations_and_grads.release()
+    out = {}
+    for method, cls in methods.items():
+        cam = cls(model=model, target_layers=[layer])
+        raw = cam.get_cam_image(x, layer, targets, acts, grads, False)[0]
+        cam.activations_and_grads.release()
+        out[method] = torch.from_numpy(np.ascontiguousarray(raw, dtype=np.float32))
+    return out
+
+
 def write_synthetic(out: Path):
     """Edge-case images that the Rust tests decode; PIL makes the ones Rust cannot write."""
     syn = out / "synthetic"
@@ -160,6 +179,7 @@ def main():
     save_file(state, str(out / "weights.safetensors"))
     torch.save(state, out / "weights.pth")
 
+    model64 = copy.deepcopy(model).double()
     tensors = {}
     meta = {"seed": SEED, "photos": [], "methods": list(METHODS), "layers": LAYERS}
     for photo in PHOTOS:
@@ -174,18 +194,20 @@ def main():
         for layer_name in LAYERS:
             layer = getattr(model, layer_name)
             tensors[f"seed.{layer_name}.{name}"] = seed_gradcam(model, layer, x).contiguous()
-            for method, cls in METHODS.items():
-                cam = cls(model=model, target_layers=[layer])
-                ks = range(3) if (method == "gradcam" and layer_name == "layer4") else range(1)
-                for k in ks:
-                    targets = [ClassifierOutputTarget(top[k])]
-                    cam(input_tensor=x, targets=targets)
-                    acts = cam.activations_and_grads.activations[0].cpu().numpy()
-                    grads = cam.activations_and_grads.gradients[0].cpu().numpy()
-                    raw = cam.get_cam_image(x, layer, targets, acts, grads, False)[0]
-                    tensors[f"cam.{method}.{layer_name}.{name}.k{k}"] = torch.from_numpy(
-                        np.ascontiguousarray(raw, dtype=np.float32))
-                cam.activations_and_grads.release()
+            # The methods differ only in how they weigh one layer's activations and gradients:
+            # one forward and backward pass per target serves all five.
+            for k in range(3) if layer_name == "layer4" else range(1):
+                methods = METHODS if k == 0 else {"gradcam": METHODS["gradcam"]}
+                for method, raw in cams(model, layer, x, top[k], methods).items():
+                    tensors[f"cam.{method}.{layer_name}.{name}.k{k}"] = raw
+            # The same maps computed in float64: the exact answer both float32 implementations
+            # are measured against (gradients flowing back through many blocks to layer1 and
+            # layer2 pick up float32 rounding, more so where an activation sits near a ReLU's
+            # kink).
+            if layer_name in ("layer1", "layer2"):
+                layer64 = getattr(model64, layer_name)
+                for method, raw in cams(model64, layer64, x.double(), top[0], METHODS).items():
+                    tensors[f"cam64.{method}.{layer_name}.{name}"] = raw
     save_file(tensors, str(out / "reference.safetensors"))
     (out / "reference.json").write_text(json.dumps(meta, indent=1))
     write_synthetic(out)
