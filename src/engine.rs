@@ -75,6 +75,8 @@ pub enum Fault {
     TorchError,
     /// A real libtorch allocation failure: a tensor larger than any address space (`oom`).
     OutOfMemory,
+    /// A panic outside the per-batch guard: the model thread itself ends (`die`).
+    Die,
 }
 
 impl std::str::FromStr for Fault {
@@ -94,10 +96,11 @@ impl std::str::FromStr for Fault {
             }),
             None if s == "error" => Ok(Fault::TorchError),
             None if s == "oom" => Ok(Fault::OutOfMemory),
+            None if s == "die" => Ok(Fault::Die),
             Some(("sleep", v)) => ms(v).map(Fault::Sleep),
             Some(("panic", v)) => ms(v).map(|rebuild_delay| Fault::Panic { rebuild_delay }),
             _ => Err(format!(
-                "unknown fault {s:?}; use sleep=MS, panic, panic=MS, error or oom"
+                "unknown fault {s:?}; use sleep=MS, panic, panic=MS, error, oom or die"
             )),
         }
     }
@@ -126,6 +129,7 @@ pub struct Engine {
     tx: RwLock<Option<SyncSender<Job>>>,
     thread: std::sync::Mutex<Option<JoinHandle<()>>>,
     healthy: Arc<AtomicBool>,
+    alive: Arc<AtomicBool>,
     stopping: Arc<AtomicBool>,
     metrics: Arc<Metrics>,
 }
@@ -152,7 +156,9 @@ impl Engine {
         let (tx, rx) = mpsc::sync_channel::<Job>(config.queue_capacity);
         let (ready_tx, ready_rx) = mpsc::channel::<anyhow::Result<()>>();
         let healthy = Arc::new(AtomicBool::new(false));
+        let alive = Arc::new(AtomicBool::new(true));
         let stopping = Arc::new(AtomicBool::new(false));
+        let thread_alive = alive.clone();
         let worker = Worker {
             load: Box::new(load),
             config,
@@ -164,6 +170,7 @@ impl Engine {
             .name("model".into())
             .spawn(move || {
                 let _clear = ClearOnDrop(worker.healthy.clone());
+                let _alive = ClearOnDrop(thread_alive);
                 let model = match worker.build() {
                     Ok(m) => m,
                     Err(e) => {
@@ -185,6 +192,7 @@ impl Engine {
             tx: RwLock::new(Some(tx)),
             thread: std::sync::Mutex::new(Some(thread)),
             healthy,
+            alive,
             stopping,
             metrics,
         })
@@ -229,6 +237,11 @@ impl Engine {
     /// model is being rebuilt after a panic, and once the model thread has stopped.
     pub fn is_healthy(&self) -> bool {
         self.healthy.load(Ordering::SeqCst)
+    }
+
+    /// False once the model thread has ended, whether stopped or dead.
+    pub fn is_alive(&self) -> bool {
+        self.alive.load(Ordering::SeqCst)
     }
 
     /// Closes the queue, lets the model thread finish what is queued, and waits for it.
@@ -318,6 +331,9 @@ impl Worker {
             }
             if live.is_empty() {
                 continue;
+            }
+            if live.iter().any(|j| j.fault == Some(Fault::Die)) {
+                panic!("injected fault: the model thread dies");
             }
             if let Health::Broken(delay) = self.run_batch(&model, live) {
                 drop(model);
@@ -519,6 +535,7 @@ fn inject(fault: Fault, model: &Model) -> Result<(), ModelError> {
             // 2^48 bytes: more than a 47-bit user address space, whatever the overcommit policy.
             let _ = Tensor::f_empty([1i64 << 46], on)?;
         }
+        Fault::Die => unreachable!("handled by the worker loop before the batch runs"),
     }
     Ok(())
 }
@@ -547,6 +564,7 @@ mod tests {
         );
         assert_eq!("error".parse(), Ok(Fault::TorchError));
         assert_eq!("oom".parse(), Ok(Fault::OutOfMemory));
+        assert_eq!("die".parse(), Ok(Fault::Die));
         for bad in ["", "sleep", "sleep=-1", "sleep=60001", "panic=x", "boom"] {
             let e = bad.parse::<Fault>().unwrap_err();
             assert!(e.contains("sleep=MS") || e.contains("milliseconds"), "{e}");

@@ -261,3 +261,37 @@ fn sigterm_under_heavy_load_answers_every_accepted_request_then_exits_zero() {
     let log = server.log.lock().unwrap().join("\n");
     assert!(log.contains("draining") && log.contains("stopped"), "{log}");
 }
+
+/// A model thread that dies outright (a panic outside the per-batch guard, which only a bug
+/// could cause) is reported by liveness, so that an orchestrator restarts the instance; new
+/// requests get 503 `model_stopped` at once instead of hanging; SIGTERM still exits 0.
+#[test]
+fn a_dead_model_thread_fails_liveness_and_refuses_work() {
+    let mut server = Server::start(&[]);
+    let live = |server: &Server| parts(client().get(server.url("/health/live")).send().unwrap());
+    assert_eq!(live(&server).0, 200);
+    let (status, _, body) = parts(explain(&server, Some("die")));
+    assert_eq!(status, 500, "{NO_HOOK}: {body}");
+    let started = Instant::now();
+    let (status, _, body) = loop {
+        let answer = live(&server);
+        if answer.0 != 200 || started.elapsed() > Duration::from_secs(30) {
+            break answer;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(
+        (status, body["type"].as_str()),
+        (503, Some("model_stopped")),
+        "{body}"
+    );
+    assert_eq!(server.ready(), 503);
+    let (status, _, body) = parts(explain(&server, None));
+    assert_eq!(
+        (status, body["type"].as_str()),
+        (503, Some("model_stopped")),
+        "{body}"
+    );
+    let exit = server.terminate();
+    assert!(exit.success(), "exit status {exit:?}");
+}

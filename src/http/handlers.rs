@@ -88,12 +88,7 @@ async fn infer(
     started: Instant,
     task_of: impl FnOnce(&body::Incoming) -> Result<(Task, Option<ExplainRequest>), ApiError>,
 ) -> Result<(Decoded, Done, Timings, Option<ExplainRequest>), ApiError> {
-    if state.draining.load(Ordering::SeqCst) {
-        return Err(ApiError::Draining);
-    }
-    if !state.ready.load(Ordering::SeqCst) || !state.engine.is_healthy() {
-        return Err(ApiError::NotReady);
-    }
+    serving(state)?;
     let deadline = started + state.config.request_timeout();
     let fault = injected_fault(req.headers())?;
     let incoming = body::read(state, req).await?;
@@ -331,17 +326,30 @@ pub async fn predict(State(state): State<AppState>, req: Request) -> Result<Resp
     .await
 }
 
-pub async fn live() -> Json<serde_json::Value> {
-    Json(serde_json::json!({ "status": "live" }))
+/// Live unless the model thread has died outside a shutdown: then only a restart helps.
+pub async fn live(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
+    if !state.engine.is_alive() && !state.draining.load(Ordering::SeqCst) {
+        return Err(ApiError::ModelStopped);
+    }
+    Ok(Json(serde_json::json!({ "status": "live" })))
 }
 
-pub async fn ready(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
+/// Whether this instance takes new work now; the same test gates `/explain` and `/predict`.
+fn serving(state: &AppState) -> Result<(), ApiError> {
     if state.draining.load(Ordering::SeqCst) {
         return Err(ApiError::Draining);
+    }
+    if !state.engine.is_alive() {
+        return Err(ApiError::ModelStopped);
     }
     if !state.ready.load(Ordering::SeqCst) || !state.engine.is_healthy() {
         return Err(ApiError::NotReady);
     }
+    Ok(())
+}
+
+pub async fn ready(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
+    serving(&state)?;
     Ok(Json(serde_json::json!({ "status": "ready" })))
 }
 

@@ -31,6 +31,8 @@ pub enum ApiError {
     Draining,
     #[error("the model's device is out of memory; retry shortly")]
     OutOfMemory,
+    #[error("the model thread has stopped; this instance needs a restart")]
+    ModelStopped,
     #[error("the request did not finish within {0} ms")]
     Timeout(u64),
     #[error("the request body did not arrive within {0} ms")]
@@ -122,6 +124,11 @@ impl ApiError {
                 S::SERVICE_UNAVAILABLE,
                 "out_of_memory",
                 "Out of device memory",
+            ),
+            ApiError::ModelStopped => (
+                S::SERVICE_UNAVAILABLE,
+                "model_stopped",
+                "Model thread stopped",
             ),
             ApiError::Timeout(_) => (S::GATEWAY_TIMEOUT, "timeout", "Request timed out"),
             ApiError::BodyTimeout(_) => {
