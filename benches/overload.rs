@@ -11,7 +11,8 @@
 //!
 //! Checked, for every request: each good one is answered 200 with the reference's class and
 //! heatmap, or refused with 429/503 and Retry-After; each malformed one gets its own 4xx and
-//! problem type; no other status. Then: readiness true at the end, and resident memory flat
+//! problem type; no other status; readiness probes every 250 ms all answered 200. Then:
+//! readiness true at the end, and resident memory flat
 //! (at the end no more than 10% above the highest level seen until the middle of the measured
 //! window). Prints the figures and exits 1 on any violation.
 //!
@@ -335,6 +336,26 @@ async fn main() {
     // RSS every 10 s of the schedule, warm-up included.
     let mut trace: Vec<f64> = Vec::new();
     let per_10s = (10.0 * total_rate).round().max(1.0) as usize;
+    // Readiness probes all along, as a load balancer sends them: they must stay 200 and fast.
+    let probing = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let probes = {
+        let (client, base, probing) = (client.clone(), base.clone(), probing.clone());
+        tokio::spawn(async move {
+            let mut seen: Vec<(u16, Duration)> = Vec::new();
+            while probing.load(std::sync::atomic::Ordering::SeqCst) {
+                let sent = Instant::now();
+                let status = client
+                    .get(format!("{base}/health/ready"))
+                    .send()
+                    .await
+                    .map(|r| r.status().as_u16())
+                    .unwrap_or(0);
+                seen.push((status, sent.elapsed()));
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            seen
+        })
+    };
     let t0 = Instant::now();
     for i in 0..n {
         let at = t0 + Duration::from_secs_f64(i as f64 / total_rate);
@@ -399,6 +420,8 @@ async fn main() {
     for h in handles {
         outcomes.push(h.await.unwrap());
     }
+    probing.store(false, std::sync::atomic::Ordering::SeqCst);
+    let probes = probes.await.unwrap();
     let rss_end = rss_mib(pid, "VmRSS:");
     let elapsed = t_measured.elapsed().as_secs_f64();
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -472,6 +495,17 @@ async fn main() {
             .join(" ")
     );
 
+    let mut probe_times: Vec<Duration> = probes.iter().map(|p| p.1).collect();
+    probe_times.sort();
+    let probes_failed = probes.iter().filter(|p| p.0 != 200).count();
+    println!(
+        "readiness probes during the run: {} ({} not 200), p50 {:.1} ms, p99 {:.1} ms",
+        probes.len(),
+        probes_failed,
+        percentile(&probe_times, 0.5),
+        percentile(&probe_times, 0.99)
+    );
+
     let violations: Vec<&String> = outcomes
         .iter()
         .filter_map(|o| o.violation.as_ref())
@@ -483,6 +517,10 @@ async fn main() {
         for v in violations.iter().take(10) {
             println!("  {v}");
         }
+    }
+    if probes_failed > 0 {
+        failed = true;
+        println!("VIOLATION: {probes_failed} readiness probes were not answered 200");
     }
     if ready != 200 {
         failed = true;
