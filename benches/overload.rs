@@ -186,6 +186,15 @@ async fn send(
     Ok((status, retry, bytes))
 }
 
+/// The status of `/health/ready`; 0 when the server does not answer.
+async fn ready_status(client: &reqwest::Client, base: &str) -> u16 {
+    client
+        .get(format!("{base}/health/ready"))
+        .send()
+        .await
+        .map_or(0, |r| r.status().as_u16())
+}
+
 fn check_good(
     reference: &Reference,
     status: u16,
@@ -344,12 +353,7 @@ async fn main() {
             let mut seen: Vec<(u16, Duration)> = Vec::new();
             while probing.load(std::sync::atomic::Ordering::SeqCst) {
                 let sent = Instant::now();
-                let status = client
-                    .get(format!("{base}/health/ready"))
-                    .send()
-                    .await
-                    .map(|r| r.status().as_u16())
-                    .unwrap_or(0);
+                let status = ready_status(&client, &base).await;
                 seen.push((status, sent.elapsed()));
                 tokio::time::sleep(Duration::from_millis(250)).await;
             }
@@ -427,12 +431,7 @@ async fn main() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let rss_after = rss_mib(pid, "VmRSS:");
     let rss_peak = rss_mib(pid, "VmHWM:");
-    let ready = client
-        .get(format!("{base}/health/ready"))
-        .send()
-        .await
-        .map(|r| r.status().as_u16())
-        .unwrap_or(0);
+    let ready = ready_status(&client, &base).await;
 
     // Report.
     let mut by_status: BTreeMap<(&str, u16), usize> = BTreeMap::new();

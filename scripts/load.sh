@@ -12,12 +12,9 @@ command -v wrk >/dev/null || { sudo=""; [ "$(id -u)" = 0 ] || sudo=sudo; $sudo a
 cargo build --release --quiet --bin gradcam-serve
 secs="${1:-30}"
 long="${2:-150}"
-photo="$(python -c 'import skimage, os; print(os.path.join(os.path.dirname(skimage.__file__), "data", "hubble_deep_field.jpg"))')"
 . scripts/server.sh
-log="$(mktemp)"
-pid=""
-trap '[ -z "$pid" ] || kill $pid 2>/dev/null || true; rm -f "$log"' EXIT
-start_server "$log" "${@:3}"
+photo="$(hubble_photo)"
+serve_for_bench "${@:3}"
 rss() { awk '/VmRSS/ {print $2/1024 " MiB"}' "/proc/$pid/status"; }
 echo "photo: $photo ($(python -c "from PIL import Image; print('x'.join(map(str, Image.open('$photo').size)))"))"
 echo "rss after warm-up: $(rss)"

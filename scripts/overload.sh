@@ -11,12 +11,9 @@ cd "$root"
 scripts/setup.sh
 cargo build --release --quiet --bin gradcam-serve
 cargo bench --quiet --bench overload --no-run 2>/dev/null
-photo="$(python -c 'import skimage, os; print(os.path.join(os.path.dirname(skimage.__file__), "data", "hubble_deep_field.jpg"))')"
 . scripts/server.sh
-log="$(mktemp)"
-pid=""
-trap '[ -z "$pid" ] || kill $pid 2>/dev/null || true; rm -f "$log"' EXIT
-start_server "$log" "${@:3}"
+photo="$(hubble_photo)"
+serve_for_bench "${@:3}"
 echo "server RSS when ready: $(awk '/VmRSS/ {print $2/1024 " MiB"}' "/proc/$pid/status")"
 status=0
 OVERLOAD_URL="$base" OVERLOAD_PHOTO="$photo" OVERLOAD_PID="$pid" \

@@ -22,3 +22,18 @@ start_server() {
   tail -20 "$log" >&2
   return 1
 }
+
+# serve_for_bench [SERVE ARGS...]: start_server with a temporary log, and an EXIT trap that
+# stops the server (if still running) and removes the log. For the load and overload scripts.
+serve_for_bench() {
+  log="$(mktemp)"
+  pid=""
+  trap '[ -z "$pid" ] || kill "$pid" 2>/dev/null || true; rm -f "$log"' EXIT
+  start_server "$log" "$@"
+}
+
+# The benchmark photo: scikit-image's hubble_deep_field.jpg (1000x872, about one megapixel),
+# from the Python environment.
+hubble_photo() {
+  python -c 'import skimage, os; print(os.path.join(os.path.dirname(skimage.__file__), "data", "hubble_deep_field.jpg"))'
+}

@@ -344,11 +344,11 @@ impl Worker {
                 self.healthy.store(true, Ordering::SeqCst);
             }
         }
-        // Whatever is still queued when the thread stops is answered, not dropped.
+        // Whatever is still queued when the thread stops is answered, not dropped. (Readiness
+        // turns false as the thread ends, through its `ClearOnDrop`.)
         while let Ok(job) = rx.try_recv() {
             take(job).reply.send(Err(EngineError::Stopped)).ok();
         }
-        self.healthy.store(false, Ordering::SeqCst);
     }
 
     /// Loads the model again after a panic, retrying with backoff until it works or the engine
