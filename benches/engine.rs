@@ -3,9 +3,10 @@
 //! weights). Throughput is in images per second.
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use gradcam_serve::backend::{Backend, ExplainOptions, Layer};
 use gradcam_serve::cam::Method;
 use gradcam_serve::input;
-use gradcam_serve::model::{ExplainOptions, Layer, Model, weights};
+use gradcam_serve::model::{Model, weights};
 use std::path::PathBuf;
 
 fn model() -> Model {

@@ -15,62 +15,17 @@
 //!
 //! [`normalise`] then applies the ReLU and scales by the maximum, as the seed tutorial does.
 
-use serde::{Deserialize, Serialize};
-use std::fmt;
-use std::str::FromStr;
+use crate::names::named_enum;
 
-/// A class-activation-map method.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
-pub enum Method {
-    #[default]
-    #[serde(rename = "gradcam")]
-    GradCam,
-    #[serde(rename = "hirescam")]
-    HiResCam,
-    #[serde(rename = "gradcam++")]
-    GradCamPlusPlus,
-    #[serde(rename = "xgradcam")]
-    XGradCam,
-    #[serde(rename = "layercam")]
-    LayerCam,
-}
-
-impl Method {
-    pub const ALL: [Method; 5] = [
-        Method::GradCam,
-        Method::HiResCam,
-        Method::GradCamPlusPlus,
-        Method::XGradCam,
-        Method::LayerCam,
-    ];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Method::GradCam => "gradcam",
-            Method::HiResCam => "hirescam",
-            Method::GradCamPlusPlus => "gradcam++",
-            Method::XGradCam => "xgradcam",
-            Method::LayerCam => "layercam",
-        }
-    }
-}
-
-impl fmt::Display for Method {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-impl FromStr for Method {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Method::ALL
-            .into_iter()
-            .find(|m| m.name().eq_ignore_ascii_case(s))
-            .ok_or_else(|| {
-                let allowed: Vec<_> = Method::ALL.iter().map(|m| m.name()).collect();
-                format!("unknown method {s:?}; allowed: {}", allowed.join(", "))
-            })
+named_enum! {
+    /// A class-activation-map method.
+    pub enum Method("method") {
+        #[default]
+        GradCam => "gradcam",
+        HiResCam => "hirescam",
+        GradCamPlusPlus => "gradcam++",
+        XGradCam => "xgradcam",
+        LayerCam => "layercam",
     }
 }
 

@@ -1,10 +1,98 @@
-//! `gradcam-serve serve` configuration: every flag is also an environment variable, checked
-//! once at start-up so that a bad deployment fails before it binds a port.
+//! Configuration types: where the model comes from and runs ([`ModelConfig`]) and the `serve`
+//! settings ([`ServeConfig`]). Every flag is also an environment variable; `serve` settings are
+//! checked together once at start-up so that a bad deployment fails before it binds a port.
+//! The command line derives its parser from these types; nothing here depends on it.
 
-use crate::cli::ModelArgs;
+use crate::backend::Layer;
+use crate::cam::Method;
+use crate::fetch::FetchConfig;
+use crate::fetch::addr::{AddressPolicy, Cidr};
+use crate::render::Colormap;
 use clap::{Args, ValueEnum};
 use std::net::IpAddr;
+use std::path::PathBuf;
 use std::time::Duration;
+use tch::Device;
+
+/// torchvision's ResNet-50 ImageNet-1k checkpoint (IMAGENET1K_V2, top-1 80.858%).
+pub const DEFAULT_WEIGHTS_URL: &str = "https://download.pytorch.org/models/resnet50-11ad3fa6.pth";
+
+/// Where the model comes from and where it runs.
+#[derive(Debug, Clone, Args)]
+pub struct ModelConfig {
+    /// Weights: a local .safetensors or PyTorch .pth file, or an http(s) URL downloaded once into
+    /// the cache (torchvision's ResNet-50 IMAGENET1K_V2 checkpoint by default).
+    #[arg(long, env = "GRADCAM_WEIGHTS", default_value = DEFAULT_WEIGHTS_URL)]
+    pub weights: String,
+    /// Directory for downloaded weights. Default: $XDG_CACHE_HOME/gradcam-serve or
+    /// ~/.cache/gradcam-serve.
+    #[arg(long, env = "GRADCAM_CACHE")]
+    pub cache_dir: Option<PathBuf>,
+    /// Device: auto (first GPU if there is one), cpu, cuda or cuda:N.
+    #[arg(long, env = "GRADCAM_DEVICE", default_value = "auto", value_parser = parse_device)]
+    pub device: Device,
+}
+
+impl ModelConfig {
+    pub fn cache_dir(&self) -> PathBuf {
+        self.cache_dir.clone().unwrap_or_else(|| {
+            let base = std::env::var_os("XDG_CACHE_HOME")
+                .map(PathBuf::from)
+                .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+                .unwrap_or_else(std::env::temp_dir);
+            base.join("gradcam-serve")
+        })
+    }
+}
+
+/// Parses `auto`, `cpu`, `cuda` or `cuda:N`.
+pub fn parse_device(s: &str) -> Result<Device, String> {
+    match s {
+        "auto" => Ok(Device::cuda_if_available()),
+        "cpu" => Ok(Device::Cpu),
+        "cuda" => Ok(Device::Cuda(0)),
+        _ => s
+            .strip_prefix("cuda:")
+            .and_then(|n| n.parse::<usize>().ok())
+            .map(Device::Cuda)
+            .ok_or_else(|| format!("unknown device {s:?}; allowed: auto, cpu, cuda, cuda:N")),
+    }
+}
+
+/// `gradcam-serve explain`: image files in, overlays and maps out.
+#[derive(Debug, Clone, Args)]
+pub struct ExplainConfig {
+    /// Image files; the format is told by content.
+    #[arg(required = true, help = format!("Image files ({})", crate::input::SUPPORTED_NAMES))]
+    pub images: Vec<PathBuf>,
+    #[command(flatten)]
+    pub model: ModelConfig,
+    /// Explain this ImageNet class index (0-999) instead of the top-ranked classes.
+    #[arg(long = "class")]
+    pub class: Option<i64>,
+    /// Explain the k best classes (from the same forward pass).
+    #[arg(long, default_value_t = 1)]
+    pub top_k: usize,
+    /// Layer whose output is explained: layer1, layer2, layer3 or layer4.
+    #[arg(long, default_value = "layer4")]
+    pub layer: Layer,
+    /// gradcam, hirescam, gradcam++, xgradcam or layercam.
+    #[arg(long, default_value = "gradcam")]
+    pub method: Method,
+    /// jet, turbo, viridis, inferno or gray.
+    #[arg(long, default_value = "jet")]
+    pub colormap: Colormap,
+    /// Weight of the heatmap colour in the overlay, 0 to 1.
+    #[arg(long, default_value_t = 0.4)]
+    pub alpha: f32,
+    /// The overlay's longer side is at most this many pixels.
+    #[arg(long, default_value_t = 1024)]
+    pub max_side: u32,
+    /// Output directory for IMAGE.png (and IMAGE.N.png for the N-th further class) and
+    /// IMAGE.json.
+    #[arg(long, default_value = ".")]
+    pub out: PathBuf,
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
@@ -23,7 +111,7 @@ pub struct ServeConfig {
     #[arg(long, env = "GRADCAM_PORT", default_value_t = 8080)]
     pub port: u16,
     #[command(flatten)]
-    pub model: ModelArgs,
+    pub model: ModelConfig,
     /// Most images the model thread runs in one batch. On the CPU batching gains little
     /// (measured: 15.2 vs 14.3 images/s at 8 vs 1); on a GPU use 16-32.
     #[arg(long, env = "GRADCAM_MAX_BATCH_SIZE", default_value_t = 8)]
@@ -70,7 +158,7 @@ pub struct ServeConfig {
     /// Addresses or CIDR blocks the URL fetcher may reach even though they are private,
     /// loopback or otherwise internal (comma-separated; off by default).
     #[arg(long, env = "GRADCAM_FETCH_ALLOW", value_delimiter = ',')]
-    pub fetch_allow: Vec<crate::http::addr::Cidr>,
+    pub fetch_allow: Vec<Cidr>,
     /// Ports the URL fetcher may connect to (comma-separated).
     #[arg(
         long,
@@ -97,6 +185,22 @@ pub struct ServeConfig {
 }
 
 impl ServeConfig {
+    /// Settings from `serve`'s flags, the rest from `GRADCAM_*` variables and defaults: for
+    /// embedding the server and for tests.
+    pub fn from_args<I: IntoIterator<Item = S>, S: Into<std::ffi::OsString> + Clone>(
+        args: I,
+    ) -> Result<Self, clap::Error> {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Serve {
+            #[command(flatten)]
+            config: ServeConfig,
+        }
+        let args = std::iter::once(std::ffi::OsString::from("serve"))
+            .chain(args.into_iter().map(Into::into));
+        Serve::try_parse_from(args).map(|s| s.config)
+    }
+
     pub fn request_timeout(&self) -> Duration {
         Duration::from_millis(self.request_timeout_ms)
     }
@@ -179,6 +283,18 @@ impl ServeConfig {
         Ok(())
     }
 
+    /// The URL fetcher's settings.
+    pub fn fetch_config(&self) -> FetchConfig {
+        FetchConfig {
+            timeout: Duration::from_millis(self.fetch_timeout_ms),
+            max_bytes: self.fetch_max_bytes,
+            allowed_ports: self.fetch_ports.clone(),
+            policy: AddressPolicy {
+                allow: self.fetch_allow.clone(),
+            },
+        }
+    }
+
     /// Allowed CORS origins without empty entries.
     pub fn cors(&self) -> Vec<String> {
         self.cors_origins
@@ -186,5 +302,18 @@ impl ServeConfig {
             .map(|s| s.trim().to_string())
             .filter(|s| !s.is_empty())
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn devices_parse_and_bad_ones_say_what_is_allowed() {
+        assert_eq!(parse_device("cpu").unwrap(), Device::Cpu);
+        assert_eq!(parse_device("cuda").unwrap(), Device::Cuda(0));
+        assert_eq!(parse_device("cuda:1").unwrap(), Device::Cuda(1));
+        assert!(parse_device("tpu").unwrap_err().contains("cuda:N"));
     }
 }

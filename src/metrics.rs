@@ -63,7 +63,8 @@ impl Histogram {
 /// Every metric the service exports.
 #[derive(Debug)]
 pub struct Metrics {
-    device: String,
+    /// The model's name and device, known once the backend is built.
+    model: std::sync::OnceLock<(String, String)>,
     requests: Mutex<BTreeMap<(String, u16), u64>>,
     rejections: Mutex<BTreeMap<String, u64>>,
     stages: Mutex<BTreeMap<String, Histogram>>,
@@ -74,15 +75,21 @@ pub struct Metrics {
     rebuilds: Mutex<(u64, u64)>,
 }
 
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // A panic while holding a metrics lock leaves consistent counters behind: keep going.
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Metrics {
-    pub fn new(device: String) -> Self {
+    pub fn new() -> Self {
         Self {
-            device,
+            model: std::sync::OnceLock::new(),
             requests: Mutex::default(),
             rejections: Mutex::default(),
             stages: Mutex::default(),
@@ -90,6 +97,11 @@ impl Metrics {
             queue_depth: AtomicUsize::new(0),
             rebuilds: Mutex::default(),
         }
+    }
+
+    /// Names the model and its device in `gradcam_model_info` (the first call counts).
+    pub fn set_model(&self, model: &str, device: &str) {
+        let _ = self.model.set((model.to_string(), device.to_string()));
     }
 
     pub fn request(&self, route: &str, status: u16) {
@@ -171,14 +183,14 @@ impl Metrics {
             out,
             "gradcam_model_rebuilds_total{{result=\"failed\"}} {failed}"
         );
-        out.push_str("# HELP gradcam_model_info The model and the device it runs on.\n");
-        out.push_str("# TYPE gradcam_model_info gauge\n");
-        let _ = writeln!(
-            out,
-            "gradcam_model_info{{model=\"{}\",device=\"{}\"}} 1",
-            crate::model::MODEL_NAME,
-            self.device
-        );
+        if let Some((model, device)) = self.model.get() {
+            out.push_str("# HELP gradcam_model_info The model and the device it runs on.\n");
+            out.push_str("# TYPE gradcam_model_info gauge\n");
+            let _ = writeln!(
+                out,
+                "gradcam_model_info{{model=\"{model}\",device=\"{device}\"}} 1"
+            );
+        }
         out
     }
 }
@@ -189,7 +201,8 @@ mod tests {
 
     #[test]
     fn histogram_buckets_are_cumulative() {
-        let m = Metrics::new("cpu".into());
+        let m = Metrics::new();
+        m.set_model("resnet50", "cpu");
         for v in [0.0005, 0.003, 0.003, 100.0] {
             m.stage("queue", v);
         }

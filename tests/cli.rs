@@ -121,19 +121,11 @@ fn offline_download_error_says_how_to_pass_a_local_file() {
 /// whose hash does not match its name is refused and not left in the cache.
 #[test]
 fn weights_from_a_url_are_downloaded_once_and_checked_against_their_name() {
-    use common::server::Origin;
+    use common::origin::Origin;
     let local = reference_dir().join("weights.pth");
     let sha = weights::sha256_file(&local).unwrap();
     let body = std::fs::read(&local).unwrap();
-    let origin = Origin::answer("127.0.0.1", move |_| {
-        let mut r = format!(
-            "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-            body.len()
-        )
-        .into_bytes();
-        r.extend_from_slice(&body);
-        r
-    });
+    let origin = Origin::ok("127.0.0.1", body, Some("application/octet-stream"));
     let cache = tempdir("download");
     let explain = |url: &str, out: &str| {
         bin()

@@ -6,7 +6,7 @@
 mod common;
 
 use common::fixture;
-use common::server::{Server, client};
+use common::server::{Server, client, post_fixture};
 use serde_json::Value;
 use std::time::{Duration, Instant};
 
@@ -20,15 +20,7 @@ fn post(
     file: &str,
     fault: Option<&str>,
 ) -> reqwest::blocking::Response {
-    let content_type = if file.ends_with(".png") {
-        "image/png"
-    } else {
-        "image/jpeg"
-    };
-    let mut req = client()
-        .post(server.url(path))
-        .header("content-type", content_type)
-        .body(std::fs::read(fixture(file)).unwrap());
+    let mut req = post_fixture(server.url(path), file);
     if let Some(f) = fault {
         req = req.header(HOOK, f);
     }

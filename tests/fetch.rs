@@ -4,10 +4,9 @@
 
 mod common;
 
-use common::server::Origin;
-use gradcam_serve::http::addr::AddressPolicy;
-use gradcam_serve::http::fetch::{FetchConfig, Fetcher, Lookup};
-use gradcam_serve::http::problem::{ApiError, FetchError};
+use common::origin::Origin;
+use gradcam_serve::fetch::addr::AddressPolicy;
+use gradcam_serve::fetch::{FetchConfig, FetchError, Fetcher, Lookup};
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -37,28 +36,16 @@ fn stub(answers: Vec<Vec<&'static str>>, count: Arc<AtomicUsize>) -> Lookup {
     })
 }
 
-fn ok_origin(ip: &str, body: &'static [u8]) -> Origin {
-    Origin::answer(ip, move |_| {
-        let mut r = format!(
-            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-            body.len()
-        )
-        .into_bytes();
-        r.extend_from_slice(body);
-        r
-    })
-}
-
-fn forbidden(r: Result<axum::body::Bytes, ApiError>) -> String {
+fn forbidden(r: Result<bytes::Bytes, FetchError>) -> String {
     match r {
-        Err(ApiError::Fetch(FetchError::Forbidden(m))) => m,
+        Err(FetchError::Forbidden(m)) => m,
         other => panic!("expected a forbidden source, got {other:?}"),
     }
 }
 
 #[tokio::test]
 async fn names_with_any_forbidden_answer_are_refused_before_connecting() {
-    let canary = ok_origin("127.0.0.2", b"secret");
+    let canary = Origin::ok("127.0.0.2", b"secret", None);
     let port = canary.addr.port();
     let lookups = Arc::new(AtomicUsize::new(0));
     for answers in [
@@ -84,9 +71,9 @@ async fn names_with_any_forbidden_answer_are_refused_before_connecting() {
 
 #[tokio::test]
 async fn a_name_is_resolved_once_so_rebinding_cannot_redirect_the_connection() {
-    let origin = ok_origin("127.0.0.1", b"image bytes");
-    let canary = ok_origin("127.0.0.2", b"secret");
-    assert_eq!(origin.addr.port() == canary.addr.port(), false);
+    let origin = Origin::ok("127.0.0.1", b"image bytes", None);
+    let canary = Origin::ok("127.0.0.2", b"secret", None);
+    assert_ne!(origin.addr.port(), canary.addr.port());
     // First answer: the allowed origin; any later answer: the canary. Both ports allowed.
     let lookups = Arc::new(AtomicUsize::new(0));
     let lookup = stub(vec![vec!["127.0.0.1"], vec!["127.0.0.2"]], lookups.clone());
@@ -125,7 +112,7 @@ async fn bodies_over_the_cap_are_cut_off_while_reading() {
         Duration::from_secs(5),
     );
     match f.fetch(&format!("http://{}/big", endless.addr)).await {
-        Err(ApiError::Fetch(FetchError::TooLarge(1000))) => {}
+        Err(FetchError::TooLarge(1000)) => {}
         other => panic!("{other:?}"),
     }
 }
@@ -133,22 +120,17 @@ async fn bodies_over_the_cap_are_cut_off_while_reading() {
 #[tokio::test]
 async fn a_source_that_trickles_times_out() {
     // Headers at once, then one byte per second.
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    std::thread::spawn(move || {
-        use std::io::{Read, Write};
-        if let Ok((mut s, _)) = listener.accept() {
-            let mut buf = [0u8; 1024];
-            let _ = s.read(&mut buf);
-            let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 500\r\n\r\n");
-            for _ in 0..30 {
-                if s.write_all(b"x").is_err() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_secs(1));
+    let slow = Origin::stream("127.0.0.1", |_, s| {
+        use std::io::Write;
+        let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 500\r\n\r\n");
+        for _ in 0..30 {
+            if s.write_all(b"x").is_err() {
+                break;
             }
+            std::thread::sleep(Duration::from_secs(1));
         }
     });
+    let addr = slow.addr;
     let f = fetcher(
         &[addr.port()],
         stub(vec![vec!["127.0.0.1"]], Default::default()),
@@ -156,7 +138,7 @@ async fn a_source_that_trickles_times_out() {
     );
     let started = std::time::Instant::now();
     match f.fetch(&format!("http://{addr}/slow")).await {
-        Err(ApiError::Fetch(FetchError::Timeout)) => {}
+        Err(FetchError::Timeout) => {}
         other => panic!("{other:?}"),
     }
     assert!(started.elapsed() < Duration::from_secs(20));
@@ -165,8 +147,8 @@ async fn a_source_that_trickles_times_out() {
 #[tokio::test]
 async fn proxy_settings_in_the_environment_are_ignored() {
     // A proxy that would be used if the fetcher honoured the environment.
-    let proxy = ok_origin("127.0.0.2", b"from the proxy");
-    let origin = ok_origin("127.0.0.1", b"direct");
+    let proxy = Origin::ok("127.0.0.2", b"from the proxy", None);
+    let origin = Origin::ok("127.0.0.1", b"direct", None);
     // SAFETY: tests in this binary run in their own processes under nextest; no other thread
     // reads the environment while this one writes it.
     unsafe {

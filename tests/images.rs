@@ -2,9 +2,9 @@
 
 mod common;
 
-use common::{MODEL, REFERENCE, fixture, synthetic};
+use common::{MODEL, REFERENCE, fixture, huge_jpeg, huge_png, synthetic};
+use gradcam_serve::backend::{Backend, ExplainOptions};
 use gradcam_serve::input::{self, DecodeLimits, STD};
-use gradcam_serve::model::ExplainOptions;
 use image::RgbImage;
 
 fn decode_file(path: &std::path::Path) -> RgbImage {
@@ -107,29 +107,7 @@ fn every_exif_orientation_is_turned_upright() {
 /// decoder allocates for it.
 #[test]
 fn tiny_files_claiming_huge_dimensions_are_refused_before_decoding() {
-    // PNG: signature, an IHDR chunk for 100000 x 100000 RGB, an empty IDAT and IEND.
-    let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
-    let mut ihdr = b"IHDR".to_vec();
-    ihdr.extend_from_slice(&100_000u32.to_be_bytes());
-    ihdr.extend_from_slice(&100_000u32.to_be_bytes());
-    ihdr.extend_from_slice(&[8, 2, 0, 0, 0]);
-    png.extend_from_slice(&13u32.to_be_bytes());
-    png.extend_from_slice(&ihdr);
-    png.extend_from_slice(&crc32(&ihdr).to_be_bytes());
-    for chunk in [&b"IDAT"[..], &b"IEND"[..]] {
-        png.extend_from_slice(&0u32.to_be_bytes());
-        png.extend_from_slice(chunk);
-        png.extend_from_slice(&crc32(chunk).to_be_bytes());
-    }
-    // JPEG: SOI, a baseline SOF0 for 65000 x 65000 with three components, an empty scan, EOI.
-    let mut jpeg = vec![0xFF, 0xD8, 0xFF, 0xC0, 0x00, 0x11, 0x08];
-    jpeg.extend_from_slice(&65000u16.to_be_bytes());
-    jpeg.extend_from_slice(&65000u16.to_be_bytes());
-    jpeg.extend_from_slice(&[3, 1, 0x11, 0, 2, 0x11, 1, 3, 0x11, 1]);
-    jpeg.extend_from_slice(&[
-        0xFF, 0xDA, 0x00, 0x0C, 3, 1, 0x00, 2, 0x11, 3, 0x11, 0x00, 0x3F, 0x00, 0xFF, 0xD9,
-    ]);
-    for (name, bytes) in [("png", png), ("jpeg", jpeg)] {
+    for (name, bytes) in [("png", huge_png()), ("jpeg", huge_jpeg())] {
         assert!(bytes.len() < 80, "{name}");
         match input::decode(&bytes, DecodeLimits::default()) {
             Err(input::DecodeError::TooManyPixels { pixels, .. }) => {
@@ -138,21 +116,6 @@ fn tiny_files_claiming_huge_dimensions_are_refused_before_decoding() {
             other => panic!("{name}: {other:?}"),
         }
     }
-}
-
-fn crc32(data: &[u8]) -> u32 {
-    let mut crc = 0xFFFF_FFFFu32;
-    for &b in data {
-        crc ^= u32::from(b);
-        for _ in 0..8 {
-            crc = if crc & 1 != 0 {
-                (crc >> 1) ^ 0xEDB8_8320
-            } else {
-                crc >> 1
-            };
-        }
-    }
-    !crc
 }
 
 #[test]
@@ -197,8 +160,7 @@ fn truncated_jpeg_is_refused_not_padded() {
     let bytes = std::fs::read(fixture("coffee.jpg")).unwrap();
     for cut in [bytes.len() / 3, bytes.len() - 2] {
         let err = input::decode(&bytes[..cut], DecodeLimits::default())
-            .err()
-            .expect("truncated JPEG must be refused");
+            .expect_err("truncated JPEG must be refused");
         assert!(err.to_string().contains("truncated"), "{err}");
     }
     // An EXIF thumbnail's end marker does not make a truncated photo whole.

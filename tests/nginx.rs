@@ -4,8 +4,8 @@
 
 mod common;
 
-use common::server::{Server, client};
-use common::{REFERENCE, fixture};
+use common::REFERENCE;
+use common::server::{Server, post_fixture};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -103,19 +103,12 @@ fn start_nginx(a: &Server, b: &Server) -> Nginx {
 }
 
 fn explain_through(port: u16, file: &str) -> (u16, i64) {
-    let res = client()
-        .post(format!("http://127.0.0.1:{port}/explain?overlay=false"))
-        .header(
-            "content-type",
-            if file.ends_with(".png") {
-                "image/png"
-            } else {
-                "image/jpeg"
-            },
-        )
-        .body(std::fs::read(fixture(file)).unwrap())
-        .send()
-        .unwrap();
+    let res = post_fixture(
+        format!("http://127.0.0.1:{port}/explain?overlay=false"),
+        file,
+    )
+    .send()
+    .unwrap();
     let status = res.status().as_u16();
     let body: serde_json::Value = res.json().unwrap_or_default();
     (

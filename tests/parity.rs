@@ -16,8 +16,8 @@
 mod common;
 
 use common::{MODEL, REFERENCE, max_diff};
+use gradcam_serve::backend::{Backend, ExplainOptions, Layer};
 use gradcam_serve::cam::{self, Method};
-use gradcam_serve::model::{ExplainOptions, Layer};
 
 const REL: f32 = 1e-3;
 const ABS_NORM: f32 = 1e-3;
@@ -43,7 +43,7 @@ fn logits_match_torchvision_with_both_weight_formats() {
                 "{}: logits differ by {d} (scale {scale})",
                 photo.name
             );
-            let top = gradcam_serve::model::top_predictions(got, 3);
+            let top = gradcam_serve::backend::top_predictions(got, 3);
             assert_eq!(
                 top.iter().map(|p| p.index).collect::<Vec<_>>(),
                 photo.top3,

@@ -1,30 +1,34 @@
-//! The HTTP service: routes, shared state, middleware, start-up and graceful shutdown.
+//! The HTTP service: routes, shared state, middleware, and serving a bound listener until
+//! shutdown.
 //!
 //! Knows nothing of tensors: it turns requests into preprocessed images (on the blocking pool),
-//! hands them to the [`Engine`], and renders the answers (on the blocking pool again).
+//! hands them to the [`Engine`], and renders the answers (on the blocking pool again). Any
+//! backend behind the engine will do, which is how the in-process tests run without a model.
 
-pub mod addr;
-mod body;
-pub mod fetch;
-mod handlers;
+mod bodies;
+mod explain;
+mod input;
 mod listen;
+mod ops;
 pub mod options;
 pub mod problem;
 
 use crate::config::ServeConfig;
-use crate::engine::{BatchConfig, Engine};
+use crate::engine::Engine;
+use crate::fetch::Fetcher;
 use crate::metrics::Metrics;
-use crate::model;
 use axum::Router;
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::{HeaderName, HeaderValue, Method};
 use axum::middleware::{self, Next};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use problem::{ApiError, InternalDetail, ProblemType};
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::net::TcpListener;
+use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::trace::TraceLayer;
 
@@ -34,32 +38,78 @@ pub struct AppState {
     pub config: Arc<ServeConfig>,
     pub engine: Arc<Engine>,
     pub metrics: Arc<Metrics>,
-    pub fetcher: fetch::Fetcher,
-    pub ready: Arc<AtomicBool>,
-    pub draining: Arc<AtomicBool>,
-    /// Static facts for `/info`.
-    pub info: Arc<serde_json::Value>,
-    pub device: Arc<str>,
+    pub fetcher: Fetcher,
+    draining: Arc<AtomicBool>,
+}
+
+impl AppState {
+    /// State for a started engine; the URL fetcher follows the configuration.
+    pub fn new(config: Arc<ServeConfig>, engine: Arc<Engine>, metrics: Arc<Metrics>) -> Self {
+        let fetcher = Fetcher::new(config.fetch_config());
+        Self::with_fetcher(config, engine, metrics, fetcher)
+    }
+
+    /// State with a URL fetcher of the caller's (tests use a stub name resolver).
+    pub fn with_fetcher(
+        config: Arc<ServeConfig>,
+        engine: Arc<Engine>,
+        metrics: Arc<Metrics>,
+        fetcher: Fetcher,
+    ) -> Self {
+        Self {
+            config,
+            engine,
+            metrics,
+            fetcher,
+            draining: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// Shutdown has begun: readiness is 503 and new work is refused.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
+    }
+
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether this instance takes new work now.
+    fn serving(&self) -> Result<(), ApiError> {
+        if self.is_draining() {
+            return Err(ApiError::Draining);
+        }
+        if !self.engine.is_alive() {
+            return Err(ApiError::ModelStopped);
+        }
+        if !self.engine.is_healthy() {
+            return Err(ApiError::NotReady);
+        }
+        Ok(())
+    }
 }
 
 /// The router with every route and layer.
 pub fn app(state: AppState) -> Router {
     let router = Router::new()
-        .route("/explain", post(handlers::explain))
-        .route("/predict", post(handlers::predict))
-        .route("/health/live", get(handlers::live))
-        .route("/health/ready", get(handlers::ready))
-        .route("/metrics", get(handlers::metrics))
-        .route("/info", get(handlers::info))
-        .route("/labels", get(handlers::labels))
-        .route("/openapi.yaml", get(handlers::openapi))
-        .route_layer(middleware::from_fn_with_state(state.clone(), track))
-        .fallback(handlers::not_found)
+        .route("/explain", post(explain::explain))
+        .route("/predict", post(explain::predict))
+        .route("/health/live", get(ops::live))
+        .route("/health/ready", get(ops::ready))
+        .route("/metrics", get(ops::metrics))
+        .route("/info", get(ops::info))
+        .route("/labels", get(ops::labels))
+        .route("/openapi.yaml", get(ops::openapi))
+        .route_layer(middleware::from_fn_with_state(state.clone(), observe))
+        .fallback(ops::not_found)
         // Our own body limit check gives the problem response; this one stops axum's default
         // 2 MB cap on multipart from getting in first.
         .layer(axum::extract::DefaultBodyLimit::max(
             state.config.body_limit,
         ))
+        .layer(CatchPanicLayer::custom(|_| {
+            ApiError::Internal("a request handler panicked".into()).into_response()
+        }))
         .layer(TraceLayer::new_for_http());
     let origins = state.config.cors();
     let router = if origins.is_empty() {
@@ -80,133 +130,56 @@ fn cors(origins: &[String]) -> CorsLayer {
         .allow_origin(allow)
         .allow_methods([Method::GET, Method::POST])
         .allow_headers([axum::http::header::CONTENT_TYPE, axum::http::header::ACCEPT])
-        .expose_headers(handlers::TIMING_HEADERS.map(HeaderName::from_static))
+        .expose_headers(explain::TIMING_HEADERS.map(HeaderName::from_static))
 }
 
-/// Counts every answer by route and status, and refusals by problem type.
-async fn track(State(state): State<AppState>, req: Request, next: Next) -> Response {
+/// Counts every answer by route and status and refusals by problem type, and logs internal
+/// errors (whose detail never reaches the client).
+async fn observe(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let route = req
         .extensions()
         .get::<MatchedPath>()
         .map(|p| p.as_str().to_string())
         .unwrap_or_default();
-    let res = next.run(req).await;
+    let mut res = next.run(req).await;
     state.metrics.request(&route, res.status().as_u16());
-    if let Some(p) = res.extensions().get::<problem::ProblemType>() {
+    if let Some(p) = res.extensions().get::<ProblemType>() {
         state.metrics.rejection(p.0);
+    }
+    if let Some(InternalDetail(detail)) = res.extensions_mut().remove() {
+        tracing::error!(%route, %detail, "internal error");
     }
     res
 }
 
-/// Loads the model on its thread and warms it up, binds, logs "ready", and serves until
-/// `shutdown` resolves; then refuses new work (readiness 503), lets accepted requests finish
-/// within the drain timeout, stops the model thread and returns.
+/// Serves `state`'s routes on `listener` until `shutdown` resolves; then refuses new work
+/// (readiness 503), stops accepting, and lets accepted requests finish within the drain
+/// timeout. The engine is the caller's to stop.
 pub async fn serve(
-    config: ServeConfig,
+    listener: TcpListener,
+    state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
-    config
-        .validate()
-        .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
-    let config = Arc::new(config);
-    let device = model::device_name(config.model.device);
-    let metrics = Arc::new(Metrics::new(device.clone()));
-    let batch = BatchConfig {
-        max_batch_size: config.max_batch_size,
-        max_batch_delay: config.max_batch_delay(),
-        queue_capacity: config.queue_capacity,
-    };
-    let model_args = config.model.clone();
-    let (weights_tx, weights_rx) = std::sync::mpsc::channel();
-    let engine_metrics = metrics.clone();
-    let engine = tokio::task::spawn_blocking(move || {
-        Engine::start(
-            move || {
-                let m = model_args.load()?;
-                let _ = weights_tx.send(m.weights().clone());
-                Ok(m)
-            },
-            batch,
-            engine_metrics,
-        )
-    })
-    .await??;
-    let weights = weights_rx.recv()?;
-    let info = serde_json::json!({
-        "model": model::MODEL_NAME,
-        "classes": model::labels().len(),
-        "weights": { "source": weights.source, "sha256": weights.sha256 },
-        "device": device,
-        "versions": { "gradcam_serve": env!("CARGO_PKG_VERSION"), "libtorch": model::LIBTORCH_VERSION },
-        "limits": {
-            "body_limit_bytes": config.body_limit,
-            "max_image_pixels": config.max_image_pixels,
-            "max_overlay_side": config.max_overlay_side,
-            "fetch_max_bytes": config.fetch_max_bytes,
-            "fetch_timeout_ms": config.fetch_timeout_ms,
-            "request_timeout_ms": config.request_timeout_ms,
-            "max_top_k": model::MAX_TOP_K,
-        },
-        "batching": {
-            "max_batch_size": config.max_batch_size,
-            "max_batch_delay_ms": config.max_batch_delay_ms,
-            "queue_capacity": config.queue_capacity,
-        },
-    });
-    let state = AppState {
-        fetcher: fetch::Fetcher::new(fetch::FetchConfig {
-            timeout: std::time::Duration::from_millis(config.fetch_timeout_ms),
-            max_bytes: config.fetch_max_bytes,
-            allowed_ports: config.fetch_ports.clone(),
-            policy: addr::AddressPolicy {
-                allow: config.fetch_allow.clone(),
-            },
-        }),
-        config: config.clone(),
-        engine: Arc::new(engine),
-        metrics,
-        ready: Arc::new(AtomicBool::new(false)),
-        draining: Arc::new(AtomicBool::new(false)),
-        info: Arc::new(info),
-        device: device.clone().into(),
-    };
-
-    let listener = TcpListener::bind((config.host, config.port)).await?;
-    let addr = listener.local_addr()?;
-    state.ready.store(true, Ordering::SeqCst);
-    #[cfg(feature = "fault-injection")]
-    tracing::warn!("built with fault injection (header x-gradcam-fault): for tests only");
-    tracing::info!(%addr, device, model = model::MODEL_NAME, sha256 = %weights.sha256, "ready");
-
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let draining = state.draining.clone();
+) {
+    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    let draining = state.clone();
     tokio::spawn(async move {
         shutdown.await;
-        draining.store(true, Ordering::SeqCst);
+        draining.start_draining();
         tracing::info!("shutdown requested: draining");
         let _ = stop_tx.send(true);
     });
     let limits = listen::ConnectionLimits {
-        header_read_timeout: std::time::Duration::from_millis(config.header_read_timeout_ms),
-        max_connections: config.max_connections,
+        header_read_timeout: std::time::Duration::from_millis(state.config.header_read_timeout_ms),
+        max_connections: state.config.max_connections,
     };
-    let mut server = std::pin::pin!(listen::serve(
-        listener,
-        app(state.clone()),
-        limits,
-        stop_rx.clone()
-    ));
-    let mut stop_rx = stop_rx;
+    let drain_timeout = state.config.drain_timeout();
+    let mut server = std::pin::pin!(listen::serve(listener, app(state), limits, stop_rx.clone()));
     tokio::select! {
         () = &mut server => {},
         _ = stop_rx.wait_for(|s| *s) => {
-            if tokio::time::timeout(config.drain_timeout(), &mut server).await.is_err() {
+            if tokio::time::timeout(drain_timeout, &mut server).await.is_err() {
                 tracing::warn!("drain timeout passed with requests still in flight");
             }
         }
     }
-    let engine = state.engine.clone();
-    tokio::task::spawn_blocking(move || engine.shutdown()).await?;
-    tracing::info!("stopped");
-    Ok(())
 }

@@ -3,8 +3,8 @@
 //! or unknown one is refused with what is allowed.
 
 use super::problem::ApiError;
+use crate::backend::{ExplainOptions, Layer, MAX_TOP_K};
 use crate::cam::Method;
-use crate::model::{ExplainOptions, Layer, MAX_TOP_K};
 use crate::render::{Colormap, OverlayOptions};
 
 /// Names accepted by `/explain`.

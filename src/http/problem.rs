@@ -1,7 +1,11 @@
 //! Every error the HTTP layer can answer, and the one place that maps them to status codes and
-//! RFC 9457 problem details (`application/problem+json`).
+//! RFC 9457 problem details (`application/problem+json`). Errors of the other layers (decoding,
+//! fetching, the engine) arrive through `From` conversions and leave through [`ApiError::parts`].
+//! Nothing here logs: an internal error's detail rides along in the response's extensions, and
+//! the HTTP layer's middleware logs it and keeps it from the client.
 
 use crate::engine::EngineError;
+use crate::fetch::FetchError;
 use crate::input::DecodeError;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -19,10 +23,10 @@ pub enum ApiError {
     Image(#[from] DecodeError),
     #[error("{0}")]
     InvalidOption(String),
+    #[error(transparent)]
+    Fetch(#[from] FetchError),
     #[error("{0}")]
-    InvalidUrl(String),
-    #[error("{0}")]
-    Fetch(FetchError),
+    NotFound(String),
     #[error("the queue is full; retry shortly")]
     QueueFull,
     #[error("the model is not ready yet")]
@@ -35,26 +39,13 @@ pub enum ApiError {
     ModelStopped,
     #[error("the request did not finish within {0} ms")]
     Timeout(u64),
+    #[error("the request's deadline passed while it waited for the model")]
+    Expired,
     #[error("the request body did not arrive within {0} ms")]
     BodyTimeout(u64),
     /// Details go to the log, never to the client.
     #[error("internal error")]
     Internal(String),
-}
-
-/// Why an image URL could not be fetched. The detail never includes what the source answered.
-#[derive(Debug, Clone, thiserror::Error, PartialEq)]
-pub enum FetchError {
-    #[error("the source is not allowed: {0}")]
-    Forbidden(String),
-    #[error("the source could not be reached")]
-    Unreachable,
-    #[error("the source did not answer in time")]
-    Timeout,
-    #[error("the image at the source is larger than the limit of {0} bytes")]
-    TooLarge(u64),
-    #[error("the source answered HTTP {0}")]
-    Upstream(u16),
 }
 
 #[derive(Serialize)]
@@ -91,7 +82,7 @@ impl ApiError {
             ApiError::InvalidOption(_) => {
                 (S::UNPROCESSABLE_ENTITY, "invalid_option", "Invalid option")
             }
-            ApiError::InvalidUrl(_) => {
+            ApiError::Fetch(FetchError::InvalidUrl(_)) => {
                 (S::UNPROCESSABLE_ENTITY, "invalid_url", "Invalid image URL")
             }
             ApiError::Fetch(FetchError::Forbidden(_)) => {
@@ -130,7 +121,10 @@ impl ApiError {
                 "model_stopped",
                 "Model thread stopped",
             ),
-            ApiError::Timeout(_) => (S::GATEWAY_TIMEOUT, "timeout", "Request timed out"),
+            ApiError::NotFound(_) => (S::NOT_FOUND, "not_found", "Not found"),
+            ApiError::Timeout(_) | ApiError::Expired => {
+                (S::GATEWAY_TIMEOUT, "timeout", "Request timed out")
+            }
             ApiError::BodyTimeout(_) => {
                 (S::REQUEST_TIMEOUT, "body_timeout", "Request body timed out")
             }
@@ -143,7 +137,7 @@ impl From<EngineError> for ApiError {
     fn from(e: EngineError) -> Self {
         match e {
             EngineError::QueueFull => ApiError::QueueFull,
-            EngineError::Expired => ApiError::Timeout(0),
+            EngineError::Expired => ApiError::Expired,
             EngineError::Stopped => ApiError::Draining,
             EngineError::OutOfMemory => ApiError::OutOfMemory,
             EngineError::Model(m) => ApiError::Internal(m),
@@ -154,9 +148,6 @@ impl From<EngineError> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, kind, title) = self.parts();
-        if let ApiError::Internal(detail) = &self {
-            tracing::error!(%detail, "internal error");
-        }
         let body = Problem {
             kind,
             title,
@@ -175,8 +166,12 @@ impl IntoResponse for ApiError {
         ) {
             headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
-        // Lets the metrics layer count refusals by reason without parsing the body.
+        // Lets the middleware count refusals by reason without parsing the body, and log what
+        // went wrong inside without telling the client.
         res.extensions_mut().insert(ProblemType(kind));
+        if let ApiError::Internal(detail) = self {
+            res.extensions_mut().insert(InternalDetail(detail));
+        }
         res
     }
 }
@@ -184,3 +179,7 @@ impl IntoResponse for ApiError {
 /// The problem type of an error response, for metrics.
 #[derive(Debug, Clone, Copy)]
 pub struct ProblemType(pub &'static str);
+
+/// What an internal error was, for the log only.
+#[derive(Debug, Clone)]
+pub struct InternalDetail(pub String);

@@ -12,18 +12,29 @@ pub const INPUT_SIDE: u32 = 224;
 pub const MEAN: [f32; 3] = [0.485, 0.456, 0.406];
 pub const STD: [f32; 3] = [0.229, 0.224, 0.225];
 
-/// Formats we decode; anything else is refused before decoding.
-pub const SUPPORTED_FORMATS: [ImageFormat; 6] = [
-    ImageFormat::Jpeg,
-    ImageFormat::Png,
-    ImageFormat::WebP,
-    ImageFormat::Gif,
-    ImageFormat::Bmp,
-    ImageFormat::Tiff,
-];
+/// Writes the list of supported formats once: the table and the strings that messages quote.
+macro_rules! formats {
+    ($(($format:ident, $name:literal, $media_type:literal)),+ $(,)?) => {
+        /// Formats we decode, each with its name and media type; anything else is refused
+        /// before decoding.
+        pub const FORMATS: &[(ImageFormat, &str, &str)] =
+            &[$((ImageFormat::$format, $name, $media_type)),+];
+        /// The names of [`FORMATS`], for messages.
+        pub const SUPPORTED_NAMES: &str = formats!(@join $($name),+);
+        /// The media types of [`FORMATS`], for messages.
+        pub const SUPPORTED_MEDIA_TYPES: &str = formats!(@join $($media_type),+);
+    };
+    (@join $first:literal $(, $rest:literal)*) => { concat!($first $(, ", ", $rest)*) };
+}
 
-/// Names of [`SUPPORTED_FORMATS`] for messages.
-pub const SUPPORTED_NAMES: &str = "JPEG, PNG, WebP, GIF, BMP, TIFF";
+formats![
+    (Jpeg, "JPEG", "image/jpeg"),
+    (Png, "PNG", "image/png"),
+    (WebP, "WebP", "image/webp"),
+    (Gif, "GIF", "image/gif"),
+    (Bmp, "BMP", "image/bmp"),
+    (Tiff, "TIFF", "image/tiff"),
+];
 
 /// Bounds on what a decoder may do with untrusted bytes.
 #[derive(Debug, Clone, Copy)]
@@ -78,7 +89,7 @@ pub fn sniff_format(bytes: &[u8]) -> Result<ImageFormat, DecodeError> {
         return Err(DecodeError::Empty);
     }
     let format = image::guess_format(bytes).map_err(|_| DecodeError::UnknownFormat)?;
-    if SUPPORTED_FORMATS.contains(&format) {
+    if FORMATS.iter().any(|(f, _, _)| *f == format) {
         Ok(format)
     } else {
         Err(DecodeError::UnsupportedFormat(format!("{format:?}")))
@@ -193,6 +204,16 @@ pub fn to_planar_normalised(image: &RgbImage) -> Vec<f32> {
 mod tests {
     use super::*;
     use image::{ImageEncoder, Rgb};
+
+    #[test]
+    fn the_format_list_and_its_messages_agree() {
+        assert_eq!(SUPPORTED_NAMES, "JPEG, PNG, WebP, GIF, BMP, TIFF");
+        assert_eq!(
+            SUPPORTED_MEDIA_TYPES,
+            "image/jpeg, image/png, image/webp, image/gif, image/bmp, image/tiff"
+        );
+        assert_eq!(FORMATS.len(), 6);
+    }
 
     fn png_bytes(img: &DynamicImage) -> Vec<u8> {
         let mut out = Vec::new();

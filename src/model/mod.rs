@@ -1,86 +1,25 @@
-//! The classifier and its explanations: ResNet-50 on libtorch, weight loading, and the batched
-//! forward + partial backward pass that feeds the Grad-CAM family in [`crate::cam`].
+//! The libtorch backend: ResNet-50 with torchvision's parameter names, weight files, and the
+//! batched forward + partial backward pass that feeds the Grad-CAM family in [`crate::cam`].
 
 pub mod resnet;
 pub mod weights;
 
-use crate::cam::{self, Method};
+use crate::backend::{
+    self, Backend, BackendError, Description, ExplainOptions, ExplainResult, Explanation,
+    INPUT_LEN, Layer, MIN_PREDICTIONS, NUM_CLASSES, Prediction, WeightsInfo,
+};
+use crate::cam;
+use crate::config::ModelConfig;
 use crate::input::INPUT_SIDE;
-use resnet::{NUM_CLASSES, ResNet50};
-use serde::{Deserialize, Serialize};
-use std::fmt;
-use std::str::FromStr;
-use std::sync::OnceLock;
+use resnet::ResNet50;
 use tch::{Device, Kind, TchError, Tensor};
-pub use weights::{DEFAULT_WEIGHTS_URL, WeightsError, WeightsFile};
-
-/// The 1000 ImageNet-1k class names in the order of torchvision's checkpoints.
-pub fn labels() -> &'static [&'static str] {
-    static LABELS: OnceLock<Vec<&'static str>> = OnceLock::new();
-    LABELS.get_or_init(|| include_str!("imagenet_classes.txt").lines().collect())
-}
+pub use weights::{WeightsError, WeightsFile};
 
 /// The libtorch version this build links (tch 0.26 refuses to build against any other).
 pub const LIBTORCH_VERSION: &str = "2.13.0";
 
 /// The model's name in answers.
 pub const MODEL_NAME: &str = "resnet50";
-
-/// A stage of ResNet-50 whose output can be explained.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, Default,
-)]
-#[serde(rename_all = "lowercase")]
-pub enum Layer {
-    Layer1,
-    Layer2,
-    Layer3,
-    /// The last bottleneck's output, as in the seed.
-    #[default]
-    Layer4,
-}
-
-impl Layer {
-    pub const ALL: [Layer; 4] = [Layer::Layer1, Layer::Layer2, Layer::Layer3, Layer::Layer4];
-
-    pub fn index(self) -> usize {
-        self as usize
-    }
-
-    pub fn name(self) -> &'static str {
-        ["layer1", "layer2", "layer3", "layer4"][self.index()]
-    }
-}
-
-impl fmt::Display for Layer {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-impl FromStr for Layer {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Layer::ALL
-            .into_iter()
-            .find(|l| l.name().eq_ignore_ascii_case(s))
-            .ok_or_else(|| format!("unknown layer {s:?}; allowed: layer1, layer2, layer3, layer4"))
-    }
-}
-
-/// Parses `auto`, `cpu`, `cuda` or `cuda:N`.
-pub fn parse_device(s: &str) -> Result<Device, String> {
-    match s {
-        "auto" => Ok(Device::cuda_if_available()),
-        "cpu" => Ok(Device::Cpu),
-        "cuda" => Ok(Device::Cuda(0)),
-        _ => s
-            .strip_prefix("cuda:")
-            .and_then(|n| n.parse::<usize>().ok())
-            .map(Device::Cuda)
-            .ok_or_else(|| format!("unknown device {s:?}; allowed: auto, cpu, cuda, cuda:N")),
-    }
-}
 
 pub fn device_name(d: Device) -> String {
     match d {
@@ -90,90 +29,19 @@ pub fn device_name(d: Device) -> String {
     }
 }
 
-/// At most this many classes are explained per image (each costs one partial backward pass).
-pub const MAX_TOP_K: usize = 10;
-/// Answers list at least this many predictions.
-pub const MIN_PREDICTIONS: usize = 5;
-
-/// What to explain for one image.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct ExplainOptions {
-    /// Explain this class instead of the top-ranked ones.
-    pub class: Option<i64>,
-    /// Explain the `top_k` best classes (ignored when `class` is given).
-    pub top_k: usize,
-    pub layer: Layer,
-    pub method: Method,
-}
-
-impl Default for ExplainOptions {
-    fn default() -> Self {
-        Self {
-            class: None,
-            top_k: 1,
-            layer: Layer::Layer4,
-            method: Method::GradCam,
-        }
+/// Resolves (downloading if needed), reads and checks the weights, and places the model on
+/// the configured device.
+pub fn load(config: &ModelConfig) -> anyhow::Result<Model> {
+    let file = weights::resolve(&config.weights, &config.cache_dir())?;
+    tracing::info!(path = %file.path.display(), sha256 = %file.sha256, "weights");
+    if let Device::Cuda(n) = config.device {
+        let count = tch::Cuda::device_count();
+        anyhow::ensure!(
+            (n as i64) < count,
+            "device cuda:{n} requested but {count} CUDA device(s) are available"
+        );
     }
-}
-
-impl ExplainOptions {
-    /// Checks the options a client can get wrong; the message says what is allowed.
-    pub fn validate(&self) -> Result<(), String> {
-        if let Some(c) = self.class
-            && !(0..NUM_CLASSES).contains(&c)
-        {
-            return Err(format!(
-                "class {c} is out of range; allowed: 0..={}",
-                NUM_CLASSES - 1
-            ));
-        }
-        if !(1..=MAX_TOP_K).contains(&self.top_k) {
-            return Err(format!(
-                "top_k {} is out of range; allowed: 1..={MAX_TOP_K}",
-                self.top_k
-            ));
-        }
-        Ok(())
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Prediction {
-    pub index: i64,
-    pub label: &'static str,
-    pub probability: f32,
-    pub logit: f32,
-}
-
-/// A raw class-activation map at the layer's resolution.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Heatmap {
-    pub width: usize,
-    pub height: usize,
-    /// Row-major raw values, before the ReLU and scaling.
-    pub data: Vec<f32>,
-    pub min: f32,
-    pub max: f32,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Explanation {
-    pub class_index: i64,
-    pub label: &'static str,
-    pub layer: Layer,
-    pub method: Method,
-    pub heatmap: Heatmap,
-    /// `relu(raw) / max`, row-major, same size as `heatmap`.
-    pub normalized: Vec<f32>,
-    /// No positive evidence at all: `normalized` is all zeros.
-    pub empty: bool,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct ExplainResult {
-    pub predictions: Vec<Prediction>,
-    pub explanations: Vec<Explanation>,
+    Ok(Model::load(file, config.device)?)
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -193,14 +61,18 @@ impl From<TchError> for ModelError {
     }
 }
 
+impl From<ModelError> for BackendError {
+    fn from(e: ModelError) -> Self {
+        BackendError::from_message(e.to_string())
+    }
+}
+
 /// ResNet-50 resident on one device.
 pub struct Model {
     net: ResNet50,
     device: Device,
     weights: WeightsFile,
 }
-
-const INPUT_LEN: usize = 3 * (INPUT_SIDE as usize) * (INPUT_SIDE as usize);
 
 impl Model {
     /// Reads, checks and places the weights. Never falls back to random weights: a file that
@@ -248,7 +120,7 @@ impl Model {
     }
 
     /// Logits `[N, 1000]` for a batch, without autograd.
-    pub fn logits(&self, inputs: &[&[f32]]) -> Result<Vec<Vec<f32>>, ModelError> {
+    fn forward(&self, inputs: &[&[f32]]) -> Result<Vec<Vec<f32>>, ModelError> {
         let _guard = tch::no_grad_guard();
         let x = self.batch(inputs)?;
         let a = self.net.features(&x, Layer::Layer4)?;
@@ -259,7 +131,7 @@ impl Model {
     /// backward pass (from the target layer up) per explained rank. Entries may differ in
     /// method, class and top-k; results come back in input order and are the same as if each
     /// image had been explained alone.
-    pub fn explain(
+    fn explain_batch(
         &self,
         items: &[(&[f32], ExplainOptions)],
     ) -> Result<Vec<ExplainResult>, ModelError> {
@@ -305,15 +177,12 @@ impl Model {
         let predictions: Vec<Vec<Prediction>> = logit_rows
             .iter()
             .zip(opts)
-            .map(|(l, o)| top_predictions(l, o.top_k.max(MIN_PREDICTIONS)))
+            .map(|(l, o)| backend::top_predictions(l, o.top_k.max(MIN_PREDICTIONS)))
             .collect();
         let targets: Vec<Vec<i64>> = opts
             .iter()
             .zip(&predictions)
-            .map(|(o, p)| match o.class {
-                Some(c) => vec![c],
-                None => p.iter().take(o.top_k).map(|p| p.index).collect(),
-            })
+            .map(|(o, p)| backend::targets(o, p))
             .collect();
 
         let size = acts.size();
@@ -349,22 +218,7 @@ impl Model {
                     channels,
                     h * w,
                 );
-                let norm = cam::normalise(&raw);
-                explanations[i].push(Explanation {
-                    class_index: class,
-                    label: labels()[class as usize],
-                    layer,
-                    method,
-                    heatmap: Heatmap {
-                        width: w,
-                        height: h,
-                        data: raw,
-                        min: norm.min,
-                        max: norm.max,
-                    },
-                    normalized: norm.map,
-                    empty: norm.empty,
-                });
+                explanations[i].push(Explanation::from_raw(class, layer, method, raw, w, h));
             }
         }
         Ok(predictions
@@ -376,32 +230,32 @@ impl Model {
             })
             .collect())
     }
-
-    /// One forward and backward pass on a blank image, so that the first request does not pay
-    /// for libtorch's lazy initialisation (and a broken device fails at start-up).
-    pub fn warm_up(&self) -> Result<(), ModelError> {
-        let blank = vec![0f32; INPUT_LEN];
-        self.explain(&[(&blank, ExplainOptions::default())])
-            .map(|_| ())
-    }
 }
 
-/// The `k` best classes of one row of logits, with softmax probabilities.
-pub fn top_predictions(logits: &[f32], k: usize) -> Vec<Prediction> {
-    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let denom: f64 = logits.iter().map(|&l| f64::from(l - max).exp()).sum();
-    let mut order: Vec<usize> = (0..logits.len()).collect();
-    order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]).then(a.cmp(&b)));
-    order
-        .into_iter()
-        .take(k)
-        .map(|i| Prediction {
-            index: i as i64,
-            label: labels()[i],
-            probability: (f64::from(logits[i] - max).exp() / denom) as f32,
-            logit: logits[i],
-        })
-        .collect()
+impl Backend for Model {
+    fn describe(&self) -> Description {
+        Description {
+            model: MODEL_NAME.into(),
+            device: device_name(self.device),
+            classes: NUM_CLASSES as usize,
+            weights: WeightsInfo {
+                source: self.weights.source.clone(),
+                sha256: self.weights.sha256.clone(),
+            },
+            libtorch: Some(LIBTORCH_VERSION.into()),
+        }
+    }
+
+    fn logits(&self, inputs: &[&[f32]]) -> Result<Vec<Vec<f32>>, BackendError> {
+        Ok(self.forward(inputs)?)
+    }
+
+    fn explain(
+        &self,
+        items: &[(&[f32], ExplainOptions)],
+    ) -> Result<Vec<ExplainResult>, BackendError> {
+        Ok(self.explain_batch(items)?)
+    }
 }
 
 fn to_host(t: &Tensor) -> Result<Vec<f32>, ModelError> {
@@ -426,50 +280,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn labels_are_the_thousand_imagenet_classes() {
-        let l = labels();
-        assert_eq!(l.len(), 1000);
-        assert_eq!(l[0], "tench");
-        assert_eq!(l[281], "tabby");
-        assert_eq!(l[999], "toilet tissue");
-    }
-
-    #[test]
-    fn top_predictions_sorted_with_softmax() {
-        let mut logits = vec![0f32; 1000];
-        logits[3] = 2.0;
-        logits[7] = 1.0;
-        let p = top_predictions(&logits, 3);
-        assert_eq!(p.iter().map(|p| p.index).collect::<Vec<_>>(), vec![3, 7, 0]);
-        let denom = 2f64.exp() + 1f64.exp() + 998.0;
-        assert!((f64::from(p[0].probability) - 2f64.exp() / denom).abs() < 1e-6);
-    }
-
-    #[test]
-    fn options_are_validated_with_allowed_ranges() {
-        assert!(ExplainOptions::default().validate().is_ok());
-        let e = ExplainOptions {
-            class: Some(1000),
-            ..Default::default()
+    fn out_of_memory_is_recognised_from_cuda_and_cpu_messages() {
+        for msg in [
+            "CUDA out of memory. Tried to allocate 2.00 GiB",
+            "DefaultCPUAllocator: not enough memory: you tried to allocate 281474976710656 bytes.",
+            "DefaultCPUAllocator: can't allocate memory: you tried to allocate 281474976710656 bytes.",
+        ] {
+            let e = BackendError::from(ModelError::Torch(msg.into()));
+            assert!(matches!(e, BackendError::OutOfMemory(_)), "{msg}");
         }
-        .validate()
-        .unwrap_err();
-        assert!(e.contains("0..=999"), "{e}");
-        let e = ExplainOptions {
-            top_k: 0,
-            ..Default::default()
-        }
-        .validate()
-        .unwrap_err();
-        assert!(e.contains("1..=10"), "{e}");
-    }
-
-    #[test]
-    fn devices_and_layers_parse() {
-        assert_eq!(parse_device("cpu").unwrap(), Device::Cpu);
-        assert_eq!(parse_device("cuda:1").unwrap(), Device::Cuda(1));
-        assert!(parse_device("tpu").unwrap_err().contains("cuda:N"));
-        assert_eq!("layer3".parse::<Layer>().unwrap(), Layer::Layer3);
-        assert!("layer5".parse::<Layer>().is_err());
+        let e = BackendError::from(ModelError::Torch(
+            "mat1 and mat2 shapes cannot be multiplied (2x3 and 2x3)".into(),
+        ));
+        assert!(matches!(e, BackendError::Failed(_)));
     }
 }

@@ -10,7 +10,7 @@
 //! up to and including it, [`ResNet50::head`] runs the rest. Grad-CAM runs `features` without
 //! autograd and `head` with it, so gradients flow only above the target layer.
 
-use super::Layer;
+use crate::backend::{Layer, NUM_CLASSES};
 use std::collections::HashMap;
 use tch::{Device, Kind, TchError, Tensor};
 
@@ -18,7 +18,6 @@ const BN_EPS: f64 = 1e-5;
 /// Blocks per stage and the bottleneck width of each stage.
 const STAGES: [(usize, i64); 4] = [(3, 64), (4, 128), (6, 256), (3, 512)];
 const EXPANSION: i64 = 4;
-pub const NUM_CLASSES: i64 = 1000;
 
 /// A convolution with its batch norm folded in.
 #[derive(Debug)]

@@ -12,9 +12,6 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use tch::Tensor;
 
-/// torchvision's ResNet-50 ImageNet-1k checkpoint (IMAGENET1K_V2, top-1 80.858%).
-pub const DEFAULT_WEIGHTS_URL: &str = "https://download.pytorch.org/models/resnet50-11ad3fa6.pth";
-
 #[derive(Debug, thiserror::Error)]
 pub enum WeightsError {
     #[error("weights file {path}: {source}")]

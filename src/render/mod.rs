@@ -1,43 +1,23 @@
 //! Turning a normalised map into a picture: bilinear upsampling, colour maps, blending onto the
 //! photograph, PNG encoding. Pure Rust, no libtorch.
 
+use crate::names::named_enum;
 use image::RgbImage;
-use serde::{Deserialize, Serialize};
-use std::fmt;
-use std::str::FromStr;
 
-/// Colour maps for the heatmap.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum Colormap {
-    /// OpenCV's `COLORMAP_JET`, the seed's choice.
-    #[default]
-    Jet,
-    Turbo,
-    Viridis,
-    Inferno,
-    Gray,
+named_enum! {
+    /// Colour maps for the heatmap.
+    pub enum Colormap("colormap") {
+        /// OpenCV's `COLORMAP_JET`, the seed's choice.
+        #[default]
+        Jet => "jet",
+        Turbo => "turbo",
+        Viridis => "viridis",
+        Inferno => "inferno",
+        Gray => "gray",
+    }
 }
 
 impl Colormap {
-    pub const ALL: [Colormap; 5] = [
-        Colormap::Jet,
-        Colormap::Turbo,
-        Colormap::Viridis,
-        Colormap::Inferno,
-        Colormap::Gray,
-    ];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Colormap::Jet => "jet",
-            Colormap::Turbo => "turbo",
-            Colormap::Viridis => "viridis",
-            Colormap::Inferno => "inferno",
-            Colormap::Gray => "gray",
-        }
-    }
-
     /// The colour of `t` in [0, 1] (clamped; NaN counts as 0).
     pub fn color(self, t: f32) -> [u8; 3] {
         let t = if t.is_nan() { 0.0 } else { t.clamp(0.0, 1.0) };
@@ -58,25 +38,6 @@ impl Colormap {
     /// 256 colours, one per 8-bit level, so mapping a pixel is one table lookup.
     pub fn lut(self) -> [[u8; 3]; 256] {
         std::array::from_fn(|i| self.color(i as f32 / 255.0))
-    }
-}
-
-impl fmt::Display for Colormap {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-impl FromStr for Colormap {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Colormap::ALL
-            .into_iter()
-            .find(|c| c.name().eq_ignore_ascii_case(s))
-            .ok_or_else(|| {
-                let allowed: Vec<_> = Colormap::ALL.iter().map(|c| c.name()).collect();
-                format!("unknown colormap {s:?}; allowed: {}", allowed.join(", "))
-            })
     }
 }
 
@@ -211,6 +172,17 @@ pub fn overlay(
         dst.0 = std::array::from_fn(|c| ((u32::from(src.0[c]) * (256 - a) + tint[c]) >> 8) as u8);
     }
     out
+}
+
+/// [`overlay`] encoded as PNG: what answers and output files carry.
+pub fn overlay_png(
+    image: &RgbImage,
+    map: &[f32],
+    map_w: usize,
+    map_h: usize,
+    opts: &OverlayOptions,
+) -> Vec<u8> {
+    encode_png(&overlay(image, map, map_w, map_h, opts))
 }
 
 /// Encodes as PNG, favouring speed over size: overlays are photographs, so heavy compression

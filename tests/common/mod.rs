@@ -5,6 +5,8 @@
 //! that silently does not run proves nothing.
 #![allow(dead_code)]
 
+pub mod origin;
+pub mod raw;
 pub mod server;
 
 use gradcam_serve::model::{Model, weights};
@@ -40,6 +42,63 @@ pub fn fixture(name: &str) -> PathBuf {
 
 pub fn synthetic(name: &str) -> PathBuf {
     reference_dir().join("synthetic").join(name)
+}
+
+/// The media type of a fixture photograph, from its file extension.
+pub fn content_type(file: &str) -> &'static str {
+    match file.rsplit_once('.').map(|(_, ext)| ext) {
+        Some("png") => "image/png",
+        Some("jpg" | "jpeg") => "image/jpeg",
+        _ => panic!("no media type known for {file}"),
+    }
+}
+
+/// A JPEG of 37 bytes whose header claims 65000 x 65000 pixels: SOI, a baseline SOF0 with three
+/// components, an empty scan, EOI.
+pub fn huge_jpeg() -> Vec<u8> {
+    let mut jpeg = vec![0xFF, 0xD8, 0xFF, 0xC0, 0x00, 0x11, 0x08];
+    jpeg.extend_from_slice(&65000u16.to_be_bytes());
+    jpeg.extend_from_slice(&65000u16.to_be_bytes());
+    jpeg.extend_from_slice(&[3, 1, 0x11, 0, 2, 0x11, 1, 3, 0x11, 1]);
+    jpeg.extend_from_slice(&[
+        0xFF, 0xDA, 0x00, 0x0C, 3, 1, 0x00, 2, 0x11, 3, 0x11, 0x00, 0x3F, 0x00, 0xFF, 0xD9,
+    ]);
+    jpeg
+}
+
+/// A PNG of 57 bytes whose header claims 100000 x 100000 RGB pixels: the signature, an IHDR
+/// chunk, an empty IDAT and IEND, all with valid checksums.
+pub fn huge_png() -> Vec<u8> {
+    let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
+    let mut ihdr = b"IHDR".to_vec();
+    ihdr.extend_from_slice(&100_000u32.to_be_bytes());
+    ihdr.extend_from_slice(&100_000u32.to_be_bytes());
+    ihdr.extend_from_slice(&[8, 2, 0, 0, 0]);
+    png.extend_from_slice(&13u32.to_be_bytes());
+    png.extend_from_slice(&ihdr);
+    png.extend_from_slice(&crc32(&ihdr).to_be_bytes());
+    for chunk in [&b"IDAT"[..], &b"IEND"[..]] {
+        png.extend_from_slice(&0u32.to_be_bytes());
+        png.extend_from_slice(chunk);
+        png.extend_from_slice(&crc32(chunk).to_be_bytes());
+    }
+    png
+}
+
+/// The CRC-32 of PNG chunks (type and data).
+fn crc32(data: &[u8]) -> u32 {
+    let mut crc = 0xFFFF_FFFFu32;
+    for &b in data {
+        crc ^= u32::from(b);
+        for _ in 0..8 {
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0xEDB8_8320
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
 }
 
 #[derive(Debug, serde::Deserialize)]

@@ -2,6 +2,7 @@
 //! "ready" log line.
 #![allow(dead_code)]
 
+use reqwest::blocking::RequestBuilder;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
@@ -156,51 +157,20 @@ pub fn client() -> reqwest::blocking::Client {
         .unwrap()
 }
 
-/// A tiny HTTP origin on a loopback address, for the URL input form. `answer` gets the request
-/// path and returns the whole raw response; connections are counted.
-pub struct Origin {
-    pub addr: SocketAddr,
-    pub hits: Arc<std::sync::atomic::AtomicUsize>,
+/// A POST of the fixture photograph `file` to `url` as the raw request body, typed by its file
+/// extension. Add headers (`Accept`, a fault) before sending.
+pub fn post_fixture(url: impl reqwest::IntoUrl, file: &str) -> RequestBuilder {
+    post_fixture_as(url, file, super::content_type(file))
 }
 
-impl Origin {
-    pub fn serve(body: Vec<u8>, content_type: &'static str) -> Origin {
-        Origin::answer("127.0.0.1", move |_| {
-            let mut r = format!(
-                "HTTP/1.1 200 OK\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                body.len()
-            )
-            .into_bytes();
-            r.extend_from_slice(&body);
-            r
-        })
-    }
-
-    pub fn answer(ip: &str, answer: impl Fn(&str) -> Vec<u8> + Send + Sync + 'static) -> Origin {
-        use std::io::{Read, Write};
-        let listener = std::net::TcpListener::bind((ip, 0)).unwrap();
-        let addr = listener.local_addr().unwrap();
-        let hits = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let thread_hits = hits.clone();
-        let answer = Arc::new(answer);
-        std::thread::spawn(move || {
-            for stream in listener.incoming() {
-                let Ok(mut s) = stream else { continue };
-                thread_hits.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                let answer = answer.clone();
-                std::thread::spawn(move || {
-                    let mut buf = [0u8; 4096];
-                    let n = s.read(&mut buf).unwrap_or(0);
-                    let head = String::from_utf8_lossy(&buf[..n]);
-                    let path = head.split(' ').nth(1).unwrap_or("/").to_string();
-                    let _ = s.write_all(&answer(&path));
-                });
-            }
-        });
-        Origin { addr, hits }
-    }
-
-    pub fn hits(&self) -> usize {
-        self.hits.load(std::sync::atomic::Ordering::SeqCst)
-    }
+/// The same with a declared type of the caller's choosing, which need not match the bytes.
+pub fn post_fixture_as(
+    url: impl reqwest::IntoUrl,
+    file: &str,
+    content_type: &str,
+) -> RequestBuilder {
+    client()
+        .post(url)
+        .header("content-type", content_type)
+        .body(std::fs::read(super::fixture(file)).unwrap())
 }

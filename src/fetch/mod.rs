@@ -12,9 +12,10 @@
 //! - No proxy from the environment, no transparent decompression, connect and total timeouts,
 //!   and a byte cap enforced while reading. Refusals never repeat what the source answered.
 
-use super::addr::AddressPolicy;
-use super::problem::{ApiError, FetchError};
-use axum::body::Bytes;
+pub mod addr;
+
+use addr::AddressPolicy;
+use bytes::Bytes;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
@@ -22,6 +23,25 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub const MAX_REDIRECTS: usize = 3;
+
+/// Why an image URL could not be fetched. The detail never includes what the source answered.
+/// The HTTP layer maps each variant to its answer; nothing here knows about status codes.
+#[derive(Debug, Clone, thiserror::Error, PartialEq)]
+pub enum FetchError {
+    /// Not an absolute http(s) URL with a host and without credentials.
+    #[error("{0}; send an absolute http:// or https:// URL")]
+    InvalidUrl(String),
+    #[error("the source is not allowed: {0}")]
+    Forbidden(String),
+    #[error("the source could not be reached")]
+    Unreachable,
+    #[error("the source did not answer in time")]
+    Timeout,
+    #[error("the image at the source is larger than the limit of {0} bytes")]
+    TooLarge(u64),
+    #[error("the source answered HTTP {0}")]
+    Upstream(u16),
+}
 
 /// Resolves a host name to addresses (port 0). The production one asks the system resolver;
 /// tests substitute their own.
@@ -99,15 +119,15 @@ struct Rules {
 
 impl Rules {
     /// Scheme, credentials, port and (for IP literals) address.
-    fn check(&self, url: &reqwest::Url) -> Result<(), ApiError> {
+    fn check(&self, url: &reqwest::Url) -> Result<(), FetchError> {
         validate_url(url.as_str())?;
         let port = url.port_or_known_default().unwrap_or(0);
         if !self.ports.contains(&port) {
             let allowed: Vec<String> = self.ports.iter().map(u16::to_string).collect();
-            return Err(ApiError::Fetch(FetchError::Forbidden(format!(
+            return Err(FetchError::Forbidden(format!(
                 "port {port} is not allowed; allowed: {}",
                 allowed.join(", ")
-            ))));
+            )));
         }
         let literal = match url.host() {
             Some(url::Host::Ipv4(ip)) => Some(IpAddr::V4(ip)),
@@ -115,9 +135,7 @@ impl Rules {
             _ => None,
         };
         if let Some(ip) = literal {
-            self.policy
-                .check(ip)
-                .map_err(|why| ApiError::Fetch(FetchError::Forbidden(why)))?;
+            self.policy.check(ip).map_err(FetchError::Forbidden)?;
         }
         Ok(())
     }
@@ -162,24 +180,24 @@ impl Fetcher {
         }
     }
 
-    pub async fn fetch(&self, url: &str) -> Result<Bytes, ApiError> {
+    pub async fn fetch(&self, url: &str) -> Result<Bytes, FetchError> {
         let parsed = validate_url(url)?;
         self.rules.check(&parsed)?;
         let mut response = self.client.get(parsed).send().await.map_err(classify)?;
         let status = response.status();
         if !status.is_success() {
-            return Err(ApiError::Fetch(FetchError::Upstream(status.as_u16())));
+            return Err(FetchError::Upstream(status.as_u16()));
         }
         if response
             .content_length()
             .is_some_and(|n| n > self.max_bytes)
         {
-            return Err(ApiError::Fetch(FetchError::TooLarge(self.max_bytes)));
+            return Err(FetchError::TooLarge(self.max_bytes));
         }
         let mut body = Vec::new();
         while let Some(chunk) = response.chunk().await.map_err(classify)? {
             if body.len() as u64 + chunk.len() as u64 > self.max_bytes {
-                return Err(ApiError::Fetch(FetchError::TooLarge(self.max_bytes)));
+                return Err(FetchError::TooLarge(self.max_bytes));
             }
             body.extend_from_slice(&chunk);
         }
@@ -188,10 +206,8 @@ impl Fetcher {
 }
 
 /// Only absolute http(s) URLs with a host and without credentials.
-pub fn validate_url(url: &str) -> Result<reqwest::Url, ApiError> {
-    let invalid = |why: &str| {
-        ApiError::InvalidUrl(format!("{why}; send an absolute http:// or https:// URL"))
-    };
+pub fn validate_url(url: &str) -> Result<reqwest::Url, FetchError> {
+    let invalid = |why: &str| FetchError::InvalidUrl(why.to_string());
     let parsed = reqwest::Url::parse(url.trim())
         .map_err(|e| invalid(&format!("the URL is not valid ({e})")))?;
     if !matches!(parsed.scheme(), "http" | "https") {
@@ -209,18 +225,18 @@ pub fn validate_url(url: &str) -> Result<reqwest::Url, ApiError> {
     Ok(parsed)
 }
 
-fn classify(e: reqwest::Error) -> ApiError {
+fn classify(e: reqwest::Error) -> FetchError {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
     while let Some(s) = source {
         if let Some(r) = s.downcast_ref::<Refused>() {
-            return ApiError::Fetch(FetchError::Forbidden(r.0.clone()));
+            return FetchError::Forbidden(r.0.clone());
         }
         source = s.source();
     }
     if e.is_timeout() {
-        ApiError::Fetch(FetchError::Timeout)
+        FetchError::Timeout
     } else {
-        ApiError::Fetch(FetchError::Unreachable)
+        FetchError::Unreachable
     }
 }
 
@@ -239,7 +255,7 @@ mod tests {
             "/cat.jpg",
         ] {
             assert!(
-                matches!(validate_url(bad), Err(ApiError::InvalidUrl(_))),
+                matches!(validate_url(bad), Err(FetchError::InvalidUrl(_))),
                 "{bad}"
             );
         }
@@ -269,7 +285,7 @@ mod tests {
         ] {
             let parsed = validate_url(url).unwrap();
             match rules.check(&parsed) {
-                Err(ApiError::Fetch(FetchError::Forbidden(_))) => {}
+                Err(FetchError::Forbidden(_)) => {}
                 other => panic!("{url}: {other:?}"),
             }
         }
@@ -279,7 +295,7 @@ mod tests {
                 .is_ok()
         );
         match rules.check(&validate_url("http://93.184.216.34:8080/").unwrap()) {
-            Err(ApiError::Fetch(FetchError::Forbidden(m))) => {
+            Err(FetchError::Forbidden(m)) => {
                 assert!(m.contains("port 8080"), "{m}")
             }
             other => panic!("{other:?}"),

@@ -1,0 +1,304 @@
+//! The model thread: builds the backend, batches queued jobs, runs them, answers each, and
+//! recovers from faults (per-image retry after an error, rebuild after a panic).
+
+use super::{BatchConfig, Done, EngineError, Job, Output, Status, Task};
+use crate::backend::{self, Backend, BackendError, Description, ExplainOptions, Fatal, Loader};
+use crate::metrics::Metrics;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// Starts the thread, builds the backend on it, and waits until it is ready (or has failed).
+pub(super) fn spawn(
+    load: Loader,
+    config: BatchConfig,
+    metrics: Arc<Metrics>,
+    status: Arc<Status>,
+    rx: mpsc::Receiver<Job>,
+) -> anyhow::Result<(JoinHandle<()>, Description)> {
+    let (ready_tx, ready_rx) = mpsc::channel::<anyhow::Result<Description>>();
+    let worker = Worker {
+        load,
+        config,
+        metrics,
+        status,
+    };
+    let thread = std::thread::Builder::new()
+        .name("model".into())
+        .spawn(move || {
+            // Readiness and liveness turn false however the thread ends, a panic included.
+            let _healthy = ClearOnDrop(&worker.status.healthy);
+            let _alive = ClearOnDrop(&worker.status.alive);
+            let backend = match worker.build() {
+                Ok(b) => b,
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e));
+                    return;
+                }
+            };
+            worker.status.healthy.store(true, Ordering::SeqCst);
+            let _ = ready_tx.send(Ok(backend.describe()));
+            worker.run(backend, &rx);
+        })?;
+    match ready_rx.recv() {
+        Ok(Ok(description)) => Ok((thread, description)),
+        Ok(Err(e)) => Err(e),
+        Err(_) => anyhow::bail!("the model thread died while loading the model"),
+    }
+}
+
+/// Sets the flag to false when dropped.
+struct ClearOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for ClearOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::SeqCst);
+    }
+}
+
+/// Everything the model thread owns besides the backend.
+struct Worker {
+    load: Loader,
+    config: BatchConfig,
+    metrics: Arc<Metrics>,
+    status: Arc<Status>,
+}
+
+/// How a batch left the backend.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Health {
+    Fine,
+    /// A panic happened: rebuild the backend before the next batch.
+    Broken,
+}
+
+/// Why one attempt at a group of jobs failed.
+enum Failure {
+    Error(EngineError),
+    Panic(String),
+}
+
+impl Worker {
+    /// Loads and warms up the backend; a panic in either counts as a failure.
+    fn build(&self) -> anyhow::Result<Box<dyn Backend>> {
+        match std::panic::catch_unwind(AssertUnwindSafe(|| {
+            let b = (self.load)()?;
+            b.warm_up()?;
+            Ok(b)
+        })) {
+            Ok(r) => r,
+            Err(p) => Err(anyhow::anyhow!(
+                "panic while loading the model: {}",
+                panic_message(&*p)
+            )),
+        }
+    }
+
+    fn run(&self, mut backend: Box<dyn Backend>, rx: &mpsc::Receiver<Job>) {
+        while let Some(batch) = self.next_batch(rx) {
+            if batch.is_empty() {
+                continue;
+            }
+            if self.run_batch(&*backend, batch) == Health::Broken {
+                drop(backend);
+                match self.rebuild() {
+                    Some(b) => backend = b,
+                    None => break,
+                }
+                self.status.healthy.store(true, Ordering::SeqCst);
+            }
+        }
+        // Whatever is still queued when the thread stops is answered, not dropped. (Readiness
+        // turns false as the thread ends, through its `ClearOnDrop`.)
+        while let Ok(job) = rx.try_recv() {
+            self.take(job).reply.send(Err(EngineError::Stopped)).ok();
+        }
+    }
+
+    fn take(&self, job: Job) -> Job {
+        self.metrics.queue_depth.fetch_sub(1, Ordering::SeqCst);
+        job
+    }
+
+    /// Waits for the first job, gathers more for up to the batch delay, and answers or drops
+    /// the ones that must not reach the model. `None` once the queue is closed and empty.
+    fn next_batch(&self, rx: &mpsc::Receiver<Job>) -> Option<Vec<Job>> {
+        let first = rx.recv().ok()?;
+        let mut batch = vec![self.take(first)];
+        let until = Instant::now() + self.config.max_batch_delay;
+        while batch.len() < self.config.max_batch_size {
+            match rx.recv_timeout(until.saturating_duration_since(Instant::now())) {
+                Ok(job) => batch.push(self.take(job)),
+                Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
+            }
+        }
+        let now = Instant::now();
+        batch.retain(|job| {
+            if job.reply.is_closed() {
+                // The client has gone: do not spend the model on it.
+                self.metrics.rejection("client_gone");
+                false
+            } else {
+                true
+            }
+        });
+        let (live, expired): (Vec<Job>, Vec<Job>) =
+            batch.into_iter().partition(|j| j.deadline > now);
+        for job in expired {
+            self.metrics.rejection("queue_timeout");
+            let _ = job.reply.send(Err(EngineError::Expired));
+        }
+        Some(live)
+    }
+
+    /// Builds the backend again after a panic, retrying with backoff until it works or the
+    /// engine is stopping (then `None`). Readiness is false throughout.
+    fn rebuild(&self) -> Option<Box<dyn Backend>> {
+        tracing::warn!("rebuilding the model after a panic");
+        let mut backoff = Duration::from_secs(1);
+        loop {
+            match self.build() {
+                Ok(b) => {
+                    self.metrics.rebuild(true);
+                    tracing::info!("model rebuilt");
+                    return Some(b);
+                }
+                Err(e) => {
+                    self.metrics.rebuild(false);
+                    tracing::error!(error = %e, "rebuilding the model failed");
+                }
+            }
+            if self.status.stopping.load(Ordering::SeqCst) {
+                return None;
+            }
+            std::thread::sleep(backoff);
+            backoff = (backoff * 2).min(Duration::from_secs(30));
+        }
+    }
+
+    fn run_batch(&self, backend: &dyn Backend, jobs: Vec<Job>) -> Health {
+        let started = Instant::now();
+        let size = jobs.len();
+        self.metrics.batch(size);
+        let (explain, predict): (Vec<Job>, Vec<Job>) = jobs
+            .into_iter()
+            .partition(|j| matches!(j.task, Task::Explain(_)));
+        let mut health = Health::Fine;
+        let explain_out = self.run_group(backend, &explain, &mut health);
+        let predict_out = self.run_group(backend, &predict, &mut health);
+        let inference = started.elapsed();
+        if health != Health::Fine {
+            // Readiness must already be false when the failed requests get their answers.
+            self.status.healthy.store(false, Ordering::SeqCst);
+        }
+        for (jobs, outs) in [(explain, explain_out), (predict, predict_out)] {
+            for (job, out) in jobs.into_iter().zip(outs) {
+                let queue = started.saturating_duration_since(job.enqueued);
+                let reply = match out {
+                    Ok(output) => {
+                        job.span.in_scope(|| {
+                            tracing::debug!(batch_size = size, ?queue, ?inference, "inference done")
+                        });
+                        Ok(Done {
+                            output,
+                            queue,
+                            inference,
+                            batch_size: size,
+                        })
+                    }
+                    Err(e) => {
+                        job.span
+                            .in_scope(|| tracing::error!(error = %e, "model failure"));
+                        Err(e)
+                    }
+                };
+                let _ = job.reply.send(reply);
+            }
+        }
+        health
+    }
+
+    /// Runs jobs of one kind together; on an error (not a panic) with more than one job, runs
+    /// each alone so that only the job that causes it fails.
+    fn run_group(
+        &self,
+        backend: &dyn Backend,
+        jobs: &[Job],
+        health: &mut Health,
+    ) -> Vec<Result<Output, EngineError>> {
+        if jobs.is_empty() {
+            return Vec::new();
+        }
+        match attempt(backend, jobs) {
+            Ok(outputs) => outputs.into_iter().map(Ok).collect(),
+            Err(Failure::Panic(msg)) => {
+                *health = Health::Broken;
+                let e = EngineError::Model(format!("panic in the model thread: {msg}"));
+                jobs.iter().map(|_| Err(e.clone())).collect()
+            }
+            Err(Failure::Error(e)) if jobs.len() == 1 => vec![Err(e)],
+            Err(Failure::Error(e)) => {
+                tracing::warn!(error = %e, size = jobs.len(), "batch failed: retrying its images one by one");
+                jobs.iter()
+                    .flat_map(|j| self.run_group(backend, std::slice::from_ref(j), health))
+                    .collect()
+            }
+        }
+    }
+}
+
+/// One try at a group of jobs of the same kind, with backend errors and panics caught. A
+/// [`Fatal`] panic is let through: it ends the model thread.
+fn attempt(backend: &dyn Backend, jobs: &[Job]) -> Result<Vec<Output>, Failure> {
+    let result = std::panic::catch_unwind(AssertUnwindSafe(|| call(backend, jobs)));
+    match result {
+        Ok(Ok(v)) => Ok(v),
+        // Out of memory is the load's fault, not the request's: the caller may retry.
+        Ok(Err(BackendError::OutOfMemory(_))) => Err(Failure::Error(EngineError::OutOfMemory)),
+        Ok(Err(BackendError::Failed(m))) => Err(Failure::Error(EngineError::Model(m))),
+        Err(panic) if panic.is::<Fatal>() => std::panic::resume_unwind(panic),
+        Err(panic) => Err(Failure::Panic(panic_message(&*panic))),
+    }
+}
+
+/// The backend call for a group of jobs of one kind.
+fn call(backend: &dyn Backend, jobs: &[Job]) -> Result<Vec<Output>, BackendError> {
+    if let Task::Predict { .. } = jobs[0].task {
+        let inputs: Vec<&[f32]> = jobs.iter().map(|j| j.input.as_slice()).collect();
+        let rows = backend.logits(&inputs)?;
+        return Ok(rows
+            .iter()
+            .zip(jobs)
+            .map(|(row, j)| {
+                let k = match j.task {
+                    Task::Predict { top_k } => top_k,
+                    Task::Explain(_) => 1,
+                };
+                Output::Predict(backend::top_predictions(row, k))
+            })
+            .collect());
+    }
+    let items: Vec<(&[f32], ExplainOptions)> = jobs
+        .iter()
+        .filter_map(|j| match j.task {
+            Task::Explain(o) => Some((j.input.as_slice(), o)),
+            Task::Predict { .. } => None,
+        })
+        .collect();
+    Ok(backend
+        .explain(&items)?
+        .into_iter()
+        .map(Output::Explain)
+        .collect())
+}
+
+fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .or_else(|| p.downcast_ref::<Fatal>().map(|f| f.0.clone()))
+        .unwrap_or_else(|| "panic".into())
+}

@@ -1,0 +1,150 @@
+//! The JSON answers, as types: each matches its schema in openapi.yaml (`ExplainResponse`,
+//! `PredictResponse`, `Status`, `Info`, `Labels`), so that a change to one shows up in review
+//! next to the other, and the contract test checks them against each other.
+
+use crate::backend::{Description, Explanation, Prediction, WeightsInfo};
+use crate::config::ServeConfig;
+use crate::input::Decoded;
+use serde::Serialize;
+
+#[derive(Debug, Serialize)]
+pub struct ImageInfo {
+    pub width: u32,
+    pub height: u32,
+    pub format: String,
+}
+
+impl ImageInfo {
+    pub fn of(d: &Decoded) -> Self {
+        ImageInfo {
+            width: d.image.width(),
+            height: d.image.height(),
+            format: format!("{:?}", d.format).to_lowercase(),
+        }
+    }
+}
+
+/// Milliseconds spent in each stage of one request.
+#[derive(Debug, Serialize, Default, Clone)]
+pub struct Timings {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fetch_ms: Option<f64>,
+    pub decode_ms: f64,
+    pub queue_ms: f64,
+    pub inference_ms: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub render_ms: Option<f64>,
+    pub total_ms: f64,
+    pub batch_size: usize,
+}
+
+#[derive(Serialize)]
+pub struct ExplanationBody<'a> {
+    #[serde(flatten)]
+    pub explanation: &'a Explanation,
+    /// The overlay PNG, base64; absent with `overlay=false`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub overlay_png: Option<String>,
+}
+
+#[derive(Serialize)]
+pub struct ExplainBody<'a> {
+    pub model: &'a str,
+    pub device: &'a str,
+    pub image: ImageInfo,
+    pub timings: Timings,
+    pub predictions: &'a [Prediction],
+    pub explanations: Vec<ExplanationBody<'a>>,
+}
+
+#[derive(Serialize)]
+pub struct PredictBody<'a> {
+    pub model: &'a str,
+    pub device: &'a str,
+    pub image: ImageInfo,
+    pub timings: Timings,
+    pub predictions: &'a [Prediction],
+}
+
+/// `/health/live` and `/health/ready` when all is well.
+#[derive(Debug, Serialize)]
+pub struct StatusBody {
+    pub status: &'static str,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Label {
+    pub index: usize,
+    pub label: &'static str,
+}
+
+#[derive(Debug, Serialize)]
+pub struct LabelsBody {
+    pub labels: Vec<Label>,
+}
+
+/// `/info`: what runs, and the limits a client must respect.
+#[derive(Debug, Serialize)]
+pub struct InfoBody {
+    pub model: String,
+    pub classes: usize,
+    pub weights: WeightsInfo,
+    pub device: String,
+    pub versions: Versions,
+    pub limits: Limits,
+    pub batching: Batching,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Versions {
+    pub gradcam_serve: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub libtorch: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Limits {
+    pub body_limit_bytes: usize,
+    pub max_image_pixels: u64,
+    pub max_overlay_side: u32,
+    pub fetch_max_bytes: u64,
+    pub fetch_timeout_ms: u64,
+    pub request_timeout_ms: u64,
+    pub max_top_k: usize,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Batching {
+    pub max_batch_size: usize,
+    pub max_batch_delay_ms: u64,
+    pub queue_capacity: usize,
+}
+
+impl InfoBody {
+    pub fn new(backend: &Description, config: &ServeConfig) -> Self {
+        InfoBody {
+            model: backend.model.clone(),
+            classes: backend.classes,
+            weights: backend.weights.clone(),
+            device: backend.device.clone(),
+            versions: Versions {
+                gradcam_serve: env!("CARGO_PKG_VERSION"),
+                libtorch: backend.libtorch.clone(),
+            },
+            limits: Limits {
+                body_limit_bytes: config.body_limit,
+                max_image_pixels: config.max_image_pixels,
+                max_overlay_side: config.max_overlay_side,
+                fetch_max_bytes: config.fetch_max_bytes,
+                fetch_timeout_ms: config.fetch_timeout_ms,
+                request_timeout_ms: config.request_timeout_ms,
+                max_top_k: crate::backend::MAX_TOP_K,
+            },
+            batching: Batching {
+                max_batch_size: config.max_batch_size,
+                max_batch_delay_ms: config.max_batch_delay_ms,
+                queue_capacity: config.queue_capacity,
+            },
+        }
+    }
+}

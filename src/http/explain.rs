@@ -1,0 +1,329 @@
+//! `POST /explain` and `POST /predict`: read the input, check the options, fetch (URL form),
+//! decode and preprocess on the blocking pool, queue for the engine, and render the answer on
+//! the blocking pool again; all under the request's deadline.
+
+use super::AppState;
+use super::bodies::{ExplainBody, ExplanationBody, ImageInfo, PredictBody, Timings};
+use super::input::{Incoming, Source};
+use super::options::{ExplainRequest, RawOptions};
+use super::problem::ApiError;
+use crate::backend::Explanation;
+use crate::engine::{Done, Output, Task};
+use crate::input::{self, DecodeLimits, Decoded};
+use crate::render;
+use axum::Json;
+use axum::extract::{FromRequest, Request, State};
+use axum::http::{HeaderMap, HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+use base64::Engine as _;
+use std::time::{Duration, Instant};
+
+/// Headers that carry [`Timings`] (milliseconds), on every answer of these routes.
+pub const TIMING_HEADERS: [&str; 3] = ["x-queue-time", "x-inference-time", "x-total-time"];
+
+fn ms(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1e6).round() / 1e3
+}
+
+/// Runs CPU-heavy work on the blocking pool, never on the async runtime.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ApiError::Internal(format!("blocking task failed: {e}")))
+}
+
+/// What the model made of one image, with what the answer needs besides.
+struct Inferred<T> {
+    decoded: Decoded,
+    done: Done,
+    timings: Timings,
+    request: T,
+}
+
+/// The front half shared by both routes: refuse when not serving, read the input, check the
+/// options (`parse`, before anything is fetched), fetch, decode and preprocess, queue, await
+/// the model.
+async fn infer<T>(
+    state: &AppState,
+    req: Request,
+    started: Instant,
+    parse: impl FnOnce(&RawOptions) -> Result<(Task, T), ApiError>,
+) -> Result<Inferred<T>, ApiError> {
+    state.serving()?;
+    let deadline = started + state.config.request_timeout();
+    #[cfg(feature = "fault-injection")]
+    let fault = injected_fault(req.headers())?;
+    let incoming = Incoming::from_request(req, state).await?;
+    let (task, request) = parse(&incoming.options)?;
+    let mut timings = Timings::default();
+    let bytes = match incoming.source {
+        Source::Bytes(b) => b,
+        Source::Url(url) => {
+            let t = Instant::now();
+            let bytes = state.fetcher.fetch(&url).await?;
+            timings.fetch_ms = Some(ms(t.elapsed()));
+            state.metrics.stage("fetch", t.elapsed().as_secs_f64());
+            bytes
+        }
+    };
+
+    let t = Instant::now();
+    let limits = DecodeLimits {
+        max_pixels: state.config.max_image_pixels,
+        ..Default::default()
+    };
+    let (decoded, x) = blocking(move || {
+        input::decode(&bytes, limits).map(|d| {
+            let x = input::preprocess(&d.image);
+            (d, x)
+        })
+    })
+    .await??;
+    timings.decode_ms = ms(t.elapsed());
+    state.metrics.stage("decode", t.elapsed().as_secs_f64());
+    #[cfg(feature = "fault-injection")]
+    let x = {
+        let mut x = x;
+        if let Some(f) = fault {
+            crate::fault::attach(&mut x, f);
+        }
+        x
+    };
+
+    let reply = state.engine.submit(x, task, deadline)?;
+    // If the client goes away, this future is dropped with the receiver, and the model thread
+    // skips the job.
+    let done = reply
+        .await
+        .map_err(|_| ApiError::Internal("the model thread dropped a job".into()))??;
+    timings.queue_ms = ms(done.queue);
+    timings.inference_ms = ms(done.inference);
+    timings.batch_size = done.batch_size;
+    state.metrics.stage("queue", done.queue.as_secs_f64());
+    state
+        .metrics
+        .stage("inference", done.inference.as_secs_f64());
+    Ok(Inferred {
+        decoded,
+        done,
+        timings,
+        request,
+    })
+}
+
+/// The test build's fault hook: header `x-gradcam-fault` (see [`crate::fault::Fault`]).
+#[cfg(feature = "fault-injection")]
+fn injected_fault(headers: &HeaderMap) -> Result<Option<crate::fault::Fault>, ApiError> {
+    headers
+        .get("x-gradcam-fault")
+        .map(|v| {
+            v.to_str()
+                .map_err(|_| "not text".to_string())
+                .and_then(str::parse)
+                .map_err(|e| ApiError::Malformed(format!("x-gradcam-fault: {e}")))
+        })
+        .transpose()
+}
+
+/// Applies the whole-request deadline to a handler body.
+async fn with_deadline(
+    state: &AppState,
+    started: Instant,
+    f: impl std::future::Future<Output = Result<Response, ApiError>>,
+) -> Result<Response, ApiError> {
+    let r = tokio::time::timeout(state.config.request_timeout(), f)
+        .await
+        .unwrap_or(Err(ApiError::Timeout(state.config.request_timeout_ms)));
+    state
+        .metrics
+        .stage("total", started.elapsed().as_secs_f64());
+    r
+}
+
+fn timing_headers(res: &mut Response, t: &Timings) {
+    let h = res.headers_mut();
+    for (name, v) in TIMING_HEADERS
+        .iter()
+        .zip([t.queue_ms, t.inference_ms, t.total_ms])
+    {
+        if let Ok(value) = HeaderValue::from_str(&format!("{v:.3}")) {
+            h.insert(*name, value);
+        }
+    }
+}
+
+/// Whether the client asked for the overlay itself rather than JSON.
+fn wants_png(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| a.contains("image/png") && !a.contains("application/json"))
+}
+
+pub async fn explain(State(state): State<AppState>, req: Request) -> Result<Response, ApiError> {
+    let started = Instant::now();
+    let png = wants_png(req.headers());
+    let max_side = state.config.max_overlay_side;
+    with_deadline(&state, started, async {
+        let inferred = infer(&state, req, started, |options| {
+            let r = options.explain(max_side)?;
+            Ok((Task::Explain(r.explain), r))
+        })
+        .await?;
+        if png {
+            overlay_answer(&state, inferred, started).await
+        } else {
+            json_answer(&state, inferred, started).await
+        }
+    })
+    .await
+}
+
+fn explained(done: Done) -> Result<crate::backend::ExplainResult, ApiError> {
+    match done.output {
+        Output::Explain(r) => Ok(r),
+        Output::Predict(_) => Err(ApiError::Internal(
+            "the engine answered an explain job with predictions".into(),
+        )),
+    }
+}
+
+/// `Accept: image/png`: the first class's overlay is the answer (even with `overlay=false`),
+/// and headers say which class, method and layer it shows.
+async fn overlay_answer(
+    state: &AppState,
+    inferred: Inferred<ExplainRequest>,
+    started: Instant,
+) -> Result<Response, ApiError> {
+    let Inferred {
+        decoded,
+        done,
+        mut timings,
+        request,
+    } = inferred;
+    let result = explained(done)?;
+    let t = Instant::now();
+    let o = request.overlay.unwrap_or_default();
+    let drawn = blocking(move || {
+        let e = result.explanations.into_iter().next()?;
+        let png = draw(&decoded, &e, &o);
+        Some((e, png))
+    })
+    .await?;
+    let (first, bytes) = drawn.ok_or_else(|| ApiError::Internal("no explanation".into()))?;
+    timings.render_ms = Some(ms(t.elapsed()));
+    state.metrics.stage("render", t.elapsed().as_secs_f64());
+    timings.total_ms = ms(started.elapsed());
+    let mut res = ([(header::CONTENT_TYPE, "image/png")], bytes).into_response();
+    let h = res.headers_mut();
+    h.insert("x-class-index", HeaderValue::from(first.class_index));
+    h.insert(
+        "x-class-label",
+        HeaderValue::from_str(first.label).unwrap_or(HeaderValue::from_static("")),
+    );
+    h.insert("x-method", HeaderValue::from_static(first.method.name()));
+    h.insert("x-layer", HeaderValue::from_static(first.layer.name()));
+    timing_headers(&mut res, &timings);
+    Ok(res)
+}
+
+/// The JSON answer. Overlays, base64 and the (megabytes of) JSON are all built on the blocking
+/// pool.
+async fn json_answer(
+    state: &AppState,
+    inferred: Inferred<ExplainRequest>,
+    started: Instant,
+) -> Result<Response, ApiError> {
+    let Inferred {
+        decoded,
+        done,
+        mut timings,
+        request,
+    } = inferred;
+    let result = explained(done)?;
+    let t = Instant::now();
+    let description = state.engine.clone();
+    let overlay = request.overlay;
+    let (json, timings) = blocking(move || {
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let explanations = result
+            .explanations
+            .iter()
+            .map(|e| ExplanationBody {
+                explanation: e,
+                overlay_png: overlay.map(|o| b64.encode(draw(&decoded, e, &o))),
+            })
+            .collect();
+        timings.render_ms = Some(ms(t.elapsed()));
+        timings.total_ms = ms(started.elapsed());
+        let d = description.description();
+        let body = ExplainBody {
+            model: &d.model,
+            device: &d.device,
+            image: ImageInfo::of(&decoded),
+            predictions: &result.predictions,
+            explanations,
+            timings,
+        };
+        serde_json::to_vec(&body).map(|json| (json, body.timings))
+    })
+    .await?
+    .map_err(|e| ApiError::Internal(format!("the answer did not serialise: {e}")))?;
+    state
+        .metrics
+        .stage("render", timings.render_ms.unwrap_or_default() / 1e3);
+    let mut res = ([(header::CONTENT_TYPE, "application/json")], json).into_response();
+    timing_headers(&mut res, &timings);
+    Ok(res)
+}
+
+/// The overlay PNG of one explanation.
+fn draw(decoded: &Decoded, e: &Explanation, o: &render::OverlayOptions) -> Vec<u8> {
+    render::overlay_png(
+        &decoded.image,
+        &e.normalized,
+        e.heatmap.width,
+        e.heatmap.height,
+        o,
+    )
+}
+
+pub async fn predict(State(state): State<AppState>, req: Request) -> Result<Response, ApiError> {
+    let started = Instant::now();
+    with_deadline(&state, started, async {
+        let Inferred {
+            decoded,
+            done,
+            mut timings,
+            ..
+        } = infer(&state, req, started, |options| {
+            Ok((
+                Task::Predict {
+                    top_k: options.predict()?,
+                },
+                (),
+            ))
+        })
+        .await?;
+        let Output::Predict(predictions) = done.output else {
+            return Err(ApiError::Internal(
+                "the engine answered a predict job with an explanation".into(),
+            ));
+        };
+        timings.total_ms = ms(started.elapsed());
+        let d = state.engine.description();
+        let body = PredictBody {
+            model: &d.model,
+            device: &d.device,
+            image: ImageInfo::of(&decoded),
+            predictions: &predictions,
+            timings,
+        };
+        let mut res = Json(&body).into_response();
+        timing_headers(&mut res, &body.timings);
+        Ok(res)
+    })
+    .await
+}

@@ -1,0 +1,199 @@
+//! The three ways an image arrives on the same route, one extractor each, chosen by the
+//! request's content type: a multipart upload (field `image`), a raw body with an image content
+//! type, or JSON naming a URL. Options come from the query string and, for multipart and JSON,
+//! from the body too (the body wins). A URL is only named here: the handler fetches it after the
+//! options have been checked.
+
+use super::AppState;
+use super::options::RawOptions;
+use super::problem::ApiError;
+use crate::input::SUPPORTED_MEDIA_TYPES;
+use axum::body::{Body, Bytes};
+use axum::extract::{FromRequest, Multipart, Request};
+use axum::http::header;
+use http_body_util::BodyExt;
+
+/// Media types accepted as a raw image body besides those of the supported formats. The format
+/// itself is always told by magic bytes.
+const OCTET_STREAM: &str = "application/octet-stream";
+
+/// Where the image is.
+pub enum Source {
+    /// Uploaded with the request.
+    Bytes(Bytes),
+    /// To be fetched from this URL.
+    Url(String),
+}
+
+/// An image source and the options that came with it.
+pub struct Incoming {
+    pub source: Source,
+    pub options: RawOptions,
+}
+
+impl FromRequest<AppState> for Incoming {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
+        let options = RawOptions(query_pairs(req.uri().query())?);
+        let essence = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
+        let limit = state.config.body_limit;
+        if let Some(len) = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+            && len > limit as u64
+        {
+            return Err(ApiError::BodyTooLarge { limit });
+        }
+        // The body read has its own deadline, apart from the whole request's: a client that
+        // sends its headers and then stalls or trickles the body is cut off early.
+        let timeout = state.config.body_read_timeout();
+        let read = async {
+            match essence.as_str() {
+                "multipart/form-data" => multipart_form(req, options, limit).await,
+                "application/json" => json_form(req, options, limit).await,
+                t if is_raw_image_type(t) => Ok(Incoming {
+                    source: Source::Bytes(collect(req.into_body(), limit).await?),
+                    options,
+                }),
+                "" => Err(ApiError::UnsupportedMediaType(format!(
+                    "the request has no Content-Type; send {}",
+                    allowed_types()
+                ))),
+                t => Err(ApiError::UnsupportedMediaType(format!(
+                    "Content-Type {t:?} is not supported; send {}",
+                    allowed_types()
+                ))),
+            }
+        };
+        tokio::time::timeout(timeout, read)
+            .await
+            .unwrap_or(Err(ApiError::BodyTimeout(timeout.as_millis() as u64)))
+    }
+}
+
+fn is_raw_image_type(t: &str) -> bool {
+    t == OCTET_STREAM || crate::input::FORMATS.iter().any(|(_, _, m)| *m == t)
+}
+
+/// What the message of a 415 lists.
+fn allowed_types() -> String {
+    format!(
+        "multipart/form-data (field \"image\"), application/json ({{\"url\": ...}}), or a raw \
+         image body ({SUPPORTED_MEDIA_TYPES}, {OCTET_STREAM})"
+    )
+}
+
+/// `multipart/form-data`: the file in field `image`, options in the other fields.
+async fn multipart_form(
+    req: Request,
+    mut options: RawOptions,
+    limit: usize,
+) -> Result<Incoming, ApiError> {
+    let mut multipart = Multipart::from_request(req, &())
+        .await
+        .map_err(|e| ApiError::Malformed(e.body_text()))?;
+    let mut image = None;
+    while let Some(field) = multipart
+        .next_field()
+        .await
+        .map_err(|e| multipart_error(e, limit))?
+    {
+        let name = field.name().unwrap_or("").to_string();
+        if name == "image" {
+            image = Some(field.bytes().await.map_err(|e| multipart_error(e, limit))?);
+        } else {
+            let value = field.text().await.map_err(|e| multipart_error(e, limit))?;
+            options.0.push((name, value));
+        }
+    }
+    let bytes = image
+        .ok_or_else(|| ApiError::Malformed("the multipart form has no field \"image\"".into()))?;
+    Ok(Incoming {
+        source: Source::Bytes(bytes),
+        options,
+    })
+}
+
+/// `application/json`: an object with `url` and options as members.
+async fn json_form(
+    req: Request,
+    mut options: RawOptions,
+    limit: usize,
+) -> Result<Incoming, ApiError> {
+    let body = collect(req.into_body(), limit).await?;
+    let doc: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::Malformed(format!("the body is not a JSON object: {e}")))?;
+    let mut url = None;
+    for (k, v) in doc {
+        let text = match v {
+            serde_json::Value::String(s) => s,
+            serde_json::Value::Number(n) => n.to_string(),
+            serde_json::Value::Bool(b) => b.to_string(),
+            other => {
+                return Err(ApiError::InvalidOption(format!(
+                    "{k} must be a string, number or boolean, not {other}"
+                )));
+            }
+        };
+        if k == "url" {
+            url = Some(text)
+        } else {
+            options.0.push((k, text))
+        }
+    }
+    let url =
+        url.ok_or_else(|| ApiError::Malformed("the JSON body has no \"url\" member".into()))?;
+    Ok(Incoming {
+        source: Source::Url(url),
+        options,
+    })
+}
+
+/// Decodes `a=1&b=x%20y` into pairs; malformed percent-encoding is a 400.
+fn query_pairs(query: Option<&str>) -> Result<Vec<(String, String)>, ApiError> {
+    let Some(q) = query else {
+        return Ok(Vec::new());
+    };
+    let uri = format!("/?{q}")
+        .parse()
+        .map_err(|_| ApiError::Malformed("the query string is not valid".into()))?;
+    axum::extract::Query::<Vec<(String, String)>>::try_from_uri(&uri)
+        .map(|axum::extract::Query(v)| v)
+        .map_err(|e| ApiError::Malformed(format!("the query string is not valid: {e}")))
+}
+
+/// Reads a whole body, refusing it as soon as it passes `limit` (whatever Content-Length said).
+async fn collect(body: Body, limit: usize) -> Result<Bytes, ApiError> {
+    match http_body_util::Limited::new(body, limit).collect().await {
+        Ok(c) => Ok(c.to_bytes()),
+        Err(e)
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
+            Err(ApiError::BodyTooLarge { limit })
+        }
+        Err(e) => Err(ApiError::Malformed(format!(
+            "the request body could not be read: {e}"
+        ))),
+    }
+}
+
+fn multipart_error(e: axum::extract::multipart::MultipartError, limit: usize) -> ApiError {
+    if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::BodyTooLarge { limit }
+    } else {
+        ApiError::Malformed(format!(
+            "the multipart form could not be read: {}",
+            e.body_text()
+        ))
+    }
+}

@@ -1,0 +1,65 @@
+//! The operational routes: health, metrics, `/info`, the label list, the OpenAPI document, and
+//! the answer for routes that do not exist.
+
+use super::AppState;
+use super::bodies::{InfoBody, Label, LabelsBody, StatusBody};
+use super::problem::ApiError;
+use crate::backend;
+use axum::Json;
+use axum::extract::{Request, State};
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+
+/// Live unless the model thread has died outside a shutdown: then only a restart helps.
+pub async fn live(State(state): State<AppState>) -> Result<Json<StatusBody>, ApiError> {
+    if !state.engine.is_alive() && !state.is_draining() {
+        return Err(ApiError::ModelStopped);
+    }
+    Ok(Json(StatusBody { status: "live" }))
+}
+
+/// Ready when new work is taken: the same test gates `/explain` and `/predict`.
+pub async fn ready(State(state): State<AppState>) -> Result<Json<StatusBody>, ApiError> {
+    state.serving()?;
+    Ok(Json(StatusBody { status: "ready" }))
+}
+
+pub async fn metrics(State(state): State<AppState>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        state.metrics.render(),
+    )
+        .into_response()
+}
+
+pub async fn info(State(state): State<AppState>) -> Json<InfoBody> {
+    Json(InfoBody::new(state.engine.description(), &state.config))
+}
+
+pub async fn labels() -> Json<LabelsBody> {
+    let labels = backend::labels()
+        .iter()
+        .enumerate()
+        .map(|(index, &label)| Label { index, label })
+        .collect();
+    Json(LabelsBody { labels })
+}
+
+pub async fn openapi() -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/yaml")],
+        include_str!("../../openapi.yaml"),
+    )
+        .into_response()
+}
+
+pub async fn not_found(req: Request) -> ApiError {
+    ApiError::NotFound(format!(
+        "no route {} {}; see /openapi.yaml",
+        req.method(),
+        req.uri().path()
+    ))
+}

@@ -1,0 +1,72 @@
+//! `gradcam-serve serve` from start to stop: check the configuration, build the model on the
+//! engine's thread and warm it up, bind, log "ready", serve until the shutdown signal, drain,
+//! stop the engine.
+
+use crate::backend::Loader;
+use crate::config::ServeConfig;
+use crate::engine::{BatchConfig, Engine};
+use crate::http::{self, AppState};
+use crate::metrics::Metrics;
+use std::future::Future;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+
+/// Runs the service with the libtorch model the configuration names.
+pub async fn run(
+    config: ServeConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    config
+        .validate()
+        .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
+    let config = Arc::new(config);
+    let metrics = Arc::new(Metrics::new());
+    let engine = start_engine(&config, model_loader(&config), metrics.clone()).await?;
+    let listener = TcpListener::bind((config.host, config.port)).await?;
+    let state = AppState::new(config, engine.clone(), metrics);
+    log_ready(&listener, &engine)?;
+    http::serve(listener, state, shutdown).await;
+    tokio::task::spawn_blocking(move || engine.shutdown()).await?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Builds the libtorch ResNet (wrapped in the fault injector in test builds).
+fn model_loader(config: &ServeConfig) -> Loader {
+    let model = config.model.clone();
+    let load: Loader = Box::new(move || Ok(Box::new(crate::model::load(&model)?) as _));
+    #[cfg(feature = "fault-injection")]
+    let load = crate::fault::wrap(load);
+    load
+}
+
+/// Starts the engine (loading and warming up the backend on its thread) without blocking the
+/// runtime.
+async fn start_engine(
+    config: &ServeConfig,
+    load: Loader,
+    metrics: Arc<Metrics>,
+) -> anyhow::Result<Arc<Engine>> {
+    let batch = BatchConfig {
+        max_batch_size: config.max_batch_size,
+        max_batch_delay: config.max_batch_delay(),
+        queue_capacity: config.queue_capacity,
+    };
+    let engine = tokio::task::spawn_blocking(move || {
+        let engine = Engine::start(load, batch, metrics.clone())?;
+        let d = engine.description();
+        metrics.set_model(&d.model, &d.device);
+        anyhow::Ok(engine)
+    })
+    .await??;
+    Ok(Arc::new(engine))
+}
+
+fn log_ready(listener: &TcpListener, engine: &Engine) -> anyhow::Result<()> {
+    let addr = listener.local_addr()?;
+    #[cfg(feature = "fault-injection")]
+    tracing::warn!("built with fault injection (header x-gradcam-fault): for tests only");
+    let d = engine.description();
+    tracing::info!(%addr, device = %d.device, model = %d.model, sha256 = %d.weights.sha256, "ready");
+    Ok(())
+}

@@ -1,0 +1,265 @@
+//! The engine's refusals as the client sees them, with a scripted toy backend: a failure is a
+//! 500 that keeps its detail to the log, out of memory a 503 with Retry-After, a panic a 500
+//! followed by `not_ready` until the backend is rebuilt, a dead model thread 503
+//! `model_stopped`, a full queue 429 with Retry-After, a request past its deadline 504. After
+//! each (but the death) the same app answers normally again.
+
+use crate::support::{
+    assert_explained, detail, fixture, get, metric, metrics_text, problem, scripted_app, send,
+    until, upload,
+};
+use crate::toy::{Act, Gate, Script};
+use axum::Router;
+use axum::body::Body;
+use axum::http::Request;
+use gradcam_serve::backend::ExplainOptions;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+use tokio::task::JoinHandle;
+
+fn explain_chelsea() -> Request<Body> {
+    upload(
+        "/explain?overlay=false",
+        "image/png",
+        fixture("chelsea.png"),
+    )
+}
+
+fn predict_coffee() -> Request<Body> {
+    upload("/predict", "image/jpeg", fixture("coffee.jpg"))
+}
+
+/// Sends in the background.
+fn spawn(app: &Router, req: Request<Body>) -> JoinHandle<crate::support::Answer> {
+    let app = app.clone();
+    tokio::spawn(async move { send(&app, req).await })
+}
+
+/// The app answers a normal request correctly.
+async fn assert_serves(case: &str, app: &Router) {
+    let a = send(app, explain_chelsea()).await;
+    assert_eq!(a.status, 200, "{case}: then a normal request is answered");
+    assert_explained(
+        case,
+        &a.json(),
+        &fixture("chelsea.png"),
+        ExplainOptions::default(),
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_failure_is_500_internal_and_its_detail_stays_inside() {
+    let script = Script::default();
+    let (app, _) = scripted_app(&[], &script);
+    for (case, req) in [
+        ("explain", explain_chelsea()),
+        ("predict", predict_coffee()),
+    ] {
+        script.push(Act::Fail("secret: shape [7, 7] vs [2, 3]".into()));
+        let p = problem(case, &send(&app, req).await, 500, "internal");
+        assert_eq!(detail(&p), "internal error", "{case}: {p}");
+        assert!(!p.to_string().contains("secret"), "{case}: {p}");
+    }
+    assert_serves("after a failure", &app).await;
+    let text = metrics_text(&app).await;
+    for (series, n) in [
+        ("gradcam_rejections_total{reason=\"internal\"}", 2.0),
+        (
+            "gradcam_requests_total{route=\"/explain\",status=\"500\"}",
+            1.0,
+        ),
+        (
+            "gradcam_requests_total{route=\"/predict\",status=\"500\"}",
+            1.0,
+        ),
+        ("gradcam_model_rebuilds_total{result=\"ok\"}", 0.0),
+    ] {
+        assert_eq!(metric(&text, series), n, "{series} in\n{text}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn out_of_memory_is_503_with_retry_after() {
+    let script = Script::default();
+    let (app, _) = scripted_app(&[], &script);
+    for (case, req) in [
+        ("explain", explain_chelsea()),
+        ("predict", predict_coffee()),
+    ] {
+        script.push(Act::OutOfMemory);
+        let a = send(&app, req).await;
+        let p = problem(case, &a, 503, "out_of_memory");
+        assert_eq!(a.header("retry-after"), "1", "{case}");
+        assert!(detail(&p).contains("out of memory"), "{case}: {p}");
+    }
+    assert_eq!(send(&app, get("/health/ready")).await.status, 200);
+    assert_serves("after running out of memory", &app).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panic_is_500_then_not_ready_until_the_backend_is_rebuilt() {
+    let script = Script::default();
+    let (app, _) = scripted_app(&[], &script);
+    let rebuild = Gate::default();
+    script.push(Act::Panic {
+        rebuild: Some(rebuild.clone()),
+    });
+    let p = problem(
+        "the panicking request",
+        &send(&app, explain_chelsea()).await,
+        500,
+        "internal",
+    );
+    assert_eq!(detail(&p), "internal error", "{p}");
+    // Readiness is already false when the failed request gets its answer.
+    for (case, req) in [
+        ("readiness while rebuilding", get("/health/ready")),
+        ("explain while rebuilding", explain_chelsea()),
+        ("predict while rebuilding", predict_coffee()),
+    ] {
+        let a = send(&app, req).await;
+        problem(case, &a, 503, "not_ready");
+        assert_eq!(a.header("retry-after"), "1", "{case}");
+    }
+    assert_eq!(
+        send(&app, get("/health/live")).await.status,
+        200,
+        "live while rebuilding"
+    );
+    rebuild.open();
+    until("the rebuilt backend", || script.builds() == 2).await;
+    let start = Instant::now();
+    while send(&app, get("/health/ready")).await.status != 200 {
+        assert!(start.elapsed() < Duration::from_secs(5), "ready again");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    assert_serves("after the rebuild", &app).await;
+    let text = metrics_text(&app).await;
+    assert_eq!(
+        metric(&text, "gradcam_model_rebuilds_total{result=\"ok\"}"),
+        1.0,
+        "{text}"
+    );
+    assert_eq!(
+        metric(&text, "gradcam_rejections_total{reason=\"not_ready\"}"),
+        3.0,
+        "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_model_thread_is_503_model_stopped_and_not_live() {
+    let script = Script::default();
+    let (app, state) = scripted_app(&[], &script);
+    script.push(Act::Die);
+    problem(
+        "the request the model thread died on",
+        &send(&app, explain_chelsea()).await,
+        500,
+        "internal",
+    );
+    let engine = state.engine.clone();
+    until("the model thread to end", || !engine.is_alive()).await;
+    for (case, req) in [
+        ("liveness", get("/health/live")),
+        ("readiness", get("/health/ready")),
+        ("explain", explain_chelsea()),
+        ("predict", predict_coffee()),
+    ] {
+        let a = send(&app, req).await;
+        let p = problem(case, &a, 503, "model_stopped");
+        assert!(detail(&p).contains("restart"), "{case}: {p}");
+        assert_eq!(
+            a.header("retry-after"),
+            "",
+            "{case}: retrying here cannot help"
+        );
+    }
+    assert_eq!(script.calls(), 1, "nothing reaches a dead model thread");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_queue_is_429_with_retry_after_at_once() {
+    let script = Script::default();
+    let (app, state) = scripted_app(&["--queue-capacity", "1", "--max-batch-size", "1"], &script);
+    let gate = Gate::default();
+    script.push(Act::Hold(gate.clone()));
+    // One request holds the model thread, a second waits in the queue (capacity 1).
+    let held = spawn(&app, explain_chelsea());
+    until("the model thread to hold the first request", || {
+        script.calls() == 1
+    })
+    .await;
+    let queued = spawn(&app, predict_coffee());
+    let metrics = state.metrics.clone();
+    until("the second request to wait in the queue", || {
+        metrics.queue_depth.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    for (case, req) in [
+        ("explain", explain_chelsea()),
+        ("predict", predict_coffee()),
+    ] {
+        let started = Instant::now();
+        let a = send(&app, req).await;
+        let p = problem(case, &a, 429, "queue_full");
+        assert_eq!(a.header("retry-after"), "1", "{case}");
+        assert!(detail(&p).contains("queue is full"), "{case}: {p}");
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{case}: refused at once, not after waiting"
+        );
+    }
+    gate.open();
+    let (held, queued) = (held.await.unwrap(), queued.await.unwrap());
+    assert_eq!(held.status, 200, "the held request");
+    assert_eq!(queued.status, 200, "the queued request");
+    assert_eq!(
+        script.calls(),
+        2,
+        "the refused requests never reached the model"
+    );
+    let text = metrics_text(&app).await;
+    assert_eq!(
+        metric(&text, "gradcam_rejections_total{reason=\"queue_full\"}"),
+        2.0,
+        "{text}"
+    );
+    assert_serves("after the queue drained", &app).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_past_its_deadline_is_504() {
+    let script = Script::default();
+    let (app, _) = scripted_app(
+        &["--request-timeout-ms", "300", "--fetch-timeout-ms", "100"],
+        &script,
+    );
+    let gate = Gate::default();
+    script.push(Act::Hold(gate.clone()));
+    let started = Instant::now();
+    let held = spawn(&app, explain_chelsea());
+    until("the model thread to hold the first request", || {
+        script.calls() == 1
+    })
+    .await;
+    // The second waits in the queue behind the held one.
+    let queued = send(&app, predict_coffee()).await;
+    for (case, a) in [("queued", queued), ("held", held.await.unwrap())] {
+        let p = problem(case, &a, 504, "timeout");
+        assert!(detail(&p).contains("300 ms"), "{case}: {p}");
+    }
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed >= Duration::from_millis(300) && elapsed < Duration::from_secs(3),
+        "answered at the deadline, not before or long after: {elapsed:?}"
+    );
+    gate.open();
+    assert_serves("after the deadline passed", &app).await;
+    let text = metrics_text(&app).await;
+    assert_eq!(
+        metric(&text, "gradcam_rejections_total{reason=\"timeout\"}"),
+        2.0,
+        "{text}"
+    );
+}

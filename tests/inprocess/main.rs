@@ -1,0 +1,16 @@
+//! In-process tests of the HTTP layer: `http::app` around a small deterministic backend
+//! ([`toy::Toy`]), driven with `tower::ServiceExt::oneshot`. No libtorch model, no weights, no
+//! network beyond loopback; together the tests take a second or two.
+//!
+//! These are the fast net beside the end-to-end tests (tests/server.rs), which run the real
+//! binary with the real model over real HTTP.
+
+mod answers;
+mod faults;
+mod ops;
+mod options;
+mod parsing;
+mod problems;
+mod support;
+mod toy;
+mod url_form;
