@@ -23,7 +23,8 @@ named_enum! {
         #[default]
         GradCam => "gradcam",
         HiResCam => "hirescam",
-        GradCamPlusPlus => "gradcam++",
+        /// `gradcampp` needs no encoding in a query string, where `+` means a space.
+        GradCamPlusPlus => "gradcam++" | "gradcampp",
         XGradCam => "xgradcam",
         LayerCam => "layercam",
     }

@@ -20,6 +20,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the HTTP service.
+    #[command(after_help = crate::config::SERVE_RULES_HELP)]
     Serve(ServeConfig),
     /// Classify images and write a heatmap overlay (PNG) and the maps (JSON) for each.
     Explain(ExplainConfig),

@@ -102,6 +102,33 @@ pub enum LogFormat {
     Pretty,
 }
 
+/// Writes the start-up rules once: the list that [`ServeConfig::validate`] checks in order, and
+/// the text `serve --help` prints after the flags. README.md names every rule (a unit test
+/// checks it).
+macro_rules! rules {
+    ($($rule:literal),+ $(,)?) => {
+        /// The cross-field and range rules `serve` checks at start-up, in order.
+        pub const SERVE_RULES: [&str; [$($rule),+].len()] = [$($rule),+];
+        /// [`SERVE_RULES`] as `serve --help` prints them.
+        pub const SERVE_RULES_HELP: &str =
+            concat!("Checked at start-up:", $("\n  - ", $rule),+);
+    };
+}
+
+rules![
+    "max batch size must be at least 1",
+    "queue capacity must be at least 1",
+    "queue capacity must be at least the max batch size",
+    "request timeout must be at least 100 ms",
+    "max batch delay must be shorter than the request timeout",
+    "fetch timeout must be shorter than the request timeout",
+    "body limit must be at least 1024 bytes",
+    "max image pixels must be at least 1",
+    "max overlay side must be within 16..=8192",
+    "max connections and the header and body read timeouts must be at least 1",
+    "CORS origins must be `*` or start with http:// or https://",
+];
+
 #[derive(Debug, Clone, Args)]
 pub struct ServeConfig {
     /// Address to listen on.
@@ -175,7 +202,14 @@ pub struct ServeConfig {
         default_value = ""
     )]
     pub cors_origins: Vec<String>,
-    /// After SIGTERM or SIGINT, wait at most this many milliseconds for queued and running
+    /// After SIGTERM or SIGINT, readiness answers 503 at once but the server keeps accepting
+    /// and serving for this many milliseconds, so that a load balancer that learns about the
+    /// change late (Kubernetes endpoints, a health-checking proxy) sends no request to a closed
+    /// port; then it stops accepting and drains. 5 s covers a few readiness-probe periods of
+    /// propagation; 0 stops accepting at once.
+    #[arg(long, env = "GRADCAM_DRAIN_DELAY_MS", default_value_t = 5_000)]
+    pub drain_delay_ms: u64,
+    /// After the drain delay, wait at most this many milliseconds for queued and running
     /// requests before exiting.
     #[arg(long, env = "GRADCAM_DRAIN_TIMEOUT_MS", default_value_t = 30_000)]
     pub drain_timeout_ms: u64,
@@ -213,74 +247,76 @@ impl ServeConfig {
         Duration::from_millis(self.body_read_timeout_ms)
     }
 
+    pub fn drain_delay(&self) -> Duration {
+        Duration::from_millis(self.drain_delay_ms)
+    }
+
     pub fn drain_timeout(&self) -> Duration {
         Duration::from_millis(self.drain_timeout_ms)
     }
 
-    /// Cross-field checks; the message names the setting and what is allowed.
+    /// Checks [`SERVE_RULES`] together; the message states the first rule broken and the
+    /// values that break it.
     pub fn validate(&self) -> Result<(), String> {
-        let checks: [(bool, String); 8] = [
-            (
-                self.max_batch_size >= 1,
-                "max batch size must be at least 1".into(),
-            ),
-            (
-                self.queue_capacity >= 1,
-                "queue capacity must be at least 1".into(),
-            ),
+        let cors_ok = self
+            .cors()
+            .iter()
+            .all(|o| o == "*" || o.starts_with("http://") || o.starts_with("https://"));
+        let checks: [(bool, String); SERVE_RULES.len()] = [
+            (self.max_batch_size >= 1, format!("{}", self.max_batch_size)),
+            (self.queue_capacity >= 1, format!("{}", self.queue_capacity)),
             (
                 self.queue_capacity >= self.max_batch_size,
                 format!(
-                    "queue capacity ({}) must be at least the max batch size ({}), or batches never fill",
+                    "queue capacity {}, max batch size {}: batches would never fill",
                     self.queue_capacity, self.max_batch_size
                 ),
             ),
             (
                 self.request_timeout_ms >= 100,
-                "request timeout must be at least 100 ms".into(),
+                format!("{} ms", self.request_timeout_ms),
             ),
             (
                 self.max_batch_delay_ms < self.request_timeout_ms,
-                "max batch delay must be shorter than the request timeout".into(),
+                format!(
+                    "max batch delay {} ms, request timeout {} ms",
+                    self.max_batch_delay_ms, self.request_timeout_ms
+                ),
+            ),
+            (
+                self.fetch_timeout_ms < self.request_timeout_ms,
+                format!(
+                    "fetch timeout {} ms, request timeout {} ms",
+                    self.fetch_timeout_ms, self.request_timeout_ms
+                ),
             ),
             (
                 self.body_limit >= 1024,
-                "body limit must be at least 1024 bytes".into(),
+                format!("{} bytes", self.body_limit),
             ),
             (
                 self.max_image_pixels >= 1,
-                "max image pixels must be at least 1".into(),
+                format!("{}", self.max_image_pixels),
             ),
             (
                 (16..=8192).contains(&self.max_overlay_side),
+                format!("{}", self.max_overlay_side),
+            ),
+            (
+                self.max_connections >= 1
+                    && self.header_read_timeout_ms >= 1
+                    && self.body_read_timeout_ms >= 1,
                 format!(
-                    "max overlay side {} is out of range; allowed: 16..=8192",
-                    self.max_overlay_side
+                    "max connections {}, header read timeout {} ms, body read timeout {} ms",
+                    self.max_connections, self.header_read_timeout_ms, self.body_read_timeout_ms
                 ),
             ),
+            (cors_ok, self.cors().join(",")),
         ];
-        if let Some((_, msg)) = checks.into_iter().find(|(ok, _)| !ok) {
-            return Err(msg);
+        match checks.iter().zip(SERVE_RULES).find(|((ok, _), _)| !ok) {
+            Some(((_, got), rule)) => Err(format!("{rule} (got {got})")),
+            None => Ok(()),
         }
-        if self.max_connections == 0
-            || self.header_read_timeout_ms == 0
-            || self.body_read_timeout_ms == 0
-        {
-            return Err(
-                "max connections and the header and body read timeouts must be at least 1".into(),
-            );
-        }
-        if self.fetch_timeout_ms >= self.request_timeout_ms {
-            return Err("fetch timeout must be shorter than the request timeout".into());
-        }
-        if self
-            .cors()
-            .iter()
-            .any(|o| o != "*" && !(o.starts_with("http://") || o.starts_with("https://")))
-        {
-            return Err("CORS origins must be `*` or start with http:// or https://".into());
-        }
-        Ok(())
     }
 
     /// The URL fetcher's settings.
@@ -308,6 +344,41 @@ impl ServeConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_start_up_rule_is_checked_and_named_in_readme() {
+        let readme = include_str!("../README.md");
+        for rule in SERVE_RULES {
+            assert!(
+                readme.contains(rule),
+                "README.md does not name the rule {rule:?}"
+            );
+            assert!(SERVE_RULES_HELP.contains(rule));
+        }
+        let ok = ServeConfig::from_args(["--port", "0"]).unwrap();
+        assert_eq!(ok.validate(), Ok(()));
+        // One setting that breaks each rule, in the order of SERVE_RULES.
+        let breaking: [&[&str]; SERVE_RULES.len()] = [
+            &["--max-batch-size", "0", "--queue-capacity", "0"],
+            &["--queue-capacity", "0"],
+            &["--queue-capacity", "4", "--max-batch-size", "8"],
+            &["--request-timeout-ms", "99"],
+            &["--max-batch-delay-ms", "30000"],
+            &["--fetch-timeout-ms", "30000"],
+            &["--body-limit", "1000"],
+            &["--max-image-pixels", "0"],
+            &["--max-overlay-side", "8193"],
+            &["--max-connections", "0"],
+            &["--cors-origins", "app.example"],
+        ];
+        for (args, rule) in breaking.iter().zip(SERVE_RULES) {
+            let e = ServeConfig::from_args(*args)
+                .unwrap()
+                .validate()
+                .unwrap_err();
+            assert!(e.starts_with(rule), "{args:?}: {e}");
+        }
+    }
 
     #[test]
     fn devices_parse_and_bad_ones_say_what_is_allowed() {

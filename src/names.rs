@@ -2,7 +2,9 @@
 //! `named_enum!` macro writes the variant list, the names, `Display`, `FromStr` (case-insensitive,
 //! with a message that lists what is allowed) and the serde names from a single table.
 
-/// Declares a fieldless enum whose variants each have one wire name.
+/// Declares a fieldless enum whose variants each have one wire name, and optionally aliases
+/// that are accepted too (`Variant => "name" | "alias"`). Names are matched ignoring ASCII case,
+/// and nothing else: no trimming.
 ///
 /// ```ignore
 /// named_enum! {
@@ -19,7 +21,7 @@ macro_rules! named_enum {
     (
         $(#[$meta:meta])*
         $vis:vis enum $name:ident ($noun:literal) {
-            $( $(#[$vmeta:meta])* $variant:ident => $wire:literal ),+ $(,)?
+            $( $(#[$vmeta:meta])* $variant:ident => $wire:literal $(| $alias:literal)* ),+ $(,)?
         }
     ) => {
         $(#[$meta])*
@@ -37,6 +39,19 @@ macro_rules! named_enum {
                 match self {
                     $($name::$variant => $wire),+
                 }
+            }
+
+            /// Further names a variant is accepted under (never given in answers).
+            pub fn aliases(self) -> &'static [&'static str] {
+                match self {
+                    $($name::$variant => &[$($alias),*]),+
+                }
+            }
+
+            /// Whether `s` names this variant, ignoring ASCII case.
+            fn is_named(self, s: &str) -> bool {
+                self.name().eq_ignore_ascii_case(s)
+                    || self.aliases().iter().any(|a| a.eq_ignore_ascii_case(s))
             }
 
             /// The names of [`Self::ALL`], comma-separated, for messages.
@@ -57,7 +72,7 @@ macro_rules! named_enum {
                 Self::ALL
                     .iter()
                     .copied()
-                    .find(|v| v.name().eq_ignore_ascii_case(s))
+                    .find(|v| v.is_named(s))
                     .ok_or_else(|| {
                         format!(concat!("unknown ", $noun, " {:?}; allowed: {}"), s, Self::allowed())
                     })
@@ -76,7 +91,7 @@ macro_rules! named_enum {
                 Self::ALL
                     .iter()
                     .copied()
-                    .find(|v| v.name() == s)
+                    .find(|v| v.name() == s || v.aliases().contains(&&*s))
                     .ok_or_else(|| ::serde::de::Error::unknown_variant(&s, &[$($wire),+]))
             }
         }
@@ -92,7 +107,7 @@ mod tests {
         pub enum Fruit("fruit") {
             #[default]
             Apple => "apple",
-            StarFruit => "star++",
+            StarFruit => "star++" | "starpp",
         }
     }
 
@@ -101,6 +116,10 @@ mod tests {
         assert_eq!(Fruit::ALL, [Fruit::Apple, Fruit::StarFruit]);
         assert_eq!(Fruit::default(), Fruit::Apple);
         assert_eq!("STAR++".parse::<Fruit>(), Ok(Fruit::StarFruit));
+        assert_eq!("StarPP".parse::<Fruit>(), Ok(Fruit::StarFruit));
+        assert!("star  ".parse::<Fruit>().is_err());
+        assert!(" apple".parse::<Fruit>().is_err());
+        assert_eq!(Fruit::StarFruit.aliases(), &["starpp"]);
         assert_eq!(Fruit::StarFruit.to_string(), "star++");
         let e = "pear".parse::<Fruit>().unwrap_err();
         assert_eq!(e, "unknown fruit \"pear\"; allowed: apple, star++");

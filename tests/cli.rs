@@ -229,3 +229,36 @@ fn local_weights_report_their_sha256() {
     assert_eq!(w.sha256.len(), 64);
     assert_eq!(w.sha256, weights::sha256_file(&path).unwrap());
 }
+
+/// `serve --help` states every start-up rule, and a broken one stops the server before it loads
+/// anything, naming the rule and the values.
+#[test]
+fn serve_help_lists_the_start_up_rules_and_a_broken_one_stops_the_server() {
+    let out = bin().args(["serve", "--help"]).output().unwrap();
+    assert!(out.status.success());
+    let help = String::from_utf8(out.stdout).unwrap();
+    for rule in gradcam_serve::config::SERVE_RULES {
+        assert!(
+            help.contains(rule),
+            "serve --help does not state {rule:?}:\n{help}"
+        );
+    }
+    let out = bin()
+        .args([
+            "serve",
+            "--port",
+            "0",
+            "--weights",
+            "/nonexistent.safetensors",
+        ])
+        .args(["--queue-capacity", "4", "--max-batch-size", "8"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("queue capacity must be at least the max batch size")
+            && err.contains("queue capacity 4, max batch size 8"),
+        "{err}"
+    );
+}

@@ -135,21 +135,20 @@ impl Worker {
                 Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
             }
         }
+        // Each job that does not reach the model is counted once, under its one true reason.
         let now = Instant::now();
-        batch.retain(|job| {
-            if job.reply.is_closed() {
+        let mut live = Vec::with_capacity(batch.len());
+        for job in batch {
+            if job.deadline <= now {
+                // Past its deadline: the HTTP layer answers 504 (or already has, if its own
+                // timer fired first) and counts it as a timeout there.
+                let _ = job.reply.send(Err(EngineError::Expired));
+            } else if job.reply.is_closed() {
                 // The client has gone: do not spend the model on it.
                 self.metrics.rejection("client_gone");
-                false
             } else {
-                true
+                live.push(job);
             }
-        });
-        let (live, expired): (Vec<Job>, Vec<Job>) =
-            batch.into_iter().partition(|j| j.deadline > now);
-        for job in expired {
-            self.metrics.rejection("queue_timeout");
-            let _ = job.reply.send(Err(EngineError::Expired));
         }
         Some(live)
     }

@@ -154,17 +154,16 @@ fn timing_headers(res: &mut Response, t: &Timings) {
     }
 }
 
-/// Whether the client asked for the overlay itself rather than JSON.
-fn wants_png(headers: &HeaderMap) -> bool {
-    headers
-        .get(header::ACCEPT)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|a| a.contains("image/png") && !a.contains("application/json"))
+/// What the client accepts, among `offered` (see [`super::negotiate`]).
+fn negotiate(headers: &HeaderMap, offered: &[&'static str]) -> Result<&'static str, ApiError> {
+    let accept = headers.get(header::ACCEPT).map(|v| v.to_str()).transpose();
+    let accept = accept.map_err(|_| ApiError::NotAcceptable("Accept is not text".into()))?;
+    super::negotiate::choose(accept, offered)
 }
 
 pub async fn explain(State(state): State<AppState>, req: Request) -> Result<Response, ApiError> {
     let started = Instant::now();
-    let png = wants_png(req.headers());
+    let png = negotiate(req.headers(), &["application/json", "image/png"])? == "image/png";
     let max_side = state.config.max_overlay_side;
     with_deadline(&state, started, async {
         let inferred = infer(&state, req, started, |options| {
@@ -292,6 +291,7 @@ fn draw(decoded: &Decoded, e: &Explanation, o: &render::OverlayOptions) -> Vec<u
 
 pub async fn predict(State(state): State<AppState>, req: Request) -> Result<Response, ApiError> {
     let started = Instant::now();
+    negotiate(req.headers(), &["application/json"])?;
     with_deadline(&state, started, async {
         let Inferred {
             decoded,

@@ -5,7 +5,7 @@
 //! options have been checked.
 
 use super::AppState;
-use super::options::RawOptions;
+use super::options::{RawOptions, Value};
 use super::problem::ApiError;
 use crate::input::SUPPORTED_MEDIA_TYPES;
 use axum::body::{Body, Bytes};
@@ -35,7 +35,12 @@ impl FromRequest<AppState> for Incoming {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
-        let options = RawOptions(query_pairs(req.uri().query())?);
+        let options = RawOptions(
+            query_pairs(req.uri().query())?
+                .into_iter()
+                .map(|(k, v)| (k, Value::Text(v)))
+                .collect(),
+        );
         let essence = req
             .headers()
             .get(header::CONTENT_TYPE)
@@ -102,6 +107,7 @@ async fn multipart_form(
         .await
         .map_err(|e| ApiError::Malformed(e.body_text()))?;
     let mut image = None;
+    let mut images = 0;
     while let Some(field) = multipart
         .next_field()
         .await
@@ -109,11 +115,18 @@ async fn multipart_form(
     {
         let name = field.name().unwrap_or("").to_string();
         if name == "image" {
-            image = Some(field.bytes().await.map_err(|e| multipart_error(e, limit))?);
+            let bytes = field.bytes().await.map_err(|e| multipart_error(e, limit))?;
+            // The whole form is read before the refusal, so that the client gets the answer
+            // instead of a connection closed under its upload.
+            images += 1;
+            image = Some(bytes);
         } else {
             let value = field.text().await.map_err(|e| multipart_error(e, limit))?;
-            options.0.push((name, value));
+            options.0.push((name, Value::Text(value)));
         }
+    }
+    if images > 1 {
+        return Err(ApiError::MultipleImages);
     }
     let bytes = image
         .ok_or_else(|| ApiError::Malformed("the multipart form has no field \"image\"".into()))?;
@@ -134,20 +147,15 @@ async fn json_form(
         .map_err(|e| ApiError::Malformed(format!("the body is not a JSON object: {e}")))?;
     let mut url = None;
     for (k, v) in doc {
-        let text = match v {
-            serde_json::Value::String(s) => s,
-            serde_json::Value::Number(n) => n.to_string(),
-            serde_json::Value::Bool(b) => b.to_string(),
-            other => {
-                return Err(ApiError::InvalidOption(format!(
-                    "{k} must be a string, number or boolean, not {other}"
+        match (k.as_str(), v) {
+            ("url", serde_json::Value::String(s)) => url = Some(s),
+            ("url", other) => {
+                return Err(ApiError::Fetch(crate::fetch::FetchError::InvalidUrl(
+                    format!("url must be a string, not {other}"),
                 )));
             }
-        };
-        if k == "url" {
-            url = Some(text)
-        } else {
-            options.0.push((k, text))
+            // Each option checks its own type when the options are read.
+            (_, v) => options.0.push((k, Value::Json(v))),
         }
     }
     let url =
@@ -158,17 +166,49 @@ async fn json_form(
     })
 }
 
-/// Decodes `a=1&b=x%20y` into pairs; malformed percent-encoding is a 400.
+/// Decodes `a=1&b=x%20y` into pairs. A query string that cannot be decoded (a `%` not followed
+/// by two hex digits, or bytes that are not UTF-8) is a malformed request (400), like a body
+/// that is not JSON: no option can be read from it.
 fn query_pairs(query: Option<&str>) -> Result<Vec<(String, String)>, ApiError> {
     let Some(q) = query else {
         return Ok(Vec::new());
     };
-    let uri = format!("/?{q}")
-        .parse()
-        .map_err(|_| ApiError::Malformed("the query string is not valid".into()))?;
-    axum::extract::Query::<Vec<(String, String)>>::try_from_uri(&uri)
-        .map(|axum::extract::Query(v)| v)
-        .map_err(|e| ApiError::Malformed(format!("the query string is not valid: {e}")))
+    q.split('&')
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            Ok((form_decode(k)?, form_decode(v)?))
+        })
+        .collect()
+}
+
+/// `application/x-www-form-urlencoded` decoding of one name or value, strictly.
+fn form_decode(s: &str) -> Result<String, ApiError> {
+    let malformed = |why: &str| {
+        ApiError::Malformed(format!(
+            "the query string is not valid: {why}; percent-encode reserved characters as %XX \
+             (two hex digits) in UTF-8"
+        ))
+    };
+    let mut bytes = Vec::with_capacity(s.len());
+    let mut rest = s.as_bytes();
+    while let Some((&b, tail)) = rest.split_first() {
+        rest = tail;
+        match b {
+            b'+' => bytes.push(b' '),
+            b'%' => {
+                let hex = rest
+                    .get(..2)
+                    .and_then(|h| std::str::from_utf8(h).ok())
+                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+                    .ok_or_else(|| malformed("a `%` is not followed by two hex digits"))?;
+                bytes.push(hex);
+                rest = &rest[2..];
+            }
+            b => bytes.push(b),
+        }
+    }
+    String::from_utf8(bytes).map_err(|_| malformed("it decodes to bytes that are not UTF-8"))
 }
 
 /// Reads a whole body, refusing it as soon as it passes `limit` (whatever Content-Length said).
@@ -195,5 +235,31 @@ fn multipart_error(e: axum::extract::multipart::MultipartError, limit: usize) ->
             "the multipart form could not be read: {}",
             e.body_text()
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_strings_decode_strictly() {
+        let pairs = query_pairs(Some("method=gradcam%2B%2B&top_k=2&&flag&q=a+b%20c")).unwrap();
+        let want = [
+            ("method", "gradcam++"),
+            ("top_k", "2"),
+            ("flag", ""),
+            ("q", "a b c"),
+        ];
+        assert_eq!(
+            pairs,
+            want.map(|(k, v)| (k.to_string(), v.to_string())).to_vec()
+        );
+        for bad in ["top_k=%ZZ", "%", "a=%4", "%FF=1", "x=%C3%28"] {
+            assert!(
+                matches!(query_pairs(Some(bad)), Err(ApiError::Malformed(_))),
+                "{bad}"
+            );
+        }
     }
 }

@@ -9,6 +9,7 @@ mod bodies;
 mod explain;
 mod input;
 mod listen;
+mod negotiate;
 mod ops;
 pub mod options;
 pub mod problem;
@@ -39,7 +40,10 @@ pub struct AppState {
     pub engine: Arc<Engine>,
     pub metrics: Arc<Metrics>,
     pub fetcher: Fetcher,
+    /// Shutdown has begun: readiness is 503 (work is still served during the drain delay).
     draining: Arc<AtomicBool>,
+    /// The drain delay is over: the listener is closed and new work is refused.
+    closing: Arc<AtomicBool>,
 }
 
 impl AppState {
@@ -62,21 +66,38 @@ impl AppState {
             metrics,
             fetcher,
             draining: Arc::new(AtomicBool::new(false)),
+            closing: Arc::new(AtomicBool::new(false)),
         }
     }
 
-    /// Shutdown has begun: readiness is 503 and new work is refused.
+    /// Shutdown has begun: readiness is 503.
     pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::SeqCst)
     }
 
+    /// Readiness turns 503; work is still taken until [`Self::stop_taking_work`].
     pub fn start_draining(&self) {
         self.draining.store(true, Ordering::SeqCst);
     }
 
-    /// Whether this instance takes new work now.
-    fn serving(&self) -> Result<(), ApiError> {
+    /// New work is refused with 503 `draining` (readiness turns 503 too).
+    pub fn stop_taking_work(&self) {
+        self.start_draining();
+        self.closing.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether this instance is ready for new work: what `/health/ready` says.
+    fn ready(&self) -> Result<(), ApiError> {
         if self.is_draining() {
+            return Err(ApiError::Draining);
+        }
+        self.serving()
+    }
+
+    /// Whether this instance takes new work now: still during the drain delay, so that a
+    /// balancer that has not yet seen readiness turn 503 gets answers, not refusals.
+    fn serving(&self) -> Result<(), ApiError> {
+        if self.closing.load(Ordering::SeqCst) {
             return Err(ApiError::Draining);
         }
         if !self.engine.is_alive() {
@@ -100,8 +121,10 @@ pub fn app(state: AppState) -> Router {
         .route("/info", get(ops::info))
         .route("/labels", get(ops::labels))
         .route("/openapi.yaml", get(ops::openapi))
-        .route_layer(middleware::from_fn_with_state(state.clone(), observe))
+        .route_layer(middleware::from_fn(tag_route))
         .fallback(ops::not_found)
+        .method_not_allowed_fallback(ops::method_not_allowed)
+        .layer(middleware::from_fn_with_state(state.clone(), observe))
         // Our own body limit check gives the problem response; this one stops axum's default
         // 2 MB cap on multipart from getting in first.
         .layer(axum::extract::DefaultBodyLimit::max(
@@ -133,15 +156,32 @@ fn cors(origins: &[String]) -> CorsLayer {
         .expose_headers(explain::TIMING_HEADERS.map(HeaderName::from_static))
 }
 
-/// Counts every answer by route and status and refusals by problem type, and logs internal
-/// errors (whose detail never reaches the client).
-async fn observe(State(state): State<AppState>, req: Request, next: Next) -> Response {
+/// The route an answer came from, for [`observe`] (which runs before routing has happened).
+#[derive(Debug, Clone)]
+struct Route(String);
+
+/// Copies the matched route onto the answer.
+async fn tag_route(req: Request, next: Next) -> Response {
     let route = req
         .extensions()
         .get::<MatchedPath>()
-        .map(|p| p.as_str().to_string())
-        .unwrap_or_default();
+        .map(|p| p.as_str().to_string());
     let mut res = next.run(req).await;
+    if let Some(r) = route {
+        res.extensions_mut().insert(Route(r));
+    }
+    res
+}
+
+/// Counts every answer (routes, 404s and 405s alike) by route and status and refusals by
+/// problem type, and logs internal errors (whose detail never reaches the client).
+async fn observe(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let mut res = next.run(req).await;
+    let route = res
+        .extensions()
+        .get::<Route>()
+        .map_or("unmatched", |r| r.0.as_str())
+        .to_string();
     state.metrics.request(&route, res.status().as_u16());
     if let Some(p) = res.extensions().get::<ProblemType>() {
         state.metrics.rejection(p.0);
@@ -152,9 +192,10 @@ async fn observe(State(state): State<AppState>, req: Request, next: Next) -> Res
     res
 }
 
-/// Serves `state`'s routes on `listener` until `shutdown` resolves; then refuses new work
-/// (readiness 503), stops accepting, and lets accepted requests finish within the drain
-/// timeout. The engine is the caller's to stop.
+/// Serves `state`'s routes on `listener` until `shutdown` resolves. Then readiness turns 503 at
+/// once while the server goes on accepting and serving for the drain delay; then it stops
+/// accepting, refuses new work, and lets accepted requests finish within the drain timeout. The
+/// engine is the caller's to stop.
 pub async fn serve(
     listener: TcpListener,
     state: AppState,
@@ -162,10 +203,17 @@ pub async fn serve(
 ) {
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
     let draining = state.clone();
+    let delay = state.config.drain_delay();
     tokio::spawn(async move {
         shutdown.await;
         draining.start_draining();
-        tracing::info!("shutdown requested: draining");
+        tracing::info!(
+            delay_ms = delay.as_millis() as u64,
+            "shutdown requested: readiness 503, still serving"
+        );
+        tokio::time::sleep(delay).await;
+        draining.stop_taking_work();
+        tracing::info!("draining: no longer accepting");
         let _ = stop_tx.send(true);
     });
     let limits = listen::ConnectionLimits {

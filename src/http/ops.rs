@@ -18,9 +18,9 @@ pub async fn live(State(state): State<AppState>) -> Result<Json<StatusBody>, Api
     Ok(Json(StatusBody { status: "live" }))
 }
 
-/// Ready when new work is taken: the same test gates `/explain` and `/predict`.
+/// Ready when new work is welcome: the model serves and no shutdown has begun.
 pub async fn ready(State(state): State<AppState>) -> Result<Json<StatusBody>, ApiError> {
-    state.serving()?;
+    state.ready()?;
     Ok(Json(StatusBody { status: "ready" }))
 }
 
@@ -59,6 +59,15 @@ pub async fn openapi() -> Response {
 pub async fn not_found(req: Request) -> ApiError {
     ApiError::NotFound(format!(
         "no route {} {}; see /openapi.yaml",
+        req.method(),
+        req.uri().path()
+    ))
+}
+
+/// A known route with a method it does not have; axum adds the `Allow` header.
+pub async fn method_not_allowed(req: Request) -> ApiError {
+    ApiError::MethodNotAllowed(format!(
+        "{} is not allowed on {}; the Allow header lists the methods that are",
         req.method(),
         req.uri().path()
     ))

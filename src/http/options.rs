@@ -1,6 +1,8 @@
-//! Request options, from the query string, multipart fields or JSON members alike: each arrives
-//! as text (JSON numbers and booleans are taken by their text), is checked here, and an invalid
-//! or unknown one is refused with what is allowed.
+//! Request options, from the query string, multipart fields or JSON members alike. Text values
+//! (query and multipart) are taken exactly as sent: numbers in plain decimal, names and booleans
+//! ignoring ASCII case, nothing trimmed. JSON members must have the type the schema gives them
+//! (a number for `top_k`, a boolean for `overlay`, a string for `method`, ...). An invalid or
+//! unknown option is refused with what is allowed.
 
 use super::problem::ApiError;
 use crate::backend::{ExplainOptions, Layer, MAX_TOP_K};
@@ -29,30 +31,107 @@ pub struct ExplainRequest {
     pub overlay: Option<OverlayOptions>,
 }
 
-/// Raw option pairs in arrival order (later ones override earlier ones).
+/// One option's value as it arrived.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Value {
+    /// From the query string or a multipart field.
+    Text(String),
+    /// A JSON member.
+    Json(serde_json::Value),
+}
+
+/// Raw options in arrival order (later ones override earlier ones).
 #[derive(Debug, Default, Clone)]
-pub struct RawOptions(pub Vec<(String, String)>);
+pub struct RawOptions(pub Vec<(String, Value)>);
 
-fn invalid(name: &str, v: &str, allowed: &str) -> ApiError {
-    ApiError::InvalidOption(format!("{name} {v:?} is not valid; allowed: {allowed}"))
+fn invalid(name: &str, v: impl std::fmt::Display, allowed: &str) -> ApiError {
+    ApiError::InvalidOption(format!("{name} {v} is not valid; allowed: {allowed}"))
 }
 
-/// Parses a number and checks its range; the message names both.
-fn ranged<T>(name: &str, v: &str, range: std::ops::RangeInclusive<T>) -> Result<T, ApiError>
-where
-    T: std::str::FromStr + PartialOrd + std::fmt::Display,
-{
-    let allowed = format!("{}..={}", range.start(), range.end());
-    let x: T = v.trim().parse().map_err(|_| invalid(name, v, &allowed))?;
-    if range.contains(&x) {
-        Ok(x)
-    } else {
-        Err(invalid(name, v, &allowed))
+/// A JSON member of the wrong type; the message names the member and both types.
+fn wrong_type(name: &str, want: &str, got: &serde_json::Value) -> ApiError {
+    let kind = match got {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "an array",
+        serde_json::Value::Object(_) => "an object",
+    };
+    ApiError::InvalidOption(format!("{name} must be {want}, not {kind} ({got})"))
+}
+
+impl Value {
+    /// A whole number in `range`: decimal text, or a JSON integer.
+    fn integer<T>(&self, name: &str, range: std::ops::RangeInclusive<T>) -> Result<T, ApiError>
+    where
+        T: std::str::FromStr + TryFrom<i64> + PartialOrd + std::fmt::Display,
+    {
+        let allowed = format!("{}..={}", range.start(), range.end());
+        let (x, shown) = match self {
+            Value::Text(t) => (t.parse::<T>().ok(), format!("{t:?}")),
+            Value::Json(j) => {
+                let n = j
+                    .as_i64()
+                    .ok_or_else(|| wrong_type(name, "an integer", j))?;
+                (T::try_from(n).ok(), n.to_string())
+            }
+        };
+        x.filter(|x| range.contains(x))
+            .ok_or_else(|| invalid(name, shown, &allowed))
     }
-}
 
-fn named<T: std::str::FromStr<Err = String>>(v: &str) -> Result<T, ApiError> {
-    v.trim().parse().map_err(ApiError::InvalidOption)
+    /// A number in `range`: decimal text, or a JSON number. f64, so that a tiny negative such
+    /// as -1e-300 is refused rather than rounded to -0.
+    fn number(&self, name: &str, range: std::ops::RangeInclusive<f64>) -> Result<f64, ApiError> {
+        let allowed = format!("{}..={}", range.start(), range.end());
+        let (x, shown) = match self {
+            Value::Text(t) => (t.parse::<f64>().ok(), format!("{t:?}")),
+            Value::Json(j) => (
+                Some(j.as_f64().ok_or_else(|| wrong_type(name, "a number", j))?),
+                j.to_string(),
+            ),
+        };
+        x.filter(|x| range.contains(x))
+            .ok_or_else(|| invalid(name, shown, &allowed))
+    }
+
+    /// `true` or `false`: text ignoring ASCII case, or a JSON boolean.
+    fn boolean(&self, name: &str) -> Result<bool, ApiError> {
+        match self {
+            Value::Text(t) if t.eq_ignore_ascii_case("true") => Ok(true),
+            Value::Text(t) if t.eq_ignore_ascii_case("false") => Ok(false),
+            Value::Text(t) => Err(invalid(name, format!("{t:?}"), "true or false")),
+            Value::Json(serde_json::Value::Bool(b)) => Ok(*b),
+            Value::Json(j) => Err(wrong_type(name, "a boolean", j)),
+        }
+    }
+
+    /// One of a list of names: text ignoring ASCII case, or a JSON string.
+    fn name<T: std::str::FromStr<Err = String>>(&self, name: &str) -> Result<T, ApiError> {
+        let text = match self {
+            Value::Text(t) => t.as_str(),
+            Value::Json(serde_json::Value::String(s)) => s.as_str(),
+            Value::Json(j) => return Err(wrong_type(name, "a string", j)),
+        };
+        text.parse().map_err(|e: String| {
+            // In a query string `+` means a space: `method=gradcam++` arrives as "gradcam  ".
+            let plus = text.replace(' ', "+");
+            if text.contains(' ') && plus.parse::<T>().is_ok() {
+                let encoded = plus.replace('+', "%2B");
+                ApiError::InvalidOption(format!(
+                    "{e}. In a query string `+` means a space: write {encoded} for {plus}{}",
+                    if plus.eq_ignore_ascii_case("gradcam++") {
+                        ", or use the alias gradcampp"
+                    } else {
+                        ""
+                    }
+                ))
+            } else {
+                ApiError::InvalidOption(e)
+            }
+        })
+    }
 }
 
 impl RawOptions {
@@ -67,20 +146,14 @@ impl RawOptions {
         let mut with_overlay = true;
         for (k, v) in &self.0 {
             match k.as_str() {
-                "class" => explain.class = Some(ranged(k, v, 0..=999)?),
-                "top_k" => explain.top_k = ranged(k, v, 1..=MAX_TOP_K)?,
-                "layer" => explain.layer = named::<Layer>(v)?,
-                "method" => explain.method = named::<Method>(v)?,
-                "colormap" => overlay.colormap = named::<Colormap>(v)?,
-                // f64, so that a tiny negative such as -1e-300 is refused rather than rounded to -0.
-                "alpha" => overlay.alpha = ranged::<f64>(k, v, 0.0..=1.0)? as f32,
-                "overlay" => {
-                    with_overlay = v
-                        .trim()
-                        .parse()
-                        .map_err(|_| invalid(k, v, "true or false"))?
-                }
-                "overlay_max_side" => overlay.max_side = ranged(k, v, 16..=max_side)?,
+                "class" => explain.class = Some(v.integer(k, 0..=999)?),
+                "top_k" => explain.top_k = v.integer(k, 1..=MAX_TOP_K)?,
+                "layer" => explain.layer = v.name::<Layer>(k)?,
+                "method" => explain.method = v.name::<Method>(k)?,
+                "colormap" => overlay.colormap = v.name::<Colormap>(k)?,
+                "alpha" => overlay.alpha = v.number(k, 0.0..=1.0)? as f32,
+                "overlay" => with_overlay = v.boolean(k)?,
+                "overlay_max_side" => overlay.max_side = v.integer(k, 16..=max_side)?,
                 _ => return Err(unknown(k, EXPLAIN_OPTIONS)),
             }
         }
@@ -96,7 +169,7 @@ impl RawOptions {
         let mut top_k = 5;
         for (k, v) in &self.0 {
             match k.as_str() {
-                "top_k" => top_k = ranged(k, v, 1..=MAX_PREDICT_TOP_K)?,
+                "top_k" => top_k = v.integer(k, 1..=MAX_PREDICT_TOP_K)?,
                 _ => return Err(unknown(k, PREDICT_OPTIONS)),
             }
         }
@@ -119,7 +192,16 @@ mod tests {
         RawOptions(
             pairs
                 .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .map(|(k, v)| (k.to_string(), Value::Text(v.to_string())))
+                .collect(),
+        )
+    }
+
+    fn json(pairs: &[(&str, serde_json::Value)]) -> RawOptions {
+        RawOptions(
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), Value::Json(v.clone())))
                 .collect(),
         )
     }
@@ -190,5 +272,81 @@ mod tests {
             Err(ApiError::InvalidOption(_))
         ));
         assert_eq!(raw(&[("top_k", "1000")]).predict().unwrap(), 1000);
+    }
+
+    #[test]
+    fn values_are_taken_exactly_as_sent() {
+        for (name, value) in [
+            ("method", "gradcam  "),
+            ("method", " gradcam"),
+            ("layer", "layer4 "),
+            ("top_k", " 2"),
+            ("alpha", "0.5 "),
+            ("overlay", "true "),
+        ] {
+            assert!(
+                matches!(
+                    raw(&[(name, value)]).explain(1024),
+                    Err(ApiError::InvalidOption(_))
+                ),
+                "{name}={value:?}"
+            );
+        }
+        let r = raw(&[
+            ("method", "GradCAMpp"),
+            ("overlay", "FALSE"),
+            ("layer", "LAYER3"),
+        ])
+        .explain(1024)
+        .unwrap();
+        assert_eq!(r.explain.method, Method::GradCamPlusPlus);
+        assert_eq!(r.explain.layer, Layer::Layer3);
+        assert_eq!(r.overlay, None);
+    }
+
+    #[test]
+    fn an_unencoded_plus_gets_a_hint() {
+        let Err(ApiError::InvalidOption(m)) = raw(&[("method", "gradcam  ")]).explain(1024) else {
+            panic!("gradcam plus two spaces must be refused");
+        };
+        assert!(
+            m.contains("gradcam%2B%2B") && m.contains("gradcampp"),
+            "{m}"
+        );
+    }
+
+    #[test]
+    fn json_members_must_have_their_schema_type() {
+        use serde_json::json;
+        let cases = [
+            ("top_k", json!("2"), "must be an integer, not a string"),
+            ("top_k", json!(2.5), "must be an integer, not a number"),
+            ("class", json!(true), "must be an integer, not a boolean"),
+            ("overlay", json!("false"), "must be a boolean, not a string"),
+            ("alpha", json!("0.5"), "must be a number, not a string"),
+            ("method", json!(3), "must be a string, not a number"),
+            ("layer", json!(["layer3"]), "must be a string, not an array"),
+        ];
+        for (name, value, needle) in cases {
+            match json(&[(name, value.clone())]).explain(1024) {
+                Err(ApiError::InvalidOption(m)) => {
+                    assert!(
+                        m.contains(name) && m.contains(needle),
+                        "{name}={value}: {m}"
+                    )
+                }
+                other => panic!("{name}={value}: {other:?}"),
+            }
+        }
+        let r = json(&[
+            ("top_k", json!(2)),
+            ("overlay", json!(false)),
+            ("alpha", json!(0.25)),
+            ("method", json!("hirescam")),
+        ])
+        .explain(1024)
+        .unwrap();
+        assert_eq!((r.explain.top_k, r.explain.method), (2, Method::HiResCam));
+        assert_eq!(r.overlay, None);
     }
 }

@@ -27,6 +27,12 @@ pub enum ApiError {
     Fetch(#[from] FetchError),
     #[error("{0}")]
     NotFound(String),
+    #[error("{0}")]
+    MethodNotAllowed(String),
+    #[error("{0}")]
+    NotAcceptable(String),
+    #[error("the multipart form has more than one field \"image\"; send exactly one")]
+    MultipleImages,
     #[error("the queue is full; retry shortly")]
     QueueFull,
     #[error("the model is not ready yet")]
@@ -58,6 +64,69 @@ struct Problem<'a> {
 }
 
 impl ApiError {
+    /// One error of every kind the server answers with, for the tests that hold README.md and
+    /// openapi.yaml to this table. The match below has no wildcard, so a new variant does not
+    /// compile until it is listed here too.
+    pub fn examples() -> Vec<ApiError> {
+        let text = String::new;
+        let all = vec![
+            ApiError::Malformed(text()),
+            ApiError::BodyTooLarge { limit: 0 },
+            ApiError::UnsupportedMediaType(text()),
+            ApiError::Image(DecodeError::Empty),
+            ApiError::Image(DecodeError::TooManyPixels {
+                width: 0,
+                height: 0,
+                pixels: 0,
+                limit: 0,
+            }),
+            ApiError::InvalidOption(text()),
+            ApiError::Fetch(FetchError::InvalidUrl(text())),
+            ApiError::Fetch(FetchError::Forbidden(text())),
+            ApiError::Fetch(FetchError::Unreachable),
+            ApiError::Fetch(FetchError::Timeout),
+            ApiError::Fetch(FetchError::TooLarge(0)),
+            ApiError::Fetch(FetchError::Upstream(0)),
+            ApiError::NotFound(text()),
+            ApiError::MethodNotAllowed(text()),
+            ApiError::NotAcceptable(text()),
+            ApiError::MultipleImages,
+            ApiError::QueueFull,
+            ApiError::NotReady,
+            ApiError::Draining,
+            ApiError::OutOfMemory,
+            ApiError::ModelStopped,
+            ApiError::Timeout(0),
+            ApiError::Expired,
+            ApiError::BodyTimeout(0),
+            ApiError::Internal(text()),
+        ];
+        for e in &all {
+            match e {
+                ApiError::Malformed(_)
+                | ApiError::BodyTooLarge { .. }
+                | ApiError::UnsupportedMediaType(_)
+                | ApiError::Image(_)
+                | ApiError::InvalidOption(_)
+                | ApiError::Fetch(_)
+                | ApiError::NotFound(_)
+                | ApiError::MethodNotAllowed(_)
+                | ApiError::NotAcceptable(_)
+                | ApiError::MultipleImages
+                | ApiError::QueueFull
+                | ApiError::NotReady
+                | ApiError::Draining
+                | ApiError::OutOfMemory
+                | ApiError::ModelStopped
+                | ApiError::Timeout(_)
+                | ApiError::Expired
+                | ApiError::BodyTimeout(_)
+                | ApiError::Internal(_) => {}
+            }
+        }
+        all
+    }
+
     /// Status, stable snake_case type and title.
     pub fn parts(&self) -> (StatusCode, &'static str, &'static str) {
         use StatusCode as S;
@@ -122,6 +191,17 @@ impl ApiError {
                 "Model thread stopped",
             ),
             ApiError::NotFound(_) => (S::NOT_FOUND, "not_found", "Not found"),
+            ApiError::MethodNotAllowed(_) => (
+                S::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "Method not allowed",
+            ),
+            ApiError::NotAcceptable(_) => (S::NOT_ACCEPTABLE, "not_acceptable", "Not acceptable"),
+            ApiError::MultipleImages => (
+                S::UNPROCESSABLE_ENTITY,
+                "multiple_images",
+                "More than one image",
+            ),
             ApiError::Timeout(_) | ApiError::Expired => {
                 (S::GATEWAY_TIMEOUT, "timeout", "Request timed out")
             }

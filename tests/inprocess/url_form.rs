@@ -318,3 +318,34 @@ async fn options_are_checked_before_anything_is_fetched() {
     }
     assert_eq!(origin.hits(), 0, "a refused request fetches nothing");
 }
+
+/// A source that accepts the connection and never answers is cut off at the fetch timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_that_never_answers_is_source_timeout() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    // Holds every connection open without a byte of answer.
+    let held = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((conn, _)) = listener.accept().await {
+            open.push(conn);
+        }
+    });
+    let ports = port.to_string();
+    let (app, _) = fetching_app(
+        &[
+            "--fetch-allow",
+            "127.0.0.1/32",
+            "--fetch-ports",
+            &ports,
+            "--fetch-timeout-ms",
+            "300",
+        ],
+        stub_resolver(),
+    );
+    let url = format!("http://images.test:{port}/rocket.jpg");
+    let a = send(&app, post_json("/explain", &json!({ "url": url }))).await;
+    let p = problem("a silent source", &a, 422, "source_timeout");
+    assert!(detail(&p).contains("did not answer in time"), "{p}");
+    held.abort();
+}

@@ -12,6 +12,7 @@ mod errors;
 mod forms;
 mod limits;
 mod operations;
+mod promises;
 
 use common::server::Server;
 use common::{MODEL, fixture, max_diff};
