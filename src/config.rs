@@ -124,6 +124,7 @@ rules![
     "fetch timeout must be shorter than the request timeout",
     "body limit must be at least 1024 bytes",
     "max image pixels must be at least 1",
+    "max inflight pixels must be at least 1024",
     "max overlay side must be within 16..=8192",
     "max connections and the header and body read timeouts must be at least 1",
     "CORS origins must be `*` or start with http:// or https://",
@@ -173,6 +174,19 @@ pub struct ServeConfig {
     /// Largest image, in pixels, read from its header before decoding.
     #[arg(long, env = "GRADCAM_MAX_IMAGE_PIXELS", default_value_t = 50_000_000)]
     pub max_image_pixels: u64,
+    /// Pixels that may be decoding at once, over all requests (each reserves its image's pixel
+    /// count, read from the header, before decoding). About 7 bytes per pixel at the peak of a
+    /// decode: the default, 100 000 000 (two 50 MP images), bounds decoding to about 700 MB.
+    #[arg(
+        long,
+        env = "GRADCAM_MAX_INFLIGHT_PIXELS",
+        default_value_t = 100_000_000
+    )]
+    pub max_inflight_pixels: u64,
+    /// How long a request waits for room in the pixel budget before it is refused with 503
+    /// `memory_busy` and Retry-After.
+    #[arg(long, env = "GRADCAM_INFLIGHT_WAIT_MS", default_value_t = 2_000)]
+    pub inflight_wait_ms: u64,
     /// Largest longer side of the overlay PNG; requests may ask for less.
     #[arg(long, env = "GRADCAM_MAX_OVERLAY_SIDE", default_value_t = 1024)]
     pub max_overlay_side: u32,
@@ -299,6 +313,10 @@ impl ServeConfig {
                 format!("{}", self.max_image_pixels),
             ),
             (
+                self.max_inflight_pixels >= 1024,
+                format!("{}", self.max_inflight_pixels),
+            ),
+            (
                 (16..=8192).contains(&self.max_overlay_side),
                 format!("{}", self.max_overlay_side),
             ),
@@ -367,6 +385,7 @@ mod tests {
             &["--fetch-timeout-ms", "30000"],
             &["--body-limit", "1000"],
             &["--max-image-pixels", "0"],
+            &["--max-inflight-pixels", "1000"],
             &["--max-overlay-side", "8193"],
             &["--max-connections", "0"],
             &["--cors-origins", "app.example"],

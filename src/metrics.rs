@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 /// Latency buckets in seconds, from 1 ms to 60 s.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -71,6 +71,10 @@ pub struct Metrics {
     batch_sizes: Mutex<Histogram>,
     /// Images waiting for the model thread (set by the engine).
     pub queue_depth: AtomicUsize,
+    /// Decoded pixels requests hold of the budget now (set by the HTTP layer).
+    pub inflight_pixels: AtomicU64,
+    /// The budget of decoded pixels in flight.
+    pub inflight_pixels_limit: AtomicU64,
     /// Model rebuilds after a panic: (succeeded, failed).
     rebuilds: Mutex<(u64, u64)>,
 }
@@ -95,6 +99,8 @@ impl Metrics {
             stages: Mutex::default(),
             batch_sizes: Mutex::new(Histogram::new(BATCH_BUCKETS)),
             queue_depth: AtomicUsize::new(0),
+            inflight_pixels: AtomicU64::new(0),
+            inflight_pixels_limit: AtomicU64::new(0),
             rebuilds: Mutex::default(),
         }
     }
@@ -166,6 +172,22 @@ impl Metrics {
         out.push_str("# HELP gradcam_batch_size Images per model batch.\n");
         out.push_str("# TYPE gradcam_batch_size histogram\n");
         lock(&self.batch_sizes).render(&mut out, "gradcam_batch_size", "");
+        out.push_str(
+            "# HELP gradcam_inflight_pixels Decoded pixels held by requests now, of the budget.\n",
+        );
+        out.push_str("# TYPE gradcam_inflight_pixels gauge\n");
+        let _ = writeln!(
+            out,
+            "gradcam_inflight_pixels {}",
+            self.inflight_pixels.load(Ordering::Relaxed)
+        );
+        out.push_str("# HELP gradcam_inflight_pixels_limit The budget of decoded pixels.\n");
+        out.push_str("# TYPE gradcam_inflight_pixels_limit gauge\n");
+        let _ = writeln!(
+            out,
+            "gradcam_inflight_pixels_limit {}",
+            self.inflight_pixels_limit.load(Ordering::Relaxed)
+        );
         out.push_str("# HELP gradcam_queue_depth Images waiting for the model.\n");
         out.push_str("# TYPE gradcam_queue_depth gauge\n");
         let _ = writeln!(

@@ -164,6 +164,23 @@ mod tests {
         assert_eq!(v6_forbidden().len(), V6_FORBIDDEN.len());
     }
 
+    #[test]
+    fn refusals_read_as_sentences_whatever_the_reason() {
+        let policy = AddressPolicy::default();
+        for (ip, reason) in [
+            ("::ffff:127.0.0.1", "IPv4-mapped"),
+            ("::", "unspecified"),
+            ("0.0.0.0", "unspecified (\"this network\")"),
+            ("fc00::1", "unique-local"),
+        ] {
+            let e = policy.check(ip.parse().unwrap()).unwrap_err();
+            assert_eq!(
+                e,
+                format!("{ip} is not a public unicast address ({reason})")
+            );
+        }
+    }
+
     fn refused(s: &str) -> bool {
         forbidden_reason(s.parse().unwrap()).is_some()
     }

@@ -4,7 +4,6 @@
 
 use crate::backend::{Description, Explanation, Prediction, WeightsInfo};
 use crate::config::ServeConfig;
-use crate::input::Decoded;
 use serde::Serialize;
 
 #[derive(Debug, Serialize)]
@@ -15,11 +14,11 @@ pub struct ImageInfo {
 }
 
 impl ImageInfo {
-    pub fn of(d: &Decoded) -> Self {
+    pub fn of(p: &super::explain::Prepared) -> Self {
         ImageInfo {
-            width: d.image.width(),
-            height: d.image.height(),
-            format: format!("{:?}", d.format).to_lowercase(),
+            width: p.width,
+            height: p.height,
+            format: format!("{:?}", p.format).to_lowercase(),
         }
     }
 }

@@ -4,18 +4,20 @@
 
 use super::AppState;
 use super::bodies::{ExplainBody, ExplanationBody, ImageInfo, PredictBody, Timings};
+use super::budget;
 use super::input::{Incoming, Source};
 use super::options::{ExplainRequest, RawOptions};
 use super::problem::ApiError;
 use crate::backend::Explanation;
 use crate::engine::{Done, Output, Task};
-use crate::input::{self, DecodeLimits, Decoded};
+use crate::input::{self, DecodeLimits};
 use crate::render;
 use axum::Json;
 use axum::extract::{FromRequest, Request, State};
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
+use image::{ImageFormat, RgbImage};
 use std::time::{Duration, Instant};
 
 /// Headers that carry [`Timings`] (milliseconds), on every answer of these routes.
@@ -34,29 +36,66 @@ async fn blocking<T: Send + 'static>(
         .map_err(|e| ApiError::Internal(format!("blocking task failed: {e}")))
 }
 
+/// A decoded image reduced to what the answer needs: its size and format, and the photograph
+/// at the overlay's size (none when no overlay is drawn). The full-size pixels are gone before
+/// the request waits for the model.
+pub struct Prepared {
+    pub width: u32,
+    pub height: u32,
+    pub format: ImageFormat,
+    overlay_base: Option<RgbImage>,
+}
+
+/// Decodes, makes the network's input from the full-size picture, and keeps the photograph
+/// only at the size of the overlay (`keep`, its longer side), resized exactly as the overlay
+/// would resize it, so that the overlay does not change.
+fn prepare(
+    bytes: &[u8],
+    limits: DecodeLimits,
+    keep: Option<u32>,
+) -> Result<(Prepared, Vec<f32>), ApiError> {
+    let d = input::decode(bytes, limits)?;
+    let x = input::preprocess(&d.image);
+    let (width, height) = d.image.dimensions();
+    let overlay_base = keep.map(|side| {
+        let (w, h) = render::overlay_size(width, height, side);
+        input::resize_rgb(&d.image, w, h)
+    });
+    Ok((
+        Prepared {
+            width,
+            height,
+            format: d.format,
+            overlay_base,
+        },
+        x,
+    ))
+}
+
 /// What the model made of one image, with what the answer needs besides.
 struct Inferred<T> {
-    decoded: Decoded,
+    decoded: Prepared,
     done: Done,
     timings: Timings,
     request: T,
 }
 
 /// The front half shared by both routes: refuse when not serving, read the input, check the
-/// options (`parse`, before anything is fetched), fetch, decode and preprocess, queue, await
-/// the model.
+/// options (`parse`, before anything is fetched; it also says the longer side of the overlay
+/// to keep, if any), fetch, reserve the image's pixels, decode and preprocess, queue, await the
+/// model.
 async fn infer<T>(
     state: &AppState,
     req: Request,
     started: Instant,
-    parse: impl FnOnce(&RawOptions) -> Result<(Task, T), ApiError>,
-) -> Result<Inferred<T>, ApiError> {
+    parse: impl FnOnce(&RawOptions) -> Result<(Task, T, Option<u32>), ApiError>,
+) -> Result<(Inferred<T>, budget::Reservation), ApiError> {
     state.serving()?;
     let deadline = started + state.config.request_timeout();
     #[cfg(feature = "fault-injection")]
     let fault = injected_fault(req.headers())?;
     let incoming = Incoming::from_request(req, state).await?;
-    let (task, request) = parse(&incoming.options)?;
+    let (task, request, keep) = parse(&incoming.options)?;
     let mut timings = Timings::default();
     let bytes = match incoming.source {
         Source::Bytes(b) => b,
@@ -74,13 +113,15 @@ async fn infer<T>(
         max_pixels: state.config.max_image_pixels,
         ..Default::default()
     };
-    let (decoded, x) = blocking(move || {
-        input::decode(&bytes, limits).map(|d| {
-            let x = input::preprocess(&d.image);
-            (d, x)
-        })
-    })
-    .await??;
+    // The header says how many pixels decoding will hold: reserve them first.
+    let (_, width, height) = input::probe(&bytes, limits)?;
+    let mut reservation = state.budget.reserve(width, height).await?;
+    let (decoded, x) = blocking(move || prepare(&bytes, limits, keep)).await??;
+    let kept = decoded
+        .overlay_base
+        .as_ref()
+        .map_or(0, |b| u64::from(b.width()) * u64::from(b.height()));
+    reservation.shrink(kept + u64::from(input::INPUT_SIDE).pow(2));
     timings.decode_ms = ms(t.elapsed());
     state.metrics.stage("decode", t.elapsed().as_secs_f64());
     #[cfg(feature = "fault-injection")]
@@ -105,12 +146,15 @@ async fn infer<T>(
     state
         .metrics
         .stage("inference", done.inference.as_secs_f64());
-    Ok(Inferred {
-        decoded,
-        done,
-        timings,
-        request,
-    })
+    Ok((
+        Inferred {
+            decoded,
+            done,
+            timings,
+            request,
+        },
+        reservation,
+    ))
 }
 
 /// The test build's fault hook: header `x-gradcam-fault` (see [`crate::fault::Fault`]).
@@ -166,9 +210,15 @@ pub async fn explain(State(state): State<AppState>, req: Request) -> Result<Resp
     let png = negotiate(req.headers(), &["application/json", "image/png"])? == "image/png";
     let max_side = state.config.max_overlay_side;
     with_deadline(&state, started, async {
-        let inferred = infer(&state, req, started, |options| {
+        let (inferred, _reservation) = infer(&state, req, started, |options| {
             let r = options.explain(max_side)?;
-            Ok((Task::Explain(r.explain), r))
+            // The PNG answer draws an overlay even with overlay=false.
+            let keep = match (png, r.overlay) {
+                (_, Some(o)) => Some(o.max_side),
+                (true, None) => Some(render::OverlayOptions::default().max_side),
+                (false, None) => None,
+            };
+            Ok((Task::Explain(r.explain), r, keep))
         })
         .await?;
         if png {
@@ -206,12 +256,16 @@ async fn overlay_answer(
     let t = Instant::now();
     let o = request.overlay.unwrap_or_default();
     let drawn = blocking(move || {
-        let e = result.explanations.into_iter().next()?;
-        let png = draw(&decoded, &e, &o);
-        Some((e, png))
+        let e = result
+            .explanations
+            .into_iter()
+            .next()
+            .ok_or_else(|| ApiError::Internal("no explanation".into()))?;
+        let png = draw(&decoded, &e, &o)?;
+        Ok::<_, ApiError>((e, png))
     })
     .await?;
-    let (first, bytes) = drawn.ok_or_else(|| ApiError::Internal("no explanation".into()))?;
+    let (first, bytes) = drawn?;
     timings.render_ms = Some(ms(t.elapsed()));
     state.metrics.stage("render", t.elapsed().as_secs_f64());
     timings.total_ms = ms(started.elapsed());
@@ -250,11 +304,17 @@ async fn json_answer(
         let explanations = result
             .explanations
             .iter()
-            .map(|e| ExplanationBody {
-                explanation: e,
-                overlay_png: overlay.map(|o| b64.encode(draw(&decoded, e, &o))),
+            .map(|e| {
+                let overlay_png = match overlay {
+                    Some(o) => Some(b64.encode(draw(&decoded, e, &o)?)),
+                    None => None,
+                };
+                Ok(ExplanationBody {
+                    explanation: e,
+                    overlay_png,
+                })
             })
-            .collect();
+            .collect::<Result<Vec<_>, ApiError>>()?;
         timings.render_ms = Some(ms(t.elapsed()));
         timings.total_ms = ms(started.elapsed());
         let d = description.description();
@@ -266,10 +326,11 @@ async fn json_answer(
             explanations,
             timings,
         };
-        serde_json::to_vec(&body).map(|json| (json, body.timings))
+        serde_json::to_vec(&body)
+            .map(|json| (json, body.timings))
+            .map_err(|e| ApiError::Internal(format!("the answer did not serialise: {e}")))
     })
-    .await?
-    .map_err(|e| ApiError::Internal(format!("the answer did not serialise: {e}")))?;
+    .await??;
     state
         .metrics
         .stage("render", timings.render_ms.unwrap_or_default() / 1e3);
@@ -279,31 +340,43 @@ async fn json_answer(
 }
 
 /// The overlay PNG of one explanation.
-fn draw(decoded: &Decoded, e: &Explanation, o: &render::OverlayOptions) -> Vec<u8> {
-    render::overlay_png(
-        &decoded.image,
+fn draw(
+    decoded: &Prepared,
+    e: &Explanation,
+    o: &render::OverlayOptions,
+) -> Result<Vec<u8>, ApiError> {
+    let base = decoded
+        .overlay_base
+        .as_ref()
+        .ok_or_else(|| ApiError::Internal("no photograph kept for the overlay".into()))?;
+    Ok(render::overlay_png(
+        base,
         &e.normalized,
         e.heatmap.width,
         e.heatmap.height,
         o,
-    )
+    ))
 }
 
 pub async fn predict(State(state): State<AppState>, req: Request) -> Result<Response, ApiError> {
     let started = Instant::now();
     negotiate(req.headers(), &["application/json"])?;
     with_deadline(&state, started, async {
-        let Inferred {
-            decoded,
-            done,
-            mut timings,
-            ..
-        } = infer(&state, req, started, |options| {
+        let (
+            Inferred {
+                decoded,
+                done,
+                mut timings,
+                ..
+            },
+            _reservation,
+        ) = infer(&state, req, started, |options| {
             Ok((
                 Task::Predict {
                     top_k: options.predict()?,
                 },
                 (),
+                None,
             ))
         })
         .await?;

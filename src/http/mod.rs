@@ -6,6 +6,7 @@
 //! backend behind the engine will do, which is how the in-process tests run without a model.
 
 mod bodies;
+mod budget;
 mod explain;
 mod input;
 mod listen;
@@ -40,6 +41,8 @@ pub struct AppState {
     pub engine: Arc<Engine>,
     pub metrics: Arc<Metrics>,
     pub fetcher: Fetcher,
+    /// Decoded pixels in flight, over all requests.
+    budget: budget::PixelBudget,
     /// Shutdown has begun: readiness is 503 (work is still served during the drain delay).
     draining: Arc<AtomicBool>,
     /// The drain delay is over: the listener is closed and new work is refused.
@@ -60,11 +63,17 @@ impl AppState {
         metrics: Arc<Metrics>,
         fetcher: Fetcher,
     ) -> Self {
+        let budget = budget::PixelBudget::new(
+            config.max_inflight_pixels,
+            std::time::Duration::from_millis(config.inflight_wait_ms),
+            metrics.clone(),
+        );
         Self {
             config,
             engine,
             metrics,
             fetcher,
+            budget,
             draining: Arc::new(AtomicBool::new(false)),
             closing: Arc::new(AtomicBool::new(false)),
         }

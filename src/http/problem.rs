@@ -37,6 +37,8 @@ pub enum ApiError {
     QueueFull,
     #[error("the model is not ready yet")]
     NotReady,
+    #[error("too many large images are being decoded; retry shortly")]
+    MemoryBusy,
     #[error("the server is shutting down; retry on another instance")]
     Draining,
     #[error("the model's device is out of memory; retry shortly")]
@@ -93,6 +95,7 @@ impl ApiError {
             ApiError::MultipleImages,
             ApiError::QueueFull,
             ApiError::NotReady,
+            ApiError::MemoryBusy,
             ApiError::Draining,
             ApiError::OutOfMemory,
             ApiError::ModelStopped,
@@ -115,6 +118,7 @@ impl ApiError {
                 | ApiError::MultipleImages
                 | ApiError::QueueFull
                 | ApiError::NotReady
+                | ApiError::MemoryBusy
                 | ApiError::Draining
                 | ApiError::OutOfMemory
                 | ApiError::ModelStopped
@@ -179,6 +183,7 @@ impl ApiError {
             ),
             ApiError::QueueFull => (S::TOO_MANY_REQUESTS, "queue_full", "Too many requests"),
             ApiError::NotReady => (S::SERVICE_UNAVAILABLE, "not_ready", "Not ready"),
+            ApiError::MemoryBusy => (S::SERVICE_UNAVAILABLE, "memory_busy", "Memory busy"),
             ApiError::Draining => (S::SERVICE_UNAVAILABLE, "draining", "Shutting down"),
             ApiError::OutOfMemory => (
                 S::SERVICE_UNAVAILABLE,
@@ -242,7 +247,11 @@ impl IntoResponse for ApiError {
         );
         if matches!(
             self,
-            ApiError::QueueFull | ApiError::NotReady | ApiError::Draining | ApiError::OutOfMemory
+            ApiError::QueueFull
+                | ApiError::NotReady
+                | ApiError::MemoryBusy
+                | ApiError::Draining
+                | ApiError::OutOfMemory
         ) {
             headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }

@@ -96,13 +96,20 @@ pub fn sniff_format(bytes: &[u8]) -> Result<ImageFormat, DecodeError> {
     }
 }
 
-/// Decodes an image: the first frame of an animation, turned upright by its EXIF orientation,
-/// converted from any colour type (grey, alpha, palette, 16-bit, CMYK) to 8-bit RGB. Alpha is
-/// dropped without compositing, as PIL's `convert("RGB")` does.
-///
-/// Truncated files are refused (a [`DecodeError::Corrupt`]) rather than padded: a partial image
-/// would be explained as if it were whole.
-pub fn decode(bytes: &[u8], limits: DecodeLimits) -> Result<Decoded, DecodeError> {
+/// The image's format and size (as stored, before EXIF orientation), read from its header
+/// without decoding the pixels; the same checks as [`decode`] (format, pixel limit, zero size,
+/// truncated JPEG). What a request reserves of the decoding budget is known from this.
+pub fn probe(bytes: &[u8], limits: DecodeLimits) -> Result<(ImageFormat, u32, u32), DecodeError> {
+    let (decoder, format) = open(bytes, limits)?;
+    let (width, height) = decoder.dimensions();
+    Ok((format, width, height))
+}
+
+/// A decoder past the header, with the format and size checked.
+fn open(
+    bytes: &[u8],
+    limits: DecodeLimits,
+) -> Result<(Box<dyn ImageDecoder + '_>, ImageFormat), DecodeError> {
     let format = sniff_format(bytes)?;
     let corrupt = |reason: String| DecodeError::Corrupt {
         format: format!("{format:?}").to_uppercase(),
@@ -119,7 +126,7 @@ pub fn decode(bytes: &[u8], limits: DecodeLimits) -> Result<Decoded, DecodeError
     let mut image_limits = Limits::default();
     image_limits.max_alloc = Some(limits.max_alloc);
     reader.limits(image_limits);
-    let mut decoder = reader.into_decoder().map_err(corrupt)?;
+    let decoder = reader.into_decoder().map_err(corrupt)?;
     let (width, height) = decoder.dimensions();
     let pixels = u64::from(width) * u64::from(height);
     if pixels > limits.max_pixels {
@@ -133,10 +140,26 @@ pub fn decode(bytes: &[u8], limits: DecodeLimits) -> Result<Decoded, DecodeError
     if pixels == 0 {
         return Err(DecodeError::ZeroSize { width, height });
     }
+    Ok((Box::new(decoder), format))
+}
+
+/// Decodes an image: the first frame of an animation, turned upright by its EXIF orientation,
+/// converted from any colour type (grey, alpha, palette, 16-bit, CMYK) to 8-bit RGB. Alpha is
+/// dropped without compositing, as PIL's `convert("RGB")` does.
+///
+/// Truncated files are refused (a [`DecodeError::Corrupt`]) rather than padded: a partial image
+/// would be explained as if it were whole.
+pub fn decode(bytes: &[u8], limits: DecodeLimits) -> Result<Decoded, DecodeError> {
+    let (decoder, format) = open(bytes, limits)?;
     // A broken EXIF block is not worth refusing the image for: draw it as stored.
+    let mut decoder = decoder;
     let orientation = decoder
         .orientation()
         .unwrap_or(image::metadata::Orientation::NoTransforms);
+    let corrupt = |e: image::ImageError| DecodeError::Corrupt {
+        format: format!("{format:?}").to_uppercase(),
+        reason: e.to_string(),
+    };
     let mut image = DynamicImage::from_decoder(decoder).map_err(corrupt)?;
     image.apply_orientation(orientation);
     let image = match image {
