@@ -79,6 +79,14 @@ pub struct Metrics {
     rebuilds: Mutex<(u64, u64)>,
 }
 
+/// One gauge with its help and type lines.
+fn gauge(out: &mut String, name: &str, help: &str, value: u64) {
+    let _ = writeln!(
+        out,
+        "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
+    );
+}
+
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
@@ -172,28 +180,23 @@ impl Metrics {
         out.push_str("# HELP gradcam_batch_size Images per model batch.\n");
         out.push_str("# TYPE gradcam_batch_size histogram\n");
         lock(&self.batch_sizes).render(&mut out, "gradcam_batch_size", "");
-        out.push_str(
-            "# HELP gradcam_inflight_pixels Decoded pixels held by requests now, of the budget.\n",
+        gauge(
+            &mut out,
+            "gradcam_inflight_pixels",
+            "Decoded pixels held by requests now, of the budget.",
+            self.inflight_pixels.load(Ordering::Relaxed),
         );
-        out.push_str("# TYPE gradcam_inflight_pixels gauge\n");
-        let _ = writeln!(
-            out,
-            "gradcam_inflight_pixels {}",
-            self.inflight_pixels.load(Ordering::Relaxed)
+        gauge(
+            &mut out,
+            "gradcam_inflight_pixels_limit",
+            "The budget of decoded pixels.",
+            self.inflight_pixels_limit.load(Ordering::Relaxed),
         );
-        out.push_str("# HELP gradcam_inflight_pixels_limit The budget of decoded pixels.\n");
-        out.push_str("# TYPE gradcam_inflight_pixels_limit gauge\n");
-        let _ = writeln!(
-            out,
-            "gradcam_inflight_pixels_limit {}",
-            self.inflight_pixels_limit.load(Ordering::Relaxed)
-        );
-        out.push_str("# HELP gradcam_queue_depth Images waiting for the model.\n");
-        out.push_str("# TYPE gradcam_queue_depth gauge\n");
-        let _ = writeln!(
-            out,
-            "gradcam_queue_depth {}",
-            self.queue_depth.load(Ordering::Relaxed)
+        gauge(
+            &mut out,
+            "gradcam_queue_depth",
+            "Images waiting for the model.",
+            self.queue_depth.load(Ordering::Relaxed) as u64,
         );
         out.push_str(
             "# HELP gradcam_model_rebuilds_total Attempts to rebuild the model after a panic.\n",

@@ -46,13 +46,11 @@ pub struct ExplanationBody<'a> {
     pub overlay_png: Option<String>,
 }
 
+/// `/explain`'s answer: `/predict`'s, plus the explanations.
 #[derive(Serialize)]
 pub struct ExplainBody<'a> {
-    pub model: &'a str,
-    pub device: &'a str,
-    pub image: ImageInfo,
-    pub timings: Timings,
-    pub predictions: &'a [Prediction],
+    #[serde(flatten)]
+    pub answer: PredictBody<'a>,
     pub explanations: Vec<ExplanationBody<'a>>,
 }
 

@@ -6,9 +6,9 @@ use super::AppState;
 use super::bodies::{ExplainBody, ExplanationBody, ImageInfo, PredictBody, Timings};
 use super::budget;
 use super::input::{Incoming, Source};
-use super::options::{ExplainRequest, RawOptions};
+use super::options::RawOptions;
 use super::problem::ApiError;
-use crate::backend::Explanation;
+use crate::backend::{ExplainResult, Explanation};
 use crate::engine::{Done, Output, Task};
 use crate::input::{self, DecodeLimits};
 use crate::render;
@@ -113,8 +113,15 @@ async fn infer<T>(
         max_pixels: state.config.max_image_pixels,
         ..Default::default()
     };
-    // The header says how many pixels decoding will hold: reserve them first.
-    let (_, width, height) = input::probe(&bytes, limits)?;
+    // The header says how many pixels decoding will hold: reserve them first. Reading it costs
+    // a copy of the file for some decoders, so it runs on the blocking pool too.
+    let (bytes, width, height) = blocking(move || {
+        let opened = input::open(&bytes[..], limits)?;
+        let (width, height) = (opened.width, opened.height);
+        drop(opened);
+        Ok::<_, ApiError>((bytes, width, height))
+    })
+    .await??;
     let mut reservation = state.budget.reserve(width, height).await?;
     let (decoded, x) = blocking(move || prepare(&bytes, limits, keep)).await??;
     let kept = decoded
@@ -212,49 +219,60 @@ pub async fn explain(State(state): State<AppState>, req: Request) -> Result<Resp
     with_deadline(&state, started, async {
         let (inferred, _reservation) = infer(&state, req, started, |options| {
             let r = options.explain(max_side)?;
-            // The PNG answer draws an overlay even with overlay=false.
-            let keep = match (png, r.overlay) {
-                (_, Some(o)) => Some(o.max_side),
-                (true, None) => Some(render::OverlayOptions::default().max_side),
-                (false, None) => None,
+            // The overlay the answer draws: the PNG answer draws one even with overlay=false.
+            let drawn = if png {
+                Some(r.overlay.unwrap_or_default())
+            } else {
+                r.overlay
             };
-            Ok((Task::Explain(r.explain), r, keep))
+            Ok((Task::Explain(r.explain), drawn, drawn.map(|o| o.max_side)))
         })
         .await?;
-        if png {
-            overlay_answer(&state, inferred, started).await
-        } else {
-            json_answer(&state, inferred, started).await
+        let Inferred {
+            decoded,
+            done,
+            timings,
+            request: drawn,
+        } = inferred;
+        let Output::Explain(result) = done.output else {
+            return Err(ApiError::Internal(
+                "the engine answered an explain job with predictions".into(),
+            ));
+        };
+        let explained = Explained {
+            decoded,
+            result,
+            timings,
+        };
+        match (png, drawn) {
+            (true, Some(o)) => overlay_answer(&state, explained, o, started).await,
+            _ => json_answer(&state, explained, drawn, started).await,
         }
     })
     .await
 }
 
-fn explained(done: Done) -> Result<crate::backend::ExplainResult, ApiError> {
-    match done.output {
-        Output::Explain(r) => Ok(r),
-        Output::Predict(_) => Err(ApiError::Internal(
-            "the engine answered an explain job with predictions".into(),
-        )),
-    }
+/// An explained image and what its answer needs.
+struct Explained {
+    decoded: Prepared,
+    result: ExplainResult,
+    timings: Timings,
 }
 
-/// `Accept: image/png`: the first class's overlay is the answer (even with `overlay=false`),
-/// and headers say which class, method and layer it shows.
+/// `Accept: image/png`: the first class's overlay is the answer, and headers say which class,
+/// method and layer it shows.
 async fn overlay_answer(
     state: &AppState,
-    inferred: Inferred<ExplainRequest>,
+    explained: Explained,
+    o: render::OverlayOptions,
     started: Instant,
 ) -> Result<Response, ApiError> {
-    let Inferred {
+    let Explained {
         decoded,
-        done,
+        result,
         mut timings,
-        request,
-    } = inferred;
-    let result = explained(done)?;
+    } = explained;
     let t = Instant::now();
-    let o = request.overlay.unwrap_or_default();
     let drawn = blocking(move || {
         let e = result
             .explanations
@@ -286,19 +304,17 @@ async fn overlay_answer(
 /// pool.
 async fn json_answer(
     state: &AppState,
-    inferred: Inferred<ExplainRequest>,
+    explained: Explained,
+    overlay: Option<render::OverlayOptions>,
     started: Instant,
 ) -> Result<Response, ApiError> {
-    let Inferred {
+    let Explained {
         decoded,
-        done,
+        result,
         mut timings,
-        request,
-    } = inferred;
-    let result = explained(done)?;
+    } = explained;
     let t = Instant::now();
-    let description = state.engine.clone();
-    let overlay = request.overlay;
+    let engine = state.engine.clone();
     let (json, timings) = blocking(move || {
         let b64 = base64::engine::general_purpose::STANDARD;
         let explanations = result
@@ -317,17 +333,19 @@ async fn json_answer(
             .collect::<Result<Vec<_>, ApiError>>()?;
         timings.render_ms = Some(ms(t.elapsed()));
         timings.total_ms = ms(started.elapsed());
-        let d = description.description();
+        let d = engine.description();
         let body = ExplainBody {
-            model: &d.model,
-            device: &d.device,
-            image: ImageInfo::of(&decoded),
-            predictions: &result.predictions,
+            answer: PredictBody {
+                model: &d.model,
+                device: &d.device,
+                image: ImageInfo::of(&decoded),
+                timings,
+                predictions: &result.predictions,
+            },
             explanations,
-            timings,
         };
         serde_json::to_vec(&body)
-            .map(|json| (json, body.timings))
+            .map(|json| (json, body.answer.timings))
             .map_err(|e| ApiError::Internal(format!("the answer did not serialise: {e}")))
     })
     .await??;

@@ -96,37 +96,42 @@ pub fn sniff_format(bytes: &[u8]) -> Result<ImageFormat, DecodeError> {
     }
 }
 
-/// The image's format and size (as stored, before EXIF orientation), read from its header
-/// without decoding the pixels; the same checks as [`decode`] (format, pixel limit, zero size,
-/// truncated JPEG). What a request reserves of the decoding budget is known from this.
-pub fn probe(bytes: &[u8], limits: DecodeLimits) -> Result<(ImageFormat, u32, u32), DecodeError> {
-    let (decoder, format) = open(bytes, limits)?;
-    let (width, height) = decoder.dimensions();
-    Ok((format, width, height))
+/// An image past its header: format and size known and checked (format, pixel limit, zero
+/// size, truncated JPEG), pixels not decoded yet, so that a caller can learn the pixel count
+/// before it commits memory to decoding.
+pub struct Opened<'a> {
+    decoder: Box<dyn ImageDecoder + 'a>,
+    pub format: ImageFormat,
+    /// As stored, before EXIF orientation.
+    pub width: u32,
+    pub height: u32,
 }
 
-/// A decoder past the header, with the format and size checked.
-fn open(
-    bytes: &[u8],
-    limits: DecodeLimits,
-) -> Result<(Box<dyn ImageDecoder + '_>, ImageFormat), DecodeError> {
-    let format = sniff_format(bytes)?;
-    let corrupt = |reason: String| DecodeError::Corrupt {
+fn corrupt(format: ImageFormat, reason: impl std::fmt::Display) -> DecodeError {
+    DecodeError::Corrupt {
         format: format!("{format:?}").to_uppercase(),
-        reason,
-    };
+        reason: reason.to_string(),
+    }
+}
+
+/// Reads and checks the header.
+pub fn open<'a, B: AsRef<[u8]> + 'a>(
+    bytes: B,
+    limits: DecodeLimits,
+) -> Result<Opened<'a>, DecodeError> {
+    let format = sniff_format(bytes.as_ref())?;
     // The JPEG decoder pads a truncated scan with grey instead of failing: catch it here.
-    if format == ImageFormat::Jpeg && !jpeg_is_complete(bytes) {
+    if format == ImageFormat::Jpeg && !jpeg_is_complete(bytes.as_ref()) {
         return Err(corrupt(
-            "the file is truncated (no end-of-image marker after the last scan)".into(),
+            format,
+            "the file is truncated (no end-of-image marker after the last scan)",
         ));
     }
-    let corrupt = |e: image::ImageError| corrupt(e.to_string());
     let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
     let mut image_limits = Limits::default();
     image_limits.max_alloc = Some(limits.max_alloc);
     reader.limits(image_limits);
-    let decoder = reader.into_decoder().map_err(corrupt)?;
+    let decoder = reader.into_decoder().map_err(|e| corrupt(format, e))?;
     let (width, height) = decoder.dimensions();
     let pixels = u64::from(width) * u64::from(height);
     if pixels > limits.max_pixels {
@@ -140,33 +145,41 @@ fn open(
     if pixels == 0 {
         return Err(DecodeError::ZeroSize { width, height });
     }
-    Ok((Box::new(decoder), format))
+    Ok(Opened {
+        decoder: Box::new(decoder),
+        format,
+        width,
+        height,
+    })
 }
 
-/// Decodes an image: the first frame of an animation, turned upright by its EXIF orientation,
-/// converted from any colour type (grey, alpha, palette, 16-bit, CMYK) to 8-bit RGB. Alpha is
-/// dropped without compositing, as PIL's `convert("RGB")` does.
+impl Opened<'_> {
+    /// Decodes the pixels: the first frame of an animation, turned upright by its EXIF
+    /// orientation, converted from any colour type (grey, alpha, palette, 16-bit, CMYK) to 8-bit
+    /// RGB. Alpha is dropped without compositing, as PIL's `convert("RGB")` does.
+    pub fn decode(mut self) -> Result<Decoded, DecodeError> {
+        let format = self.format;
+        // A broken EXIF block is not worth refusing the image for: draw it as stored.
+        let orientation = self
+            .decoder
+            .orientation()
+            .unwrap_or(image::metadata::Orientation::NoTransforms);
+        let mut image = DynamicImage::from_decoder(self.decoder).map_err(|e| corrupt(format, e))?;
+        image.apply_orientation(orientation);
+        let image = match image {
+            DynamicImage::ImageRgb8(rgb) => rgb,
+            other => other.to_rgb8(),
+        };
+        Ok(Decoded { image, format })
+    }
+}
+
+/// [`open`] and [`Opened::decode`] in one step.
 ///
 /// Truncated files are refused (a [`DecodeError::Corrupt`]) rather than padded: a partial image
 /// would be explained as if it were whole.
 pub fn decode(bytes: &[u8], limits: DecodeLimits) -> Result<Decoded, DecodeError> {
-    let (decoder, format) = open(bytes, limits)?;
-    // A broken EXIF block is not worth refusing the image for: draw it as stored.
-    let mut decoder = decoder;
-    let orientation = decoder
-        .orientation()
-        .unwrap_or(image::metadata::Orientation::NoTransforms);
-    let corrupt = |e: image::ImageError| DecodeError::Corrupt {
-        format: format!("{format:?}").to_uppercase(),
-        reason: e.to_string(),
-    };
-    let mut image = DynamicImage::from_decoder(decoder).map_err(corrupt)?;
-    image.apply_orientation(orientation);
-    let image = match image {
-        DynamicImage::ImageRgb8(rgb) => rgb,
-        other => other.to_rgb8(),
-    };
-    Ok(Decoded { image, format })
+    open(bytes, limits)?.decode()
 }
 
 /// True when an end-of-image marker (`FF D9`) follows the start of the last scan (`FF DA`).
