@@ -39,9 +39,8 @@ pub fn run(args: ExplainConfig) -> Result<()> {
     let mut decoded = Vec::with_capacity(args.images.len());
     for path in &args.images {
         let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-        let d = input::decode(&bytes, DecodeLimits::default())
-            .with_context(|| format!("{}", path.display()))?;
-        let x = input::preprocess(&d.image);
+        let (d, x) =
+            prepare(&bytes, args.max_side).with_context(|| format!("{}", path.display()))?;
         decoded.push((d, x));
     }
     let decode_ms = ms(t);
@@ -83,8 +82,8 @@ pub fn run(args: ExplainConfig) -> Result<()> {
         }
         let doc = serde_json::json!({
             "image": path,
-            "width": d.image.width(),
-            "height": d.image.height(),
+            "width": d.width,
+            "height": d.height,
             "model": description.model,
             "device": description.device,
             "weights_sha256": description.weights.sha256,
@@ -103,6 +102,18 @@ pub fn run(args: ExplainConfig) -> Result<()> {
         print_predictions(path, &result.predictions[..5.min(result.predictions.len())]);
     }
     Ok(())
+}
+
+/// Decodes (a large JPEG at a fraction of its size when that still leaves enough), makes the
+/// network's input, and keeps the picture only at the overlay's size, as the server does.
+fn prepare(bytes: &[u8], max_side: u32) -> Result<(input::Decoded, Vec<f32>), input::DecodeError> {
+    let opened = input::open(bytes, DecodeLimits::default())?;
+    let (w, h) = opened.display_size();
+    let overlay = render::overlay_size(w, h, max_side);
+    let mut d = opened.decode_reduced(overlay)?;
+    let x = input::preprocess(&d.image);
+    d.image = input::resize_rgb(&d.image, overlay.0, overlay.1);
+    Ok((d, x))
 }
 
 fn print_predictions(path: &Path, predictions: &[Prediction]) {

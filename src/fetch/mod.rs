@@ -180,10 +180,19 @@ impl Fetcher {
         }
     }
 
+    /// Fetches the whole body.
     pub async fn fetch(&self, url: &str) -> Result<Bytes, FetchError> {
+        let mut download = self.start(url).await?;
+        while download.next().await?.is_some() {}
+        Ok(download.into_bytes())
+    }
+
+    /// Checks the URL, connects and reads the response's head; the body then comes chunk by
+    /// chunk from [`Download::next`], so that a caller can account for memory as it grows.
+    pub async fn start(&self, url: &str) -> Result<Download, FetchError> {
         let parsed = validate_url(url)?;
         self.rules.check(&parsed)?;
-        let mut response = self.client.get(parsed).send().await.map_err(classify)?;
+        let response = self.client.get(parsed).send().await.map_err(classify)?;
         let status = response.status();
         if !status.is_success() {
             return Err(FetchError::Upstream(status.as_u16()));
@@ -194,14 +203,41 @@ impl Fetcher {
         {
             return Err(FetchError::TooLarge(self.max_bytes));
         }
-        let mut body = Vec::new();
-        while let Some(chunk) = response.chunk().await.map_err(classify)? {
-            if body.len() as u64 + chunk.len() as u64 > self.max_bytes {
-                return Err(FetchError::TooLarge(self.max_bytes));
-            }
-            body.extend_from_slice(&chunk);
+        Ok(Download {
+            response,
+            max_bytes: self.max_bytes,
+            body: Vec::new(),
+        })
+    }
+}
+
+/// A response whose body is being read, never beyond the fetcher's size limit.
+pub struct Download {
+    response: reqwest::Response,
+    max_bytes: u64,
+    body: Vec<u8>,
+}
+
+impl Download {
+    /// The body's length as the server announced it, if it did (never above the limit).
+    pub fn announced_len(&self) -> Option<u64> {
+        self.response.content_length()
+    }
+
+    /// Reads the next chunk; returns the number of bytes received so far, or `None` at the end.
+    pub async fn next(&mut self) -> Result<Option<u64>, FetchError> {
+        let Some(chunk) = self.response.chunk().await.map_err(classify)? else {
+            return Ok(None);
+        };
+        if self.body.len() as u64 + chunk.len() as u64 > self.max_bytes {
+            return Err(FetchError::TooLarge(self.max_bytes));
         }
-        Ok(Bytes::from(body))
+        self.body.extend_from_slice(&chunk);
+        Ok(Some(self.body.len() as u64))
+    }
+
+    pub fn into_bytes(self) -> Bytes {
+        Bytes::from(self.body)
     }
 }
 

@@ -46,17 +46,42 @@ pub struct Prepared {
     overlay_base: Option<RgbImage>,
 }
 
-/// Decodes, makes the network's input from the full-size picture, and keeps the photograph
-/// only at the size of the overlay (`keep`, its longer side), resized exactly as the overlay
-/// would resize it, so that the overlay does not change.
+/// The picture besides the network's input that an answer is drawn from: the photograph at
+/// the overlay's size (longer side `keep`), if an overlay is drawn.
+fn needed(display: (u32, u32), keep: Option<u32>) -> (u32, u32) {
+    keep.map_or((0, 0), |side| {
+        render::overlay_size(display.0, display.1, side)
+    })
+}
+
+/// Reads the header: the full size and the pixels that decoding for this answer will hold.
+fn measure(
+    bytes: &[u8],
+    limits: DecodeLimits,
+    keep: Option<u32>,
+) -> Result<(u32, u32, u64), ApiError> {
+    let opened = input::open(bytes, limits)?;
+    let display = opened.display_size();
+    Ok((
+        display.0,
+        display.1,
+        opened.decoded_pixels(needed(display, keep)),
+    ))
+}
+
+/// Decodes (a JPEG at a fraction of its size when the answer needs no more), makes the
+/// network's input, and keeps the photograph only at the size of the overlay (`keep`, its
+/// longer side), resized as the overlay would resize it.
 fn prepare(
     bytes: &[u8],
     limits: DecodeLimits,
     keep: Option<u32>,
 ) -> Result<(Prepared, Vec<f32>), ApiError> {
-    let d = input::decode(bytes, limits)?;
+    let opened = input::open(bytes, limits)?;
+    let need = needed(opened.display_size(), keep);
+    let d = opened.decode_reduced(need)?;
     let x = input::preprocess(&d.image);
-    let (width, height) = d.image.dimensions();
+    let (width, height) = (d.width, d.height);
     let overlay_base = keep.map(|side| {
         let (w, h) = render::overlay_size(width, height, side);
         input::resize_rgb(&d.image, w, h)
@@ -70,6 +95,29 @@ fn prepare(
         },
         x,
     ))
+}
+
+/// Fetches a URL's body, reserving its bytes in the budget as they arrive (all at once when
+/// the server announces the length).
+async fn fetch_within(
+    state: &AppState,
+    url: &str,
+    reservation: &mut budget::Reservation,
+) -> Result<bytes::Bytes, ApiError> {
+    let mut download = state.fetcher.start(url).await?;
+    let too_large =
+        |limit: u64| ApiError::Fetch(crate::fetch::FetchError::TooLarge(limit.saturating_mul(3)));
+    if let Some(n) = download.announced_len() {
+        reservation
+            .grow_to(budget::pixels_of_bytes(n), too_large)
+            .await?;
+    }
+    while let Some(received) = download.next().await? {
+        reservation
+            .grow_to(budget::pixels_of_bytes(received), too_large)
+            .await?;
+    }
+    Ok(download.into_bytes())
 }
 
 /// What the model made of one image, with what the answer needs besides.
@@ -97,11 +145,12 @@ async fn infer<T>(
     let incoming = Incoming::from_request(req, state).await?;
     let (task, request, keep) = parse(&incoming.options)?;
     let mut timings = Timings::default();
+    let mut reservation = state.budget.reservation();
     let bytes = match incoming.source {
         Source::Bytes(b) => b,
         Source::Url(url) => {
             let t = Instant::now();
-            let bytes = state.fetcher.fetch(&url).await?;
+            let bytes = fetch_within(state, &url, &mut reservation).await?;
             timings.fetch_ms = Some(ms(t.elapsed()));
             state.metrics.stage("fetch", t.elapsed().as_secs_f64());
             bytes
@@ -113,16 +162,21 @@ async fn infer<T>(
         max_pixels: state.config.max_image_pixels,
         ..Default::default()
     };
-    // The header says how many pixels decoding will hold: reserve them first. Reading it costs
-    // a copy of the file for some decoders, so it runs on the blocking pool too.
-    let (bytes, width, height) = blocking(move || {
-        let opened = input::open(&bytes[..], limits)?;
-        let (width, height) = (opened.width, opened.height);
-        drop(opened);
-        Ok::<_, ApiError>((bytes, width, height))
+    // The header says how many pixels decoding will hold: reserve them (with the encoded
+    // bytes, held until decoding ends) first. Reading it costs a copy of the file for some
+    // decoders, so it runs on the blocking pool too.
+    let (bytes, width, height, pixels) = blocking(move || {
+        let (w, h, pixels) = measure(&bytes, limits, keep)?;
+        Ok::<_, ApiError>((bytes, w, h, pixels))
     })
     .await??;
-    let mut reservation = state.budget.reserve(width, height).await?;
+    reservation
+        .grow_for_image(
+            width,
+            height,
+            pixels + budget::pixels_of_bytes(bytes.len() as u64),
+        )
+        .await?;
     let (decoded, x) = blocking(move || prepare(&bytes, limits, keep)).await??;
     let kept = decoded
         .overlay_base

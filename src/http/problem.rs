@@ -21,6 +21,17 @@ pub enum ApiError {
     UnsupportedMediaType(String),
     #[error(transparent)]
     Image(#[from] DecodeError),
+    #[error(
+        "decoding this {width}x{height} image would hold {pixels} pixels (what its decoding \
+         keeps, plus a third of a pixel per byte of the file), more than the server's whole \
+         budget of {limit} pixels in flight"
+    )]
+    OverBudget {
+        width: u32,
+        height: u32,
+        pixels: u64,
+        limit: u64,
+    },
     #[error("{0}")]
     InvalidOption(String),
     #[error(transparent)]
@@ -82,6 +93,12 @@ impl ApiError {
                 pixels: 0,
                 limit: 0,
             }),
+            ApiError::OverBudget {
+                width: 0,
+                height: 0,
+                pixels: 0,
+                limit: 0,
+            },
             ApiError::InvalidOption(text()),
             ApiError::Fetch(FetchError::InvalidUrl(text())),
             ApiError::Fetch(FetchError::Forbidden(text())),
@@ -110,6 +127,7 @@ impl ApiError {
                 | ApiError::BodyTooLarge { .. }
                 | ApiError::UnsupportedMediaType(_)
                 | ApiError::Image(_)
+                | ApiError::OverBudget { .. }
                 | ApiError::InvalidOption(_)
                 | ApiError::Fetch(_)
                 | ApiError::NotFound(_)
@@ -146,7 +164,7 @@ impl ApiError {
                 "unsupported_media_type",
                 "Unsupported media type",
             ),
-            ApiError::Image(DecodeError::TooManyPixels { .. }) => (
+            ApiError::Image(DecodeError::TooManyPixels { .. }) | ApiError::OverBudget { .. } => (
                 S::UNPROCESSABLE_ENTITY,
                 "image_too_large",
                 "Image too large",

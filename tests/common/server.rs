@@ -19,8 +19,37 @@ pub struct Server {
 impl Server {
     /// Starts a server with the test weights on the CPU, plus `args`.
     pub fn start(args: &[&str]) -> Server {
+        Server::launch(Command::new(env!("CARGO_BIN_EXE_gradcam-serve")), args)
+    }
+
+    /// The same under a limit of `bytes` of address space (`prlimit --as`, which the kernel
+    /// enforces on every allocation: one that does not fit fails, and the server with it), with
+    /// glibc's allocator held to two arenas so that the limit means the same on any number of
+    /// cores (each arena reserves 64 MiB of address space).
+    pub fn start_limited(bytes: u64, args: &[&str]) -> Server {
+        let mut command = Command::new("prlimit");
+        command
+            .arg(format!("--as={bytes}"))
+            .arg("--")
+            .arg(env!("CARGO_BIN_EXE_gradcam-serve"))
+            .env("MALLOC_ARENA_MAX", "2");
+        Server::launch(command, args)
+    }
+
+    /// A figure from `/proc/PID/status` in KiB, such as `VmPeak` or `VmHWM`.
+    pub fn status_kib(&self, field: &str) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .expect("the server process is alive");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+            .and_then(|v| v.trim().trim_end_matches(" kB").parse().ok())
+            .unwrap_or_else(|| panic!("no {field} in {status}"))
+    }
+
+    fn launch(mut command: Command, args: &[&str]) -> Server {
         let weights = super::reference_dir().join("weights.safetensors");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_gradcam-serve"))
+        let mut child = command
             .args([
                 "serve",
                 "--host",

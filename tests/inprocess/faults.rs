@@ -266,12 +266,15 @@ async fn a_request_past_its_deadline_is_504() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_pixel_budget_refuses_with_memory_busy_and_too_large_images_at_once() {
     let script = Script::default();
-    // chelsea.png is 451x300 (135 300 pixels): one fits a budget of 200 704 pixels, two do
-    // not; coffee.jpg (600x400) never does.
+    // A request holds its pixels and, while it decodes, a third of a pixel per byte of the
+    // file. chelsea.png is 451x300 (135 300 pixels) in 240 512 bytes: 215 471 in all while
+    // decoding, which fits a budget of 276 480 pixels, beside the 224x224 input that a request
+    // without overlay keeps (50 176) but not beside one that keeps its overlay (185 476).
+    // rocket.jpg (640x427 in 112 525 bytes: 310 789) never fits.
     let (app, state) = scripted_app(
         &[
             "--max-inflight-pixels",
-            "200704",
+            "276480",
             "--inflight-wait-ms",
             "100",
         ],
@@ -300,11 +303,11 @@ async fn the_pixel_budget_refuses_with_memory_busy_and_too_large_images_at_once(
     assert_eq!(a.header("retry-after"), "1");
     let a = send(
         &app,
-        upload("/explain", "image/jpeg", fixture("coffee.jpg")),
+        upload("/explain", "image/jpeg", fixture("rocket.jpg")),
     )
     .await;
     let p = problem("larger than the whole budget", &a, 422, "image_too_large");
-    assert!(detail(&p).contains("200704"), "{p}");
+    assert!(detail(&p).contains("276480"), "{p}");
     gate.open();
     assert_eq!(held.await.unwrap().status, 200);
     assert_eq!(held_pixels(), 0, "the reservation ends with the request");
@@ -334,6 +337,6 @@ async fn the_pixel_budget_refuses_with_memory_busy_and_too_large_images_at_once(
         1.0,
         "{text}"
     );
-    assert_eq!(metric(&text, "gradcam_inflight_pixels_limit"), 200_704.0);
+    assert_eq!(metric(&text, "gradcam_inflight_pixels_limit"), 276_480.0);
     assert_eq!(metric(&text, "gradcam_inflight_pixels"), 0.0);
 }

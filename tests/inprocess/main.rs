@@ -7,6 +7,7 @@
 
 mod answers;
 mod faults;
+mod fetch_budget;
 mod ops;
 mod options;
 mod parsing;
