@@ -150,6 +150,36 @@ fn the_runtime_stage_has_its_libraries_its_user_and_nothing_else_writable() {
     assert_ne!(uid, 0, "the image runs as root");
     assert_ne!(image.spec["gid"].as_u64().unwrap(), 0, "the image runs in group root");
 
+    // deploy/k8s runs the pods as this user and group, on this port, with a volume here.
+    let rendered = Command::new("python3")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/k8s_manifests.py"))
+        .args(["render", concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/k8s/base")])
+        .output()
+        .unwrap();
+    assert!(rendered.status.success(), "{}", text(&rendered.stderr));
+    let resources: Value = serde_json::from_slice(&rendered.stdout).unwrap();
+    let deployment = resources
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["kind"] == "Deployment")
+        .unwrap();
+    let pod = &deployment["spec"]["template"]["spec"];
+    assert_eq!(pod["securityContext"]["runAsUser"], image.spec["uid"]);
+    assert_eq!(pod["securityContext"]["runAsGroup"], image.spec["gid"]);
+    let container = &pod["containers"][0];
+    assert_eq!(
+        container["ports"][0]["containerPort"].to_string(),
+        image.strings("expose")[0].trim_end_matches("/tcp")
+    );
+    for mount in container["volumeMounts"].as_array().unwrap() {
+        let path = mount["mountPath"].as_str().unwrap().to_string();
+        assert!(
+            image.strings("volumes").contains(&path),
+            "the pod mounts {path}, which is no VOLUME of the image (and so not writable)"
+        );
+    }
+
     // The binary's rpath names a directory the Dockerfile copies libtorch to.
     let binary = image.entrypoint_path();
     let rpath = image.str("binary_rpath").to_string();
