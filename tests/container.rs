@@ -15,113 +15,14 @@
 //! Needs root (chroot, namespaces), as CI runs; fails, not skips, without it.
 
 mod common;
+#[path = "common/image.rs"]
+mod image;
 
 use common::{REFERENCE, fixture, reference_dir};
+use image::{Container, Image, LAUNCH, seconds, text};
 use serde_json::Value;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-/// The image as runtime_image.py describes it, in a directory removed afterwards.
-struct Image {
-    dir: PathBuf,
-    spec: Value,
-}
-
-impl Image {
-    fn assemble(name: &str) -> Image {
-        let id = Command::new("id").arg("-u").output().unwrap();
-        assert_eq!(
-            String::from_utf8_lossy(&id.stdout).trim(),
-            "0",
-            "the container tests need root (chroot, namespaces): run scripts/test.sh as root, as CI does"
-        );
-        let dir = std::env::temp_dir().join(format!("gradcam-image-{}-{name}", std::process::id()));
-        let out = Command::new("python3")
-            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/runtime_image.py"))
-            .arg("assemble")
-            .arg(env!("CARGO_BIN_EXE_gradcam-serve"))
-            .arg(&dir)
-            .output()
-            .expect("python3 runs (scripts/env.sh puts the project's environment on PATH)");
-        let mut image = Image {
-            dir,
-            spec: Value::Null,
-        };
-        assert!(
-            out.status.success(),
-            "assembling the runtime stage failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        image.spec = serde_json::from_slice(&out.stdout).expect("the image description is JSON");
-        image
-    }
-
-    fn root(&self) -> PathBuf {
-        PathBuf::from(self.spec["root"].as_str().unwrap())
-    }
-
-    fn str(&self, key: &str) -> &str {
-        self.spec[key]
-            .as_str()
-            .unwrap_or_else(|| panic!("no {key}"))
-    }
-
-    fn user(&self) -> String {
-        format!("{}:{}", self.spec["uid"], self.spec["gid"])
-    }
-
-    fn env(&self) -> Vec<(String, String)> {
-        let env = self.spec["env"].as_object().unwrap();
-        env.iter()
-            .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_string()))
-            .collect()
-    }
-
-    fn strings(&self, key: &str) -> Vec<String> {
-        self.spec[key]
-            .as_array()
-            .unwrap_or_else(|| panic!("no {key}"))
-            .iter()
-            .map(|v| v.as_str().unwrap().to_string())
-            .collect()
-    }
-
-    /// A command run in the image's root as its user (no namespaces: for static checks).
-    fn chroot(&self, argv: &[&str]) -> Output {
-        Command::new("chroot")
-            .arg(format!("--userspec={}", self.user()))
-            .arg(self.root())
-            .args(argv)
-            .env_clear()
-            .envs(self.env())
-            .output()
-            .unwrap()
-    }
-
-    /// Where the entrypoint's program is in the root, found on the image's PATH.
-    fn entrypoint_path(&self) -> String {
-        let program = self.strings("command")[0].clone();
-        if program.starts_with('/') {
-            return program;
-        }
-        let path = self.env().into_iter().find(|(k, _)| k == "PATH").unwrap().1;
-        path.split(':')
-            .map(|dir| format!("{dir}/{program}"))
-            .find(|p| self.root().join(&p[1..]).is_file())
-            .unwrap_or_else(|| panic!("{program} is not on the image's PATH {path}"))
-    }
-}
-
-impl Drop for Image {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
 
 #[test]
 fn the_runtime_stage_has_its_libraries_its_user_and_nothing_else_writable() {
@@ -132,28 +33,56 @@ fn the_runtime_stage_has_its_libraries_its_user_and_nothing_else_writable() {
         .as_array()
         .unwrap()
         .iter()
-        .map(|l| (l["bytes"].as_u64().unwrap(), l["layer"].as_str().unwrap().to_string()))
+        .map(|l| {
+            (
+                l["bytes"].as_u64().unwrap(),
+                l["layer"].as_str().unwrap().to_string(),
+            )
+        })
         .collect();
     let total: u64 = layers.iter().map(|l| l.0).sum();
     layers.sort_by(|a, b| b.0.cmp(&a.0));
     eprintln!("runtime image, {:.0} MB uncompressed:", total as f64 / 1e6);
     for (bytes, layer) in &layers {
-        eprintln!("  {:>7.1} MB  {}", *bytes as f64 / 1e6, &layer[..layer.len().min(110)]);
+        eprintln!(
+            "  {:>7.1} MB  {}",
+            *bytes as f64 / 1e6,
+            &layer[..layer.len().min(110)]
+        );
     }
 
     // The build stage's Debian release is the runtime's: the binary needs its glibc.
-    let build_suite = image.str("build_from").rsplit('-').next().unwrap().to_string();
-    assert_eq!(build_suite, image.str("suite"), "build and runtime stages differ");
+    let build_suite = image
+        .str("build_from")
+        .rsplit('-')
+        .next()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        build_suite,
+        image.str("suite"),
+        "build and runtime stages differ"
+    );
 
     // Not root, and not a user that could become root.
     let uid = image.spec["uid"].as_u64().unwrap();
     assert_ne!(uid, 0, "the image runs as root");
-    assert_ne!(image.spec["gid"].as_u64().unwrap(), 0, "the image runs in group root");
+    assert_ne!(
+        image.spec["gid"].as_u64().unwrap(),
+        0,
+        "the image runs in group root"
+    );
 
     // deploy/k8s runs the pods as this user and group, on this port, with a volume here.
     let rendered = Command::new("python3")
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/k8s_manifests.py"))
-        .args(["render", concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/k8s/base")])
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/scripts/k8s_manifests.py"
+        ))
+        .args([
+            "render",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/k8s/base"),
+        ])
         .output()
         .unwrap();
     assert!(rendered.status.success(), "{}", text(&rendered.stderr));
@@ -204,14 +133,25 @@ fn the_runtime_stage_has_its_libraries_its_user_and_nothing_else_writable() {
     let found = text(&ldd.stdout);
     assert!(ldd.status.success(), "ldd failed: {}", text(&ldd.stderr));
     let missing: Vec<_> = found.lines().filter(|l| l.contains("not found")).collect();
-    assert!(missing.is_empty(), "libraries not found in the image: {missing:?}");
-    for lib in ["libtorch_cpu.so", "libc10.so", "libtorch_cuda.so", "libcudart"] {
+    assert!(
+        missing.is_empty(),
+        "libraries not found in the image: {missing:?}"
+    );
+    for lib in [
+        "libtorch_cpu.so",
+        "libc10.so",
+        "libtorch_cuda.so",
+        "libcudart",
+    ] {
         let line = found
             .lines()
             .find(|l| l.trim_start().starts_with(lib))
             .unwrap_or_else(|| panic!("ldd does not list {lib}:\n{found}"));
         assert!(
-            line.contains(&format!("=> {}/", rpath.rsplit_once("/torch/lib").unwrap().0)),
+            line.contains(&format!(
+                "=> {}/",
+                rpath.rsplit_once("/torch/lib").unwrap().0
+            )),
             "{lib} does not come from the copied libraries: {line}"
         );
     }
@@ -220,8 +160,25 @@ fn the_runtime_stage_has_its_libraries_its_user_and_nothing_else_writable() {
     // own mounts in a container, not the image's.
     let volumes = image.strings("volumes");
     let find = image.chroot(&[
-        "find", "/", "(", "-path", "/proc", "-o", "-path", "/sys", "-o", "-path", "/dev", ")",
-        "-prune", "-o", "!", "-type", "l", "-writable", "-print",
+        "find",
+        "/",
+        "(",
+        "-path",
+        "/proc",
+        "-o",
+        "-path",
+        "/sys",
+        "-o",
+        "-path",
+        "/dev",
+        ")",
+        "-prune",
+        "-o",
+        "!",
+        "-type",
+        "l",
+        "-writable",
+        "-print",
     ]);
     // Directories the user cannot enter (root's 0700 ones) hide nothing it could write.
     let errors = text(&find.stderr);
@@ -232,7 +189,11 @@ fn the_runtime_stage_has_its_libraries_its_user_and_nothing_else_writable() {
     let writable: Vec<String> = text(&find.stdout).lines().map(String::from).collect();
     let outside: Vec<&String> = writable
         .iter()
-        .filter(|p| !volumes.iter().any(|v| *p == v || p.starts_with(&format!("{v}/"))))
+        .filter(|p| {
+            !volumes
+                .iter()
+                .any(|v| *p == v || p.starts_with(&format!("{v}/")))
+        })
         .collect();
     assert!(
         outside.is_empty(),
@@ -246,93 +207,6 @@ fn the_runtime_stage_has_its_libraries_its_user_and_nothing_else_writable() {
             image.str("user")
         );
     }
-}
-
-/// The launcher: `docker run` in a few mounts. Arguments: root, volume mounts "host:dir",
-/// weights directory, user:group, then the command. It execs, so its pid is the server's.
-const LAUNCH: &str = r#"
-set -e
-r="$1"; volumes="$2"; weights="$3"; user="$4"; shift 4
-ip link set lo up
-mount --bind "$r" "$r"
-mount -o remount,bind,ro "$r"
-for v in $volumes; do mount --bind "${v%%:*}" "$r${v#*:}"; done
-mount --bind -o ro "$weights" "$r/weights"
-mount -t proc proc "$r/proc"
-mount -t tmpfs -o nosuid,mode=755 tmpfs "$r/dev"
-for d in null zero full random urandom tty; do : > "$r/dev/$d"; mount --bind "/dev/$d" "$r/dev/$d"; done
-mkdir "$r/dev/shm" && mount -t tmpfs -o nosuid,nodev tmpfs "$r/dev/shm"
-exec chroot --userspec="$user" "$r" "$@"
-"#;
-
-/// The running container: the server's process and what it printed.
-struct Container {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Container {
-    fn pid(&self) -> String {
-        self.child.id().to_string()
-    }
-
-    /// `docker exec`: argv in the container's namespaces and root, as the image's user, with
-    /// the image's environment, `stdin` as its input.
-    fn exec(&self, image: &Image, argv: &[String], stdin: Option<&Path>) -> Output {
-        Command::new("nsenter")
-            .args(["--target", &self.pid(), "--net", "--mount", "--root", "--wd"])
-            .args(["--setuid", &image.spec["uid"].to_string()])
-            .args(["--setgid", &image.spec["gid"].to_string()])
-            .arg("--")
-            .args(argv)
-            .env_clear()
-            .envs(image.env())
-            .stdin(stdin.map_or(Stdio::null(), |f| std::fs::File::open(f).unwrap().into()))
-            .output()
-            .unwrap()
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn exited(&mut self) -> bool {
-        self.child.try_wait().unwrap().is_some()
-    }
-}
-
-impl Drop for Container {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Seconds in a Docker duration such as `120s`, `1m30s` or `500ms`.
-fn seconds(duration: &str) -> f64 {
-    let mut total = 0.0;
-    let mut number = String::new();
-    let mut chars = duration.chars().peekable();
-    while let Some(c) = chars.next() {
-        if c.is_ascii_digit() || c == '.' {
-            number.push(c);
-            continue;
-        }
-        let unit = if c == 'm' && chars.peek() == Some(&'s') {
-            chars.next();
-            0.001
-        } else {
-            match c {
-                'h' => 3600.0,
-                'm' => 60.0,
-                's' => 1.0,
-                _ => panic!("unknown unit in {duration}"),
-            }
-        };
-        total += number.parse::<f64>().unwrap() * unit;
-        number.clear();
-    }
-    total
 }
 
 #[test]
@@ -364,17 +238,39 @@ fn the_entrypoint_serves_as_its_user_is_healthy_and_drains_on_its_stop_signal() 
         weights.join("weights.safetensors"),
     )
     .unwrap();
-    for (path, mode) in [(weights.clone(), "755"), (weights.join("weights.safetensors"), "644")] {
-        assert!(Command::new("chmod").arg(mode).arg(path).status().unwrap().success());
+    for (path, mode) in [
+        (weights.clone(), "755"),
+        (weights.join("weights.safetensors"), "644"),
+    ] {
+        assert!(
+            Command::new("chmod")
+                .arg(mode)
+                .arg(path)
+                .status()
+                .unwrap()
+                .success()
+        );
     }
     std::fs::create_dir(root.join("weights")).unwrap(); // the mount point, as Docker makes it
 
     let log = image.dir.join("server.log");
     let output = std::fs::File::create(&log).unwrap();
     let mut env = image.env();
-    env.push(("GRADCAM_WEIGHTS".into(), "/weights/weights.safetensors".into()));
+    env.push((
+        "GRADCAM_WEIGHTS".into(),
+        "/weights/weights.safetensors".into(),
+    ));
     let child = Command::new("unshare")
-        .args(["--net", "--mount", "--propagation", "private", "bash", "-c", LAUNCH, "bash"])
+        .args([
+            "--net",
+            "--mount",
+            "--propagation",
+            "private",
+            "bash",
+            "-c",
+            LAUNCH,
+            "bash",
+        ])
         .arg(&root)
         .arg(volumes.join(" "))
         .arg(&weights)
@@ -401,7 +297,11 @@ fn the_entrypoint_serves_as_its_user_is_healthy_and_drains_on_its_stop_signal() 
     let options = &check["options"];
     let allowed = seconds(options["start-period"].as_str().unwrap_or("0s"))
         + seconds(options["interval"].as_str().unwrap_or("30s"))
-            * options["retries"].as_str().unwrap_or("3").parse::<f64>().unwrap();
+            * options["retries"]
+                .as_str()
+                .unwrap_or("3")
+                .parse::<f64>()
+                .unwrap();
     let started = Instant::now();
     loop {
         if container.exec(&image, &test, None).status.success() {
@@ -429,28 +329,63 @@ fn the_entrypoint_serves_as_its_user_is_healthy_and_drains_on_its_stop_signal() 
     }
 
     // A photograph explained, over HTTP inside the container, with the image's own curl.
-    let port = image.strings("expose")[0].trim_end_matches("/tcp").to_string();
-    let photo = REFERENCE.meta.photos.iter().find(|p| p.file == "chelsea.png").unwrap();
+    let port = image.strings("expose")[0]
+        .trim_end_matches("/tcp")
+        .to_string();
+    let photo = REFERENCE
+        .meta
+        .photos
+        .iter()
+        .find(|p| p.file == "chelsea.png")
+        .unwrap();
     let curl = |path: &str| -> Vec<String> {
-        ["curl", "-sS", "-w", "\n%{http_code}", "-H", "content-type: image/png"]
-            .iter()
-            .map(|s| s.to_string())
-            .chain(["--data-binary".into(), "@-".into(), format!("http://127.0.0.1:{port}{path}")])
-            .collect()
+        [
+            "curl",
+            "-sS",
+            "-w",
+            "\n%{http_code}",
+            "-H",
+            "content-type: image/png",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .chain([
+            "--data-binary".into(),
+            "@-".into(),
+            format!("http://127.0.0.1:{port}{path}"),
+        ])
+        .collect()
     };
-    let answer = container.exec(&image, &curl("/explain?top_k=2"), Some(&fixture(&photo.file)));
+    let answer = container.exec(
+        &image,
+        &curl("/explain?top_k=2"),
+        Some(&fixture(&photo.file)),
+    );
     let body = text(&answer.stdout);
     let (json, code) = body.rsplit_once('\n').expect("curl printed the status");
     assert_eq!(code, "200", "/explain: {json}\n{}", text(&answer.stderr));
     let v: Value = serde_json::from_str(json).unwrap();
-    assert_eq!(v["predictions"][0]["index"], photo.top3[0], "{}", photo.name);
+    assert_eq!(
+        v["predictions"][0]["index"], photo.top3[0],
+        "{}",
+        photo.name
+    );
     assert_eq!(v["explanations"].as_array().unwrap().len(), 2);
-    assert_eq!(v["explanations"][0]["heatmap"]["data"].as_array().unwrap().len(), 49);
+    assert_eq!(
+        v["explanations"][0]["heatmap"]["data"]
+            .as_array()
+            .unwrap()
+            .len(),
+        49
+    );
     assert!(v["explanations"][0]["overlay_png"].as_str().unwrap().len() > 100);
 
     // The stop signal: readiness (and so the HEALTHCHECK) fails while the server drains, and
     // the process exits 0.
-    let signal = image.str("stopsignal").trim_start_matches("SIG").to_string();
+    let signal = image
+        .str("stopsignal")
+        .trim_start_matches("SIG")
+        .to_string();
     assert!(
         Command::new("kill")
             .args(["-s", &signal, &container.pid()])
@@ -474,10 +409,21 @@ fn the_entrypoint_serves_as_its_user_is_healthy_and_drains_on_its_stop_signal() 
         if let Some(s) = container.child.try_wait().unwrap() {
             break s;
         }
-        assert!(started.elapsed() < Duration::from_secs(120), "no exit after {signal}");
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "no exit after {signal}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     };
-    assert_eq!(exit.code(), Some(0), "exit after {signal}:\n{}", container.log());
+    assert_eq!(
+        exit.code(),
+        Some(0),
+        "exit after {signal}:\n{}",
+        container.log()
+    );
     let log = container.log();
-    assert!(log.contains("\"stopped\""), "no \"stopped\" in the log:\n{log}");
+    assert!(
+        log.contains("\"stopped\""),
+        "no \"stopped\" in the log:\n{log}"
+    );
 }

@@ -19,7 +19,10 @@ const OTHER_VARIABLES: &[&str] = &["OMP_NUM_THREADS"];
 
 fn manifests(args: &[&str]) -> Value {
     let out = Command::new("python3")
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/k8s_manifests.py"))
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/scripts/k8s_manifests.py"
+        ))
         .args(args)
         .output()
         .expect("python3 runs (scripts/env.sh puts the project's environment on PATH)");
@@ -64,7 +67,10 @@ fn container(resources: &Value) -> (&Value, Vec<(String, String)>) {
         }
     }
     for e in c["env"].as_array().into_iter().flatten() {
-        let value = e["value"].as_str().expect("env values are literal").to_string();
+        let value = e["value"]
+            .as_str()
+            .expect("env values are literal")
+            .to_string();
         env.retain(|(k, _)| k != e["name"].as_str().unwrap());
         env.push((e["name"].as_str().unwrap().to_string(), value));
     }
@@ -115,7 +121,15 @@ impl Drop for Started {
 fn start(env: &[(String, String)]) -> Started {
     let mut command = Command::new(env!("CARGO_BIN_EXE_gradcam-serve"));
     command
-        .args(["serve", "--host", "127.0.0.1", "--port", "0", "--device", "cpu"])
+        .args([
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--device",
+            "cpu",
+        ])
         .args(["--log-format", "json", "--weights"])
         .arg(reference_dir().join("weights.safetensors"));
     for (k, _) in std::env::vars() {
@@ -158,13 +172,20 @@ fn get(url: &str) -> (u16, String) {
 #[test]
 fn the_manifests_are_valid_kubernetes_objects() {
     let out = Command::new("python3")
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/k8s_manifests.py"))
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/scripts/k8s_manifests.py"
+        ))
         .args(["validate", BASE, GPU])
         .output()
         .unwrap();
     let report = String::from_utf8_lossy(&out.stdout);
     eprintln!("{report}");
-    assert!(out.status.success(), "{report}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{report}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// What both variants must agree on with a server started with their settings.
@@ -192,7 +213,11 @@ fn agrees_with_the_server(dir: &str) {
     let resolves = |p: &Value| p == &ports[0]["name"] || p.as_u64() == Some(port);
     let service = resource(&resources, "Service");
     for p in service["spec"]["ports"].as_array().unwrap() {
-        assert!(resolves(&p["targetPort"]), "Service targetPort {}", p["targetPort"]);
+        assert!(
+            resolves(&p["targetPort"]),
+            "Service targetPort {}",
+            p["targetPort"]
+        );
     }
 
     // Every probe's path answers 200 on the started (ready) server; a path that is not there
@@ -200,14 +225,17 @@ fn agrees_with_the_server(dir: &str) {
     for probe in ["startupProbe", "readinessProbe", "livenessProbe"] {
         let get_ = &c[probe]["httpGet"];
         assert!(resolves(&get_["port"]), "{probe} port {}", get_["port"]);
-        let path = get_["path"].as_str().unwrap_or_else(|| panic!("{dir}: no {probe}"));
+        let path = get_["path"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{dir}: no {probe}"));
         let (status, body) = get(&format!("{}{path}", server.base));
         assert_eq!(status, 200, "{dir}: {probe} {path}: {body}");
     }
     assert_eq!(get(&format!("{}/health/nothing", server.base)).0, 404);
 
     // Prometheus scrapes the port and path the annotations name.
-    let annotations = &resource(&resources, "Deployment")["spec"]["template"]["metadata"]["annotations"];
+    let annotations =
+        &resource(&resources, "Deployment")["spec"]["template"]["metadata"]["annotations"];
     assert_eq!(annotations["prometheus.io/port"], port.to_string());
     let (status, metrics) = get(&format!(
         "{}{}",
@@ -215,7 +243,10 @@ fn agrees_with_the_server(dir: &str) {
         annotations["prometheus.io/path"].as_str().unwrap()
     ));
     assert_eq!(status, 200);
-    assert!(metrics.contains("# TYPE gradcam_requests_total counter"), "{metrics}");
+    assert!(
+        metrics.contains("# TYPE gradcam_requests_total counter"),
+        "{metrics}"
+    );
 
     // Selectors select the pods; the autoscaler scales this Deployment.
     let deployment = resource(&resources, "Deployment");
@@ -229,7 +260,9 @@ fn agrees_with_the_server(dir: &str) {
     };
     assert!(selects(&service["spec"]["selector"]));
     assert!(selects(&deployment["spec"]["selector"]["matchLabels"]));
-    assert!(selects(&resource(&resources, "PodDisruptionBudget")["spec"]["selector"]["matchLabels"]));
+    assert!(selects(
+        &resource(&resources, "PodDisruptionBudget")["spec"]["selector"]["matchLabels"]
+    ));
     let target = &resource(&resources, "HorizontalPodAutoscaler")["spec"]["scaleTargetRef"];
     assert_eq!(target["kind"], "Deployment");
     assert_eq!(target["name"], deployment["metadata"]["name"]);
@@ -297,7 +330,10 @@ fn the_custom_metric_autoscaler_names_a_metric_the_server_exports() {
     let hpa = manifests(&["commented", &hpa_file, "custom-metric HPA"]);
     let rules = manifests(&["commented", &hpa_file, "prometheus-adapter rule"]);
     let deployment = resource(&manifests(&["render", BASE]), "Deployment").clone();
-    assert_eq!(hpa["spec"]["scaleTargetRef"]["name"], deployment["metadata"]["name"]);
+    assert_eq!(
+        hpa["spec"]["scaleTargetRef"]["name"],
+        deployment["metadata"]["name"]
+    );
     let names: Vec<String> = hpa["spec"]["metrics"]
         .as_array()
         .unwrap()
@@ -322,6 +358,11 @@ fn the_custom_metric_autoscaler_names_a_metric_the_server_exports() {
             .iter()
             .find(|r| r["name"]["as"] == name.as_str())
             .unwrap_or_else(|| panic!("no prometheus-adapter rule serves {name}"));
-        assert!(rule["seriesQuery"].as_str().unwrap().starts_with(&format!("{name}{{")));
+        assert!(
+            rule["seriesQuery"]
+                .as_str()
+                .unwrap()
+                .starts_with(&format!("{name}{{"))
+        );
     }
 }
