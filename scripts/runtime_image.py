@@ -260,6 +260,10 @@ def assemble(binary, out):
             if src.startswith(builder_cache + "/"):
                 host = host_cache + src[len(builder_cache):].replace(
                     f"python{meta['python']}", f"python{host_python}")
+                if not os.path.isdir(host):
+                    raise SystemExit(
+                        f"runtime_image: COPY {src}: the build stage has no such directory (here"
+                        f" {host}); the build stage's Python is Debian's {meta['python']}")
                 copy_tree(host, dest)
             elif os.path.basename(src) == "gradcam-serve":
                 os.makedirs(os.path.dirname(dest), exist_ok=True)
