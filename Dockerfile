@@ -23,9 +23,15 @@ RUN . scripts/env.sh && cargo build --release --locked --bin gradcam-serve \
     && cp target/release/gradcam-serve /usr/local/bin/
 
 FROM debian:bookworm-slim AS runtime
-RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates curl libgomp1 \
+# curl for the HEALTHCHECK; libtorch brings its own OpenMP runtime (libgomp) in torch/lib.
+# A fixed uid and gid (10001) that deploy/k8s runs as. The service writes only to its cache
+# volume, so nothing else stays writable for its user, the shared temporary directories
+# included (tests/container.rs checks all of this on the stage as written here).
+RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates curl \
     && rm -rf /var/lib/apt/lists/* \
-    && useradd --system --uid 10001 --home-dir /cache --create-home gradcam
+    && groupadd --system --gid 10001 gradcam \
+    && useradd --system --uid 10001 --gid 10001 --home-dir /cache --create-home gradcam \
+    && chmod 0755 /tmp /var/tmp /run/lock
 # Only libtorch's shared libraries and the CUDA libraries they load, at the path the rpath names.
 ARG SITE=/opt/gradcam/venv/lib/python3.11/site-packages
 COPY --from=build ${SITE}/torch/lib ${SITE}/torch/lib
