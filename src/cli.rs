@@ -26,14 +26,22 @@ pub enum Command {
     Explain(ExplainConfig),
 }
 
-pub fn run(cli: Cli) -> Result<()> {
+/// Runs the command; the exit status is 0 on success, 2 when `explain` skipped pictures it
+/// could not read or decode, 130 when it was interrupted (errors are 1, from `main`).
+pub fn run(cli: Cli) -> Result<std::process::ExitCode> {
+    use crate::offline::Outcome;
     match cli.command {
-        Command::Explain(config) => crate::offline::run(config),
+        Command::Explain(config) => Ok(match crate::offline::run(config)? {
+            Outcome::Complete => std::process::ExitCode::SUCCESS,
+            Outcome::Skipped => std::process::ExitCode::from(2),
+            Outcome::Interrupted => std::process::ExitCode::from(130),
+        }),
         Command::Serve(config) => {
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?;
-            runtime.block_on(crate::service::run(config, shutdown_signal()))
+            runtime.block_on(crate::service::run(config, shutdown_signal()))?;
+            Ok(std::process::ExitCode::SUCCESS)
         }
     }
 }

@@ -18,7 +18,7 @@ fn main() -> std::process::ExitCode {
         LogFormat::Pretty => builder.init(),
     }
     match cli::run(cli) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             tracing::error!("{e:#}");
             eprintln!("error: {e:#}");

@@ -41,7 +41,7 @@ fn the_runtime_stage_has_its_libraries_its_user_and_nothing_else_writable() {
         })
         .collect();
     let total: u64 = layers.iter().map(|l| l.0).sum();
-    layers.sort_by(|a, b| b.0.cmp(&a.0));
+    layers.sort_by_key(|l| std::cmp::Reverse(l.0));
     eprintln!("runtime image, {:.0} MB uncompressed:", total as f64 / 1e6);
     for (bytes, layer) in &layers {
         eprintln!(

@@ -1,0 +1,231 @@
+//! The dataset pipeline: decoding threads ahead of the model, the model on the calling thread
+//! in batches, rendering and writing threads behind it, joined by bounded channels. Memory is
+//! bounded by the channels' capacity (a few batches of pictures, each kept only at the overlay's
+//! size) and by a budget of decoded pixels, whatever the number of pictures.
+
+use super::inputs::Picture;
+use crate::backend::{Backend, ExplainOptions, ExplainResult};
+use crate::input::{self, DecodeLimits};
+use crate::render;
+use anyhow::Result;
+use image::RgbImage;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::sync::{Condvar, Mutex};
+use std::time::Instant;
+
+pub struct Settings {
+    pub batch_size: usize,
+    /// Threads for decoding, and as many for rendering and writing.
+    pub threads: usize,
+    pub options: ExplainOptions,
+    /// The overlay's longer side; `None` when no overlay is drawn.
+    pub overlay_side: Option<u32>,
+    pub max_inflight_pixels: u64,
+    /// Stop at the first picture that cannot be read or decoded.
+    pub strict: bool,
+}
+
+/// A picture ready for the model: its network input and the photograph at the overlay's size.
+pub struct Prepared {
+    pub width: u32,
+    pub height: u32,
+    pub overlay_base: Option<RgbImage>,
+    pub decode_ms: f64,
+}
+
+/// What comes out of the pipeline for one picture.
+pub enum Finished {
+    Explained {
+        index: usize,
+        prepared: Prepared,
+        result: ExplainResult,
+        batch_ms: f64,
+        batch_size: usize,
+    },
+    Skipped {
+        index: usize,
+        reason: String,
+    },
+}
+
+/// Decoded pixels in flight, shared by the decoding threads (the server's budget, blocking).
+struct Budget {
+    used: Mutex<u64>,
+    freed: Condvar,
+    limit: u64,
+}
+
+impl Budget {
+    fn acquire(&self, pixels: u64) -> Result<BudgetGuard<'_>, String> {
+        if pixels > self.limit {
+            return Err(format!(
+                "decoding it holds {pixels} pixels (with a third of a pixel per byte of the \
+                 file), more than --max-inflight-pixels {}",
+                self.limit
+            ));
+        }
+        let mut used = self.used.lock().unwrap_or_else(|e| e.into_inner());
+        while *used + pixels > self.limit {
+            used = self.freed.wait(used).unwrap_or_else(|e| e.into_inner());
+        }
+        *used += pixels;
+        Ok(BudgetGuard {
+            budget: self,
+            pixels,
+        })
+    }
+}
+
+struct BudgetGuard<'a> {
+    budget: &'a Budget,
+    pixels: u64,
+}
+
+impl Drop for BudgetGuard<'_> {
+    fn drop(&mut self) {
+        *self.budget.used.lock().unwrap_or_else(|e| e.into_inner()) -= self.pixels;
+        self.budget.freed.notify_all();
+    }
+}
+
+/// Reads and decodes one picture, keeping only what its outputs need.
+fn prepare(
+    path: &std::path::Path,
+    overlay_side: Option<u32>,
+    budget: &Budget,
+) -> Result<(Prepared, Vec<f32>), String> {
+    let t = Instant::now();
+    let size = std::fs::metadata(path).map_err(|e| e.to_string())?.len();
+    let limits = DecodeLimits::default();
+    let bytes_held = size.div_ceil(3);
+    if bytes_held > budget.limit {
+        budget.acquire(bytes_held)?;
+    }
+    let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
+    let opened = input::open(&bytes, limits).map_err(|e| e.to_string())?;
+    let (width, height) = opened.display_size();
+    let overlay = overlay_side.map(|side| render::overlay_size(width, height, side));
+    let also = overlay.unwrap_or((0, 0));
+    let _held = budget.acquire(opened.decoded_pixels(also) + bytes_held)?;
+    let d = opened.decode_reduced(also).map_err(|e| e.to_string())?;
+    let x = input::preprocess(&d.image);
+    let overlay_base = overlay.map(|(w, h)| input::resize_rgb(&d.image, w, h));
+    Ok((
+        Prepared {
+            width,
+            height,
+            overlay_base,
+            decode_ms: t.elapsed().as_secs_f64() * 1e3,
+        },
+        x,
+    ))
+}
+
+type Decoded = (usize, Result<(Prepared, Vec<f32>), String>);
+
+/// Runs the pictures through the model; `finish` renders and writes one picture's outputs (on
+/// a writing thread). Returns when every picture is done, or after the batch in flight once
+/// `stop` is set (Ctrl-C, or the first failure with `strict`).
+pub fn run(
+    model: &dyn Backend,
+    pictures: &[Picture],
+    s: &Settings,
+    stop: &AtomicBool,
+    finish: impl Fn(Finished) + Sync,
+) -> Result<()> {
+    let budget = Budget {
+        used: Mutex::new(0),
+        freed: Condvar::new(),
+        limit: s.max_inflight_pixels,
+    };
+    let next = AtomicUsize::new(0);
+    let (decoded_tx, decoded_rx) = sync_channel::<Decoded>(2 * s.batch_size);
+    let (done_tx, done_rx) = sync_channel::<Finished>(s.batch_size);
+    let done_rx = Mutex::new(done_rx);
+    std::thread::scope(|scope| {
+        for _ in 0..s.threads {
+            let tx = decoded_tx.clone();
+            let (next, budget) = (&next, &budget);
+            scope.spawn(move || {
+                loop {
+                    let i = next.fetch_add(1, Ordering::SeqCst);
+                    if i >= pictures.len() || stop.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    let r = prepare(&pictures[i].path, s.overlay_side, budget);
+                    if tx.send((i, r)).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        drop(decoded_tx);
+        for _ in 0..s.threads {
+            let (rx, finish) = (&done_rx, &finish);
+            scope.spawn(move || {
+                loop {
+                    let job = rx.lock().unwrap_or_else(|e| e.into_inner()).recv();
+                    match job {
+                        Ok(f) => finish(f),
+                        Err(_) => break,
+                    }
+                }
+            });
+        }
+        let r = model_loop(model, s, stop, decoded_rx, &done_tx);
+        drop(done_tx);
+        r
+    })
+}
+
+/// Takes batches of decoded pictures, explains them, and passes the results on.
+fn model_loop(
+    model: &dyn Backend,
+    s: &Settings,
+    stop: &AtomicBool,
+    decoded: Receiver<Decoded>,
+    done: &SyncSender<Finished>,
+) -> Result<()> {
+    loop {
+        if stop.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        let mut batch = Vec::with_capacity(s.batch_size);
+        while batch.len() < s.batch_size {
+            match decoded.recv() {
+                Ok((index, Err(reason))) => {
+                    if s.strict {
+                        stop.store(true, Ordering::SeqCst);
+                    }
+                    let _ = done.send(Finished::Skipped { index, reason });
+                    if s.strict {
+                        return Ok(());
+                    }
+                }
+                Ok((index, Ok(p))) => batch.push((index, p)),
+                Err(_) => break,
+            }
+        }
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let t = Instant::now();
+        let items: Vec<(&[f32], ExplainOptions)> = batch
+            .iter()
+            .map(|(_, (_, x))| (x.as_slice(), s.options))
+            .collect();
+        let results = model.explain(&items)?;
+        let batch_ms = t.elapsed().as_secs_f64() * 1e3;
+        let batch_size = batch.len();
+        for ((index, (prepared, _)), result) in batch.into_iter().zip(results) {
+            let _ = done.send(Finished::Explained {
+                index,
+                prepared,
+                result,
+                batch_ms,
+                batch_size,
+            });
+        }
+    }
+}
