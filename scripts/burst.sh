@@ -4,7 +4,8 @@
 # /explain, and prints the server's resident memory when ready, its peak (VmHWM) after the
 # burst, and the answers' status codes. Two bursts, each on a fresh server: 40 x a flat
 # 7000x7000 JPEG (49 MP) and 16 x a 7500x5600 photograph (42 MP), both generated once into the
-# cache. Usage: scripts/burst.sh [extra serve flags...]
+# cache. Then, on a fresh server, the latency of a 1 MP photo posted one at a time (5 to warm
+# up, then 25). Usage: scripts/burst.sh [extra serve flags...]
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
@@ -39,6 +40,22 @@ burst() { # FILE N
   wait "$pid" || true
   rm -f "$log" "$codes"
 }
+latency() { # FILE N
+  local log times
+  log="$(mktemp)"
+  times="$(mktemp)"
+  start_server "$log" "${extra[@]}"
+  for i in $(seq 1 $((5 + $2))); do
+    curl -s -o /dev/null -w '%{time_total}\n' --data-binary @"$1" -H 'Content-Type: image/jpeg' \
+      "$base/explain" | { [ "$i" -gt 5 ] && cat >> "$times" || cat > /dev/null; }
+  done
+  sort -n "$times" | awk -v n="$2" -v f="$(basename "$1")" \
+    '{ t[NR] = $1 * 1000 } END { printf "%s one at a time x %d: p50 %.1f ms, p90 %.1f ms\n", f, n, t[int((n + 1) / 2)], t[int(n * 0.9)] }'
+  kill "$pid"
+  wait "$pid" || true
+  rm -f "$log" "$times"
+}
 extra=("$@")
 burst "$dir/flat49.jpg" 40
 burst "$dir/photo42.jpg" 16
+latency "$(hubble_photo)" 25
