@@ -2,7 +2,7 @@
 # Overload run: starts the service with its default settings, measures its saturation
 # throughput on a photo of about one megapixel (scikit-image's hubble_deep_field.jpg), then
 # offers 1.5x that rate for 60 s in an open loop with a third of the requests malformed
-# (examples/overload checks every answer). Ends with SIGTERM and expects exit 0.
+# and near-limit images among them (examples/overload checks every answer). Ends with SIGTERM and expects exit 0.
 # Usage: scripts/overload.sh [SECONDS] [FACTOR] [extra serve flags...]
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

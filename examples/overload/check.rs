@@ -46,11 +46,18 @@ pub fn good(reference: &Reference, answer: &Answer) -> Option<String> {
     }
 }
 
-/// A malformed request must get its own status and problem type. Returns what was wrong, if
-/// anything.
+/// A malformed request must get its own status and problem type; a near-limit image its
+/// explanation or a refusal with Retry-After. Returns what was wrong, if anything.
 pub fn malformed(bad: &Bad, answer: &Answer) -> Option<String> {
     let v: Value = serde_json::from_slice(&answer.body).unwrap_or(Value::Null);
     let status = answer.status;
+    if bad.status == 200 {
+        return match status {
+            200 if v["explanations"][0]["overlay_png"].is_string() => None,
+            429 | 503 if answer.retry_after.is_some() => None,
+            _ => Some(format!("{}: got {status} {}", bad.name, v["type"])),
+        };
+    }
     (status != bad.status || v["type"] != bad.problem).then(|| {
         format!(
             "{}: expected {} {}, got {status} {}",

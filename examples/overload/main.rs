@@ -6,13 +6,15 @@
 //!    `OVERLOAD_SATURATION_SECS`; the rate of 200s is the saturation throughput.
 //! 3. Overload: an open-loop schedule (requests leave on time whether or not earlier ones were
 //!    answered): good requests at `OVERLOAD_FACTOR` x saturation, plus one malformed request
-//!    for every two good ones (a third of all), cycling through several kinds of bad input.
+//!    for every two good ones (a third of all), cycling through several kinds of bad input
+//!    and two near-limit images (49 MP, JPEG and PNG).
 //!    The first `OVERLOAD_WARMUP_SECS` fill the queue and the server's memory to their
 //!    overload level; the figures are for the `OVERLOAD_SECS` after that.
 //!
 //! Checked, for every request: each good one is answered 200 with the reference's class and
 //! heatmap, or refused with 429/503 and Retry-After; each malformed one gets its own 4xx and
-//! problem type; no other status; readiness probes every 250 ms all answered 200. Then:
+//! problem type, each near-limit image its answer or a refusal with Retry-After; no other
+//! status; readiness probes every 250 ms all answered 200. Then:
 //! readiness true at the end, and resident memory flat
 //! (at the end no more than 10% above the highest level seen until the middle of the measured
 //! window). Prints the figures and exits 1 on any violation.

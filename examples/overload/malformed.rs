@@ -1,6 +1,9 @@
-//! The malformed requests mixed into the overload, each with the answer it must get.
+//! The malformed and near-limit requests mixed into the overload, each with the answer it
+//! must get.
 
-/// One kind of malformed request and what the server must answer.
+/// One kind of malformed (or near-limit) request and what the server must answer: `status`
+/// with problem type `problem`; for a near-limit image (`status` 200), its explanation or a
+/// refusal with Retry-After.
 pub struct Bad {
     pub name: &'static str,
     pub path: &'static str,
@@ -8,6 +11,25 @@ pub struct Bad {
     pub body: Vec<u8>,
     pub status: u16,
     pub problem: &'static str,
+}
+
+/// Flat 7000x7000 pictures (49 MP, under the 50 MP limit): as a JPEG (decoded at a quarter of
+/// its size) and as a PNG (decoded whole, 147 MB).
+fn near_limit() -> (Vec<u8>, Vec<u8>) {
+    use image::ImageEncoder;
+    let flat = image::RgbImage::from_pixel(7000, 7000, image::Rgb([120, 140, 160]));
+    let (mut jpeg, mut png) = (Vec::new(), Vec::new());
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, 90)
+        .write_image(&flat, 7000, 7000, image::ExtendedColorType::Rgb8)
+        .expect("a JPEG encodes");
+    image::codecs::png::PngEncoder::new_with_quality(
+        &mut png,
+        image::codecs::png::CompressionType::Fast,
+        image::codecs::png::FilterType::Adaptive,
+    )
+    .write_image(&flat, 7000, 7000, image::ExtendedColorType::Rgb8)
+    .expect("a PNG encodes");
+    (jpeg, png)
 }
 
 /// Every kind, in the order the overload cycles through them; `photo` gives the truncated
@@ -31,6 +53,7 @@ pub fn bad_requests(photo: &[u8]) -> Vec<Bad> {
     }
     let form =
         b"--B\r\nContent-Disposition: form-data; name=\"method\"\r\n\r\ngradcam\r\n--B--\r\n";
+    let (flat_jpeg, flat_png) = near_limit();
     let bad = |name, path, content_type, body: &[u8], status, problem| Bad {
         name,
         path,
@@ -111,6 +134,22 @@ pub fn bad_requests(photo: &[u8]) -> Vec<Bad> {
             form,
             400,
             "malformed_request",
+        ),
+        bad(
+            "49 MP flat JPEG",
+            "/explain",
+            "image/jpeg",
+            &flat_jpeg,
+            200,
+            "",
+        ),
+        bad(
+            "49 MP flat PNG",
+            "/explain",
+            "image/png",
+            &flat_png,
+            200,
+            "",
         ),
     ]
 }
