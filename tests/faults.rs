@@ -197,7 +197,14 @@ fn a_client_that_leaves_while_queued_never_reaches_the_model() {
 #[test]
 fn sigterm_under_heavy_load_answers_every_accepted_request_then_exits_zero() {
     const N: usize = 48;
-    let mut server = Server::start(&[]);
+    // A long deadline: this is about draining, and 48 explanations on a busy 2-core machine can
+    // take longer than the default 30 s.
+    let mut server = Server::start(&[
+        "--request-timeout-ms",
+        "300000",
+        "--drain-timeout-ms",
+        "300000",
+    ]);
     let photos = ["chelsea.png", "coffee.jpg", "rocket.jpg", "camera.png"];
     let results: Vec<(usize, u16, Value)> = std::thread::scope(|s| {
         let server_ref = &server;
