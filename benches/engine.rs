@@ -1,4 +1,4 @@
-//! Forward-only against explain (forward + partial backward + CAM), batch 1 and 8, at layer4
+//! Forward-only against explain (forward + partial backward + CAM), batch 1, 4 and 8, at layer4
 //! and layer3, on the CPU. Run with `scripts/bench.sh` (which sets up libtorch and the test
 //! weights). Throughput is in images per second.
 
@@ -34,7 +34,7 @@ fn engine(c: &mut Criterion) {
     group
         .sample_size(10)
         .measurement_time(std::time::Duration::from_secs(8));
-    for batch in [1usize, 8] {
+    for batch in [1usize, 4, 8] {
         let inputs: Vec<&[f32]> = vec![x.as_slice(); batch];
         group.throughput(Throughput::Elements(batch as u64));
         group.bench_function(BenchmarkId::new("forward", batch), |b| {

@@ -2,14 +2,15 @@
 # Dataset benchmark of `gradcam-serve explain` (default outputs: overlay PNG and JSON per
 # picture, plus a summary): 200 and 2000 pictures of 224x224 and 200 photographs of about 1 MP
 # (JPEG, generated once into the cache from scikit-image's photographs), each run's peak RSS
-# (GNU time) and pictures per second; then the engine alone (criterion, explain at layer4,
-# the same batch size) for the ratio. Usage: scripts/dataset_bench.sh [BATCH_SIZE]
+# (GNU time) and pictures per second (the photographs also without overlays); then the engine
+# alone (criterion, explain at layer4, the same batch size: 1, 4 or 8) for the ratio.
+# Usage: scripts/dataset_bench.sh [BATCH_SIZE]
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 . scripts/env.sh
 scripts/setup.sh
-batch="${1:-8}"
+batch="${1:-4}"
 cargo build --release --quiet --bin gradcam-serve
 weights="$(scripts/reference.sh)/weights.safetensors"
 data="$GRADCAM_CACHE/dataset-bench"
@@ -43,12 +44,12 @@ for i in range(200):
     os.link(src, os.path.join(small200, f"p{i:04d}.jpg"))
 open(os.path.join(out, "done"), "w").close()
 PY
-run() { # NAME DIR
+run() { # NAME DIR [EXTRA FLAGS...]
   local out
   out="$(mktemp -d)"
   /usr/bin/time -f "%M %e" -o "$out.time" target/release/gradcam-serve explain "$2" \
     --weights "$weights" --device cpu --batch-size "$batch" --quiet --out "$out" \
-    --summary "$out/summary.jsonl" > /dev/null
+    --summary "$out/summary.jsonl" "${@:3}" > /dev/null
   local n
   n="$(wc -l < "$out/summary.jsonl")"
   read -r kib secs < "$out.time"
@@ -59,5 +60,6 @@ run() { # NAME DIR
 run "200 x 224x224" "$data/small200"
 run "2000 x 224x224" "$data/small2000"
 run "200 x 1 MP photographs" "$data/photo200"
+run "200 x 1 MP, --no-overlay" "$data/photo200" --no-overlay
 GRADCAM_BENCH_WEIGHTS="$weights" cargo bench --quiet --bench engine -- "explain_layer4/$batch\$" 2>&1 |
   grep -E "explain_layer4/$batch|thrpt"

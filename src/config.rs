@@ -80,7 +80,7 @@ pub struct ExplainConfig {
     /// skipped, and the exit status is 2).
     #[arg(long)]
     pub strict: bool,
-    /// Pictures per forward and backward pass (default 8 on the CPU, 32 on a GPU).
+    /// Pictures per forward and backward pass (default 4 on the CPU, 32 on a GPU).
     #[arg(long)]
     pub batch_size: Option<usize>,
     /// Write one record per picture to FILE: path, top classes, explained class, map
