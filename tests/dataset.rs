@@ -154,7 +154,11 @@ fn a_directory_is_explained_once_per_picture_and_an_interrupted_run_resumes_to_t
         "{err}"
     );
     assert!(err.contains("1 files that are not images ignored"), "{err}");
-    assert!(err.contains("pictures/s"), "progress lines: {err}");
+    let total = good.len() + 1;
+    assert!(
+        err.contains(&format!("{total}/{total} pictures (100%)")),
+        "a plain progress line when standard error is not a terminal: {err}"
+    );
     let files = tree(&out);
     for rel in &good {
         let s = stem(rel);
@@ -230,6 +234,20 @@ fn a_directory_is_explained_once_per_picture_and_an_interrupted_run_resumes_to_t
         partial < good.len(),
         "interrupted after {partial}: too late to test resuming"
     );
+    let modified = |dir: &Path| -> BTreeMap<String, std::time::SystemTime> {
+        tree(dir)
+            .into_keys()
+            .filter(|f| {
+                (f.ends_with(".png") || f.ends_with(".json"))
+                    && !f.split('/').any(|c| c.starts_with('.'))
+            })
+            .map(|f| {
+                let t = std::fs::metadata(dir.join(&f)).unwrap().modified().unwrap();
+                (f, t)
+            })
+            .collect()
+    };
+    let before = modified(&again);
     for (f, bytes) in tree(&again) {
         if f.ends_with(".json") && !f.starts_with('.') && !f.contains("/.") {
             serde_json::from_slice::<Value>(&bytes).unwrap_or_else(|e| panic!("{f}: {e}"));
@@ -244,7 +262,15 @@ fn a_directory_is_explained_once_per_picture_and_an_interrupted_run_resumes_to_t
         .arg("--resume"));
     let err = stderr(&o);
     assert_eq!(o.status.code(), Some(2), "{err}");
-    assert!(err.contains("already done"), "{err}");
+    assert!(
+        err.contains(&format!("{partial} of {total} pictures already done")),
+        "{err}"
+    );
+    // What the first run finished is not written again.
+    let after = modified(&again);
+    for (f, t) in &before {
+        assert_eq!(after.get(f), Some(t), "{f} was rewritten");
+    }
     let resumed: BTreeMap<String, Vec<u8>> = tree(&again)
         .into_iter()
         .filter(|(f, _)| !f.split('/').any(|c| c.starts_with('.')))
@@ -368,6 +394,63 @@ fn lists_patterns_csv_summaries_and_strict_runs() {
         .arg(tempdir("strict")));
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
     assert!(stderr(&o).contains("bad.jpg"), "{}", stderr(&o));
+
+    // A run's own outputs inside an input directory are not read back as pictures, and an
+    // output directory that is an input directory is refused.
+    let inner = data.join("x/out");
+    let twice: Vec<Output> = (0..2)
+        .map(|_| {
+            run(explain()
+                .arg(data.join("x"))
+                .arg("--resume")
+                .arg("--out")
+                .arg(&inner))
+        })
+        .collect();
+    let o = &twice[1];
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(o));
+    assert!(
+        stderr(o).contains("3 of 4 pictures already done"),
+        "{}",
+        stderr(o)
+    );
+    let o = run(explain()
+        .arg(data.join("x"))
+        .arg("--out")
+        .arg(data.join("x")));
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("also the output directory"),
+        "{}",
+        stderr(&o)
+    );
+
+    // Two pictures that would write one file (x.jpg's second overlay is x.1.png, as is
+    // x.1.jpg's first) stop the run before anything is written.
+    let clash = tempdir("clash");
+    save(&clash.join("x.jpg"), &photo, false);
+    save(&clash.join("x.1.jpg"), &photo, false);
+    let o = run(explain().arg(&clash).arg("--out").arg(tempdir("clash-out")));
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("would both write x.1.png"),
+        "{}",
+        stderr(&o)
+    );
+
+    // A file name that is not UTF-8 is explained like any other.
+    use std::os::unix::ffi::OsStrExt;
+    let latin1 = clash.join(std::ffi::OsStr::from_bytes(b"caf\xe9.jpg"));
+    save(&latin1, &photo, false);
+    let out = tempdir("latin1");
+    let o = run(explain().arg(&latin1).arg("--out").arg(&out));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let doc = std::fs::read(out.join(std::ffi::OsStr::from_bytes(b"caf\xe9.json"))).unwrap();
+    let doc: Value = serde_json::from_slice(&doc).unwrap();
+    assert!(
+        doc["image"].as_str().unwrap().ends_with("caf\u{fffd}.jpg"),
+        "{doc}"
+    );
 
     // Nothing to write is refused before the model loads.
     let o = run(explain().arg(&data).args(["--no-overlay", "--no-json"]));

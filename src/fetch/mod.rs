@@ -203,10 +203,13 @@ impl Fetcher {
         {
             return Err(FetchError::TooLarge(self.max_bytes));
         }
+        // An announced length (at most the limit) is allocated once; growing by doubling
+        // could hold up to twice what arrived.
+        let capacity = response.content_length().unwrap_or(0).min(self.max_bytes);
         Ok(Download {
             response,
             max_bytes: self.max_bytes,
-            body: Vec::new(),
+            body: Vec::with_capacity(usize::try_from(capacity).unwrap_or(0)),
         })
     }
 }
@@ -236,7 +239,9 @@ impl Download {
         Ok(Some(self.body.len() as u64))
     }
 
-    pub fn into_bytes(self) -> Bytes {
+    /// The body, holding no more memory than its length.
+    pub fn into_bytes(mut self) -> Bytes {
+        self.body.shrink_to_fit();
         Bytes::from(self.body)
     }
 }

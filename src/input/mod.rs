@@ -227,9 +227,22 @@ impl<'a> Opened<'a> {
         };
         let (format, orientation) = (self.format, self.orientation);
         let (width, height) = self.display_size();
+        let (bytes, max_alloc) = (self.bytes, self.max_alloc);
         drop(self.decoder);
         let reduced_by = reduced.scale;
-        let mut image = DynamicImage::ImageRgb8(reduced.decode().map_err(|e| corrupt(format, e))?);
+        let image = match reduced.decode() {
+            Ok(image) => image,
+            // What the reduced decoder refuses, the full one may still read (it is more
+            // lenient with damaged scans): the picture is then decoded whole.
+            Err(_) => {
+                let limits = DecodeLimits {
+                    max_pixels: u64::MAX,
+                    max_alloc,
+                };
+                return open(bytes, limits)?.decode();
+            }
+        };
+        let mut image = DynamicImage::ImageRgb8(image);
         image.apply_orientation(orientation);
         Ok(Decoded {
             image: image.into_rgb8(),

@@ -36,7 +36,32 @@ pub struct Found {
 /// A name is the relative path without its extension; where two pictures share one (`cat.jpg`
 /// and `cat.png`), each keeps its extension (`cat.jpg.png`, `cat.png.png`). Two pictures that
 /// would still write the same files stop the run before anything is explained.
-pub fn find(args: &[PathBuf], list: Option<&Path>) -> Result<Found> {
+///
+/// A run's own outputs never become the next run's inputs: a directory or pattern root that
+/// is the output directory `out` itself is refused, files below `out` where it lies inside a
+/// directory or pattern root are left out, and so is the summary file `summary`.
+pub fn find(
+    args: &[PathBuf],
+    list: Option<&Path>,
+    out: &Path,
+    summary: Option<&Path>,
+) -> Result<Found> {
+    let root_of = |root: &Path| -> Result<Option<PathBuf>> {
+        let root = root.canonicalize().unwrap_or_else(|_| root.to_path_buf());
+        if root == out {
+            bail!(
+                "{} is also the output directory: its outputs would be read as pictures by the \
+                 next run; choose another --out",
+                root.display()
+            );
+        }
+        Ok(out.starts_with(&root).then(|| out.to_path_buf()))
+    };
+    let skipped = |p: &Path, inner_out: &Option<PathBuf>| {
+        p.canonicalize().is_ok_and(|c| {
+            inner_out.as_ref().is_some_and(|o| c.starts_with(o)) || Some(c.as_path()) == summary
+        })
+    };
     let mut named: Vec<(PathBuf, PathBuf)> = Vec::new();
     let mut not_images = 0;
     let mut listed = Vec::new();
@@ -47,10 +72,15 @@ pub fn find(args: &[PathBuf], list: Option<&Path>) -> Result<Found> {
         let text = arg.to_string_lossy();
         if text.contains(['*', '?', '[']) && !arg.exists() {
             let root = glob_root(arg);
+            let inner_out = root_of(if root.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                &root
+            })?;
             let mut matched = 0;
             for entry in glob::glob(&text).with_context(|| format!("pattern {text}"))? {
                 let path = entry.with_context(|| format!("pattern {text}"))?;
-                if path.is_file() {
+                if path.is_file() && !skipped(&path, &inner_out) {
                     matched += 1;
                     let rel = path.strip_prefix(&root).unwrap_or(&path).to_path_buf();
                     named.push((path, rel));
@@ -60,9 +90,10 @@ pub fn find(args: &[PathBuf], list: Option<&Path>) -> Result<Found> {
                 bail!("{text}: no file matches the pattern");
             }
         } else if arg.is_dir() {
+            let inner_out = root_of(arg)?;
             let mut files = Vec::new();
             walk(arg, &mut files).with_context(|| format!("reading {}", arg.display()))?;
-            for path in files {
+            for path in files.into_iter().filter(|p| !skipped(p, &inner_out)) {
                 if is_image(&path) {
                     let rel = path.strip_prefix(arg).unwrap_or(&path).to_path_buf();
                     named.push((path, rel));
@@ -153,19 +184,27 @@ fn name_outputs(named: Vec<(PathBuf, PathBuf)>) -> Result<Vec<Picture>> {
             Picture { path, stem }
         })
         .collect();
-    let mut seen: BTreeMap<&Path, &Path> = BTreeMap::new();
-    for p in &pictures {
-        if let Some(first) = seen.insert(&p.stem, &p.path) {
-            bail!(
-                "{} and {} would both write {}.*; explain them in separate runs or with \
-                 different --out directories",
-                first.display(),
-                p.path.display(),
-                p.stem.display()
-            );
+    Ok(pictures)
+}
+
+/// Refuses a run in which two pictures would write the same file (`files` gives a picture's
+/// files): `x.jpg` explained for two classes writes `x.1.png`, as `x.1.jpg` does.
+pub fn check_clashes(pictures: &[Picture], files: impl Fn(&Picture) -> Vec<PathBuf>) -> Result<()> {
+    let mut seen: BTreeMap<PathBuf, &Path> = BTreeMap::new();
+    for p in pictures {
+        for f in files(p) {
+            if let Some(first) = seen.insert(f.clone(), &p.path) {
+                bail!(
+                    "{} and {} would both write {}; explain them in separate runs or with \
+                     different --out directories",
+                    first.display(),
+                    p.path.display(),
+                    f.display()
+                );
+            }
         }
     }
-    Ok(pictures)
+    Ok(())
 }
 
 #[cfg(test)]
@@ -195,8 +234,28 @@ mod tests {
             .unwrap(),
             ["a/cat", "b/cat", "dog.jpg", "dog.png"]
         );
-        let e = names(&[("x/cat.jpg", "cat.jpg"), ("y/cat.jpg", "cat.jpg")]).unwrap_err();
-        assert!(e.to_string().contains("would both write cat.jpg"), "{e}");
+        let pictures = |pairs: &[(&str, &str)]| {
+            name_outputs(
+                pairs
+                    .iter()
+                    .map(|(p, r)| (PathBuf::from(p), PathBuf::from(r)))
+                    .collect(),
+            )
+            .unwrap()
+        };
+        let two = |p: &Picture| crate::offline::outputs::files(&p.stem, 2, true, true);
+        let same = pictures(&[("x/cat.jpg", "cat.jpg"), ("y/cat.jpg", "cat.jpg")]);
+        let e = check_clashes(&same, two).unwrap_err();
+        assert!(
+            e.to_string().contains("would both write cat.jpg.png"),
+            "{e}"
+        );
+        // x.jpg's second overlay is x.1.png, which x.1.jpg's first overlay also is.
+        let ranks = pictures(&[("d/x.jpg", "x.jpg"), ("d/x.1.jpg", "x.1.jpg")]);
+        let e = check_clashes(&ranks, two).unwrap_err();
+        assert!(e.to_string().contains("would both write x.1.png"), "{e}");
+        let one = |p: &Picture| crate::offline::outputs::files(&p.stem, 1, true, true);
+        check_clashes(&ranks, one).unwrap();
     }
 
     #[test]

@@ -68,13 +68,26 @@ pub fn run(args: ExplainConfig) -> Result<Outcome> {
         "--max-inflight-pixels must be at least 1024"
     );
 
-    let found = inputs::find(&args.images, args.from_list.as_deref())?;
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("creating {}", args.out.display()))?;
+    let out = args
+        .out
+        .canonicalize()
+        .with_context(|| format!("reading {}", args.out.display()))?;
+    let summary_path = args.summary.as_ref().and_then(|s| s.canonicalize().ok());
+    let found = inputs::find(
+        &args.images,
+        args.from_list.as_deref(),
+        &out,
+        summary_path.as_deref(),
+    )?;
     let pictures = found.pictures;
     if pictures.is_empty() {
         bail!("no image files found in the given inputs");
     }
     let explained = args.class.map_or(args.top_k, |_| 1);
     let files_of = |p: &Picture| outputs::files(&p.stem, explained, overlay, json);
+    inputs::check_clashes(&pictures, files_of)?;
     let files_done = |p: &Picture| {
         let files = files_of(p);
         files.iter().all(|f| args.out.join(f).is_file())
@@ -83,8 +96,6 @@ pub fn run(args: ExplainConfig) -> Result<Outcome> {
         .iter()
         .map(|p| (p.path.to_string_lossy().into_owned(), p))
         .collect();
-    std::fs::create_dir_all(&args.out)
-        .with_context(|| format!("creating {}", args.out.display()))?;
     let summary = match &args.summary {
         Some(path) => Some(Summary::open(
             path,
@@ -178,7 +189,7 @@ pub fn run(args: ExplainConfig) -> Result<Outcome> {
                     }
                     if json {
                         let doc = json!({
-                            "image": p.path,
+                            "image": p.path.to_string_lossy(),
                             "width": prepared.width,
                             "height": prepared.height,
                             "model": description.model,
@@ -346,14 +357,18 @@ fn on_ctrl_c(stop: Arc<AtomicBool>) -> Arc<AtomicBool> {
     pressed
 }
 
+/// Prints the top-5 classes to standard output; a closed output (`explain ... | head`) is not
+/// an error of the run.
 fn print_predictions(path: &Path, predictions: &[Prediction]) {
-    println!("{}", path.display());
+    use std::io::Write;
+    let mut text = format!("{}\n", path.display());
     for p in &predictions[..5.min(predictions.len())] {
-        println!(
-            "  {:>3}  {:6.2}%  {}",
+        text.push_str(&format!(
+            "  {:>3}  {:6.2}%  {}\n",
             p.index,
             100.0 * p.probability,
             p.label
-        );
+        ));
     }
+    let _ = std::io::stdout().lock().write_all(text.as_bytes());
 }

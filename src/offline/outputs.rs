@@ -25,16 +25,22 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 /// The files a picture's outputs take under `out` (relative names), in the order written:
 /// overlays first, the JSON document last.
 pub fn files(stem: &Path, explained: usize, overlay: bool, json: bool) -> Vec<PathBuf> {
-    let name = stem.file_name().unwrap_or_default().to_string_lossy();
+    // The name as the file system has it (it need not be UTF-8), plus a suffix.
+    let name = stem.file_name().unwrap_or_default();
+    let with = |suffix: String| {
+        let mut n = name.to_os_string();
+        n.push(suffix);
+        stem.with_file_name(n)
+    };
     let mut files = Vec::new();
     if overlay {
-        files.push(stem.with_file_name(format!("{name}.png")));
+        files.push(with(".png".into()));
         for rank in 1..explained {
-            files.push(stem.with_file_name(format!("{name}.{rank}.png")));
+            files.push(with(format!(".{rank}.png")));
         }
     }
     if json {
-        files.push(stem.with_file_name(format!("{name}.json")));
+        files.push(with(".json".into()));
     }
     files
 }
@@ -70,7 +76,7 @@ pub fn record(path: &Path, result: Result<(&ExplainResult, &[PathBuf]), &str>) -
                     "peak": { "x": peak % w, "y": peak / w },
                     "empty": e.empty,
                 },
-                "files": files,
+                "files": files.iter().map(|f| f.to_string_lossy()).collect::<Vec<_>>(),
             })
         }
     }

@@ -9,6 +9,7 @@ use crate::input::{self, DecodeLimits};
 use crate::render;
 use anyhow::Result;
 use image::RgbImage;
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::sync::{Condvar, Mutex};
@@ -82,6 +83,22 @@ struct BudgetGuard<'a> {
     pixels: u64,
 }
 
+impl<'a> BudgetGuard<'a> {
+    /// Grows to `pixels` in all if there is room now; gives itself back otherwise.
+    fn try_grow(mut self, pixels: u64) -> Result<BudgetGuard<'a>, BudgetGuard<'a>> {
+        let extra = pixels.saturating_sub(self.pixels);
+        let mut used = self.budget.used.lock().unwrap_or_else(|e| e.into_inner());
+        if pixels > self.budget.limit || *used + extra > self.budget.limit {
+            drop(used);
+            return Err(self);
+        }
+        *used += extra;
+        drop(used);
+        self.pixels += extra;
+        Ok(self)
+    }
+}
+
 impl Drop for BudgetGuard<'_> {
     fn drop(&mut self) {
         *self.budget.used.lock().unwrap_or_else(|e| e.into_inner()) -= self.pixels;
@@ -89,7 +106,10 @@ impl Drop for BudgetGuard<'_> {
     }
 }
 
-/// Reads and decodes one picture, keeping only what its outputs need.
+/// Reads and decodes one picture, keeping only what its outputs need. The file's bytes are
+/// reserved before it is read; once the header says what decoding will hold, the reservation
+/// grows to that if there is room, or else is given back and taken again whole (never held
+/// while waiting, so that two threads cannot wait on each other).
 fn prepare(
     path: &std::path::Path,
     overlay_side: Option<u32>,
@@ -97,17 +117,21 @@ fn prepare(
 ) -> Result<(Prepared, Vec<f32>), String> {
     let t = Instant::now();
     let size = std::fs::metadata(path).map_err(|e| e.to_string())?.len();
-    let limits = DecodeLimits::default();
     let bytes_held = size.div_ceil(3);
-    if bytes_held > budget.limit {
-        budget.acquire(bytes_held)?;
-    }
+    let held = budget.acquire(bytes_held)?;
     let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
-    let opened = input::open(&bytes, limits).map_err(|e| e.to_string())?;
+    let opened = input::open(&bytes, DecodeLimits::default()).map_err(|e| e.to_string())?;
     let (width, height) = opened.display_size();
     let overlay = overlay_side.map(|side| render::overlay_size(width, height, side));
     let also = overlay.unwrap_or((0, 0));
-    let _held = budget.acquire(opened.decoded_pixels(also) + bytes_held)?;
+    let total = opened.decoded_pixels(also) + bytes_held;
+    let _held = match held.try_grow(total) {
+        Ok(grown) => grown,
+        Err(held) => {
+            drop(held);
+            budget.acquire(total)?
+        }
+    };
     let d = opened.decode_reduced(also).map_err(|e| e.to_string())?;
     let x = input::preprocess(&d.image);
     let overlay_base = overlay.map(|(w, h)| input::resize_rgb(&d.image, w, h));
@@ -142,7 +166,9 @@ pub fn run(
     let next = AtomicUsize::new(0);
     let (decoded_tx, decoded_rx) = sync_channel::<Decoded>(2 * s.batch_size);
     let (done_tx, done_rx) = sync_channel::<Finished>(s.batch_size);
-    let done_rx = Mutex::new(done_rx);
+    // The writers own the receiver: if they all die, the model's next send fails instead of
+    // waiting for ever.
+    let done_rx = std::sync::Arc::new(Mutex::new(done_rx));
     std::thread::scope(|scope| {
         for _ in 0..s.threads {
             let tx = decoded_tx.clone();
@@ -153,7 +179,11 @@ pub fn run(
                     if i >= pictures.len() || stop.load(Ordering::SeqCst) {
                         break;
                     }
-                    let r = prepare(&pictures[i].path, s.overlay_side, budget);
+                    let path = &pictures[i].path;
+                    let r = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                        prepare(path, s.overlay_side, budget)
+                    }))
+                    .unwrap_or_else(|_| Err("the decoder failed on this file (a panic)".into()));
                     if tx.send((i, r)).is_err() {
                         break;
                     }
@@ -162,17 +192,23 @@ pub fn run(
         }
         drop(decoded_tx);
         for _ in 0..s.threads {
-            let (rx, finish) = (&done_rx, &finish);
+            let (rx, finish) = (done_rx.clone(), &finish);
             scope.spawn(move || {
                 loop {
                     let job = rx.lock().unwrap_or_else(|e| e.into_inner()).recv();
                     match job {
-                        Ok(f) => finish(f),
+                        Ok(f) => {
+                            if std::panic::catch_unwind(AssertUnwindSafe(|| finish(f))).is_err() {
+                                stop.store(true, Ordering::SeqCst);
+                                break;
+                            }
+                        }
                         Err(_) => break,
                     }
                 }
             });
         }
+        drop(done_rx);
         let r = model_loop(model, s, stop, decoded_rx, &done_tx);
         drop(done_tx);
         r
@@ -219,13 +255,16 @@ fn model_loop(
         let batch_ms = t.elapsed().as_secs_f64() * 1e3;
         let batch_size = batch.len();
         for ((index, (prepared, _)), result) in batch.into_iter().zip(results) {
-            let _ = done.send(Finished::Explained {
+            let sent = done.send(Finished::Explained {
                 index,
                 prepared,
                 result,
                 batch_ms,
                 batch_size,
             });
+            if sent.is_err() {
+                anyhow::bail!("the threads that write the outputs have stopped");
+            }
         }
     }
 }
