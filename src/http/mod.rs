@@ -31,6 +31,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::net::TcpListener;
 use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::compression::CompressionLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::trace::TraceLayer;
 
@@ -142,6 +143,9 @@ pub fn app(state: AppState) -> Router {
         .layer(CatchPanicLayer::custom(|_| {
             ApiError::Internal("a request handler panicked".into()).into_response()
         }))
+        // JSON, YAML, HTML and text are compressed when the client accepts gzip or br; images
+        // (PNG, JPEG, WebP) and bodies under 32 bytes are sent as they are.
+        .layer(CompressionLayer::new())
         .layer(TraceLayer::new_for_http());
     let origins = state.config.cors();
     let router = if origins.is_empty() {
@@ -161,9 +165,32 @@ fn cors(origins: &[String]) -> CorsLayer {
     CorsLayer::new()
         .allow_origin(allow)
         .allow_methods([Method::GET, Method::POST])
-        .allow_headers([axum::http::header::CONTENT_TYPE, axum::http::header::ACCEPT])
-        .expose_headers(explain::TIMING_HEADERS.map(HeaderName::from_static))
+        .allow_headers([
+            axum::http::header::CONTENT_TYPE,
+            axum::http::header::ACCEPT,
+            axum::http::header::AUTHORIZATION,
+        ])
+        .expose_headers(EXPOSED_HEADERS.map(HeaderName::from_static))
+        .max_age(std::time::Duration::from_secs(PREFLIGHT_MAX_AGE_S))
 }
+
+/// Every response header the documentation promises that a page on another origin could not
+/// read otherwise (CORS safelists only a few, such as Content-Type and Content-Length).
+pub const EXPOSED_HEADERS: [&str; 10] = [
+    explain::TIMING_HEADERS[0],
+    explain::TIMING_HEADERS[1],
+    explain::TIMING_HEADERS[2],
+    "x-class-index",
+    "x-class-label",
+    "x-method",
+    "x-layer",
+    "retry-after",
+    "www-authenticate",
+    "allow",
+];
+
+/// How long a browser may cache a preflight answer, in seconds (Chromium caps it at 2 hours).
+pub const PREFLIGHT_MAX_AGE_S: u64 = 3600;
 
 /// The route an answer came from, for [`observe`] (which runs before routing has happened).
 #[derive(Debug, Clone)]

@@ -8,6 +8,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod compact;
 mod errors;
 mod forms;
 mod limits;
