@@ -5,6 +5,7 @@
 //! hands them to the [`Engine`], and renders the answers (on the blocking pool again). Any
 //! backend behind the engine will do, which is how the in-process tests run without a model.
 
+mod auth;
 mod bodies;
 mod budget;
 mod explain;
@@ -14,6 +15,7 @@ mod negotiate;
 mod ops;
 pub mod options;
 pub mod problem;
+mod ui;
 
 use crate::config::ServeConfig;
 use crate::engine::Engine;
@@ -42,6 +44,8 @@ pub struct AppState {
     pub engine: Arc<Engine>,
     pub metrics: Arc<Metrics>,
     pub fetcher: Fetcher,
+    /// API keys and the routes that need one.
+    keys: auth::ApiKeys,
     /// Decoded pixels in flight, over all requests.
     budget: budget::PixelBudget,
     /// Shutdown has begun: readiness is 503 (work is still served during the drain delay).
@@ -69,11 +73,13 @@ impl AppState {
             std::time::Duration::from_millis(config.inflight_wait_ms),
             metrics.clone(),
         );
+        let keys = auth::ApiKeys::new(config.api_keys(), &config.api_key_paths);
         Self {
             config,
             engine,
             metrics,
             fetcher,
+            keys,
             budget,
             draining: Arc::new(AtomicBool::new(false)),
             closing: Arc::new(AtomicBool::new(false)),
@@ -130,7 +136,9 @@ pub fn app(state: AppState) -> Router {
         .route("/metrics", get(ops::metrics))
         .route("/info", get(ops::info))
         .route("/labels", get(ops::labels))
-        .route("/openapi.yaml", get(ops::openapi))
+        .route("/openapi.yaml", get(ops::openapi));
+    let router = ui::routes(router, state.config.ui)
+        .route_layer(middleware::from_fn_with_state(state.clone(), auth::guard))
         .route_layer(middleware::from_fn(tag_route))
         .fallback(ops::not_found)
         .method_not_allowed_fallback(ops::method_not_allowed)

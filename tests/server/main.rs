@@ -11,6 +11,7 @@ mod common;
 mod compact;
 mod errors;
 mod forms;
+mod keys;
 mod limits;
 mod operations;
 mod promises;
