@@ -7,9 +7,10 @@
 //! directly, so `--as-needed` would drop it and `tch::Cuda::is_available()` would be false even on
 //! a GPU machine.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 fn main() {
+    embed_api_reference();
     println!("cargo:rerun-if-env-changed=DEP_TCH_LIBTORCH_LIB");
     let Ok(dir) = std::env::var("DEP_TCH_LIBTORCH_LIB") else {
         println!("cargo:warning=torch-sys did not report a libtorch directory; no rpath set");
@@ -19,4 +20,52 @@ fn main() {
     if Path::new(&dir).join("libtorch_cuda.so").exists() {
         println!("cargo:rustc-link-arg=-Wl,--no-as-needed,-ltorch_cuda,--as-needed");
     }
+}
+
+/// The interactive API reference at `/docs` is swagger-ui-dist from npm, which
+/// scripts/web_assets.sh installs into the cache (the version pinned in
+/// scripts/web/package.json). When it is there, its bundle and stylesheet are copied into
+/// OUT_DIR and the `swagger_ui` cfg is set; when not, the build goes on and `/docs` says how to
+/// get it.
+fn embed_api_reference() {
+    println!("cargo::rustc-check-cfg=cfg(swagger_ui)");
+    let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap());
+    let pin = root.join("scripts/web/package.json");
+    println!("cargo:rerun-if-changed={}", pin.display());
+    println!("cargo:rerun-if-env-changed=GRADCAM_CACHE");
+    let version = std::fs::read_to_string(&pin).ok().and_then(|text| {
+        let after = text.split("\"swagger-ui-dist\"").nth(1)?;
+        Some(after.split('"').nth(1)?.to_string())
+    });
+    let cache = std::env::var_os("GRADCAM_CACHE")
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("XDG_CACHE_HOME").map(|c| PathBuf::from(c).join("gradcam-serve"))
+        })
+        .or_else(|| {
+            std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/gradcam-serve"))
+        });
+    let (Some(version), Some(cache)) = (version, cache) else {
+        println!(
+            "cargo:warning=no swagger-ui-dist pin or cache directory: /docs without the reference"
+        );
+        return;
+    };
+    let dir = cache.join(format!(
+        "web/swagger-ui-dist-{version}/node_modules/swagger-ui-dist"
+    ));
+    let files = ["swagger-ui-bundle.js", "swagger-ui.css"];
+    if !files.iter().all(|f| dir.join(f).is_file()) {
+        println!(
+            "cargo:warning=swagger-ui-dist {version} is not in {}: /docs will say so (scripts/setup.sh installs it)",
+            dir.display()
+        );
+        return;
+    }
+    let out = PathBuf::from(std::env::var("OUT_DIR").unwrap());
+    for f in files {
+        println!("cargo:rerun-if-changed={}", dir.join(f).display());
+        std::fs::copy(dir.join(f), out.join(f)).expect("copying swagger-ui-dist into OUT_DIR");
+    }
+    println!("cargo:rustc-cfg=swagger_ui");
 }

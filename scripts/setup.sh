@@ -28,7 +28,9 @@ fi
 # Debian's packages and cached in $GRADCAM_CACHE/runtime-image (about a minute, 100 MB).
 if [ "${GRADCAM_SKIP_SYSTEM_PACKAGES:-0}" != 1 ]; then
   tools=()
-  for tool in debootstrap:debootstrap patchelf:patchelf ip:iproute2 nsenter:util-linux; do
+  # Chromium and its WebDriver drive the playground in tests/browser.rs.
+  for tool in debootstrap:debootstrap patchelf:patchelf ip:iproute2 nsenter:util-linux \
+      chromium:chromium chromedriver:chromium-driver; do
     command -v "${tool%%:*}" >/dev/null 2>&1 || [ -x "/usr/sbin/${tool%%:*}" ] || tools+=("${tool#*:}")
   done
   sudo=""
@@ -40,6 +42,9 @@ if [ "${GRADCAM_SKIP_SYSTEM_PACKAGES:-0}" != 1 ]; then
   fi
   $sudo env GRADCAM_CACHE="$GRADCAM_CACHE" python3 "$here/runtime_image.py" base >/dev/null
 fi
+
+# The npm packages the binary embeds (the API reference at /docs), before cargo builds it.
+"$here/web_assets.sh"
 
 want="$(sha256sum "$here/requirements.txt" | cut -d' ' -f1)"
 stamp="$GRADCAM_VENV/.requirements.sha256"

@@ -3,11 +3,15 @@
 //! checked together once at start-up so that a bad deployment fails before it binds a port.
 //! The command line derives its parser from these types; nothing here depends on it.
 
-use crate::backend::Layer;
-use crate::cam::Method;
+mod explain;
+mod keys;
+
+pub use explain::{ExplainConfig, SummaryFormat};
+use keys::parse_api_key;
+pub use keys::{ApiKey, KEYED_PATHS_ALLOWED};
+
 use crate::fetch::FetchConfig;
 use crate::fetch::addr::{AddressPolicy, Cidr};
-use crate::render::Colormap;
 use clap::{Args, ValueEnum};
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -59,92 +63,6 @@ pub fn parse_device(s: &str) -> Result<Device, String> {
     }
 }
 
-/// `gradcam-serve explain`: image files in, overlays and maps out.
-#[derive(Debug, Clone, Args)]
-pub struct ExplainConfig {
-    /// Image files, directories (searched recursively; image files are told by content) and
-    /// glob patterns (quoted: 'photos/**/*.jpg').
-    #[arg(
-        required_unless_present = "from_list",
-        help = format!(
-            "Image files ({}), directories (searched recursively, image files told by \
-             content) and quoted glob patterns ('photos/**/*.jpg')",
-            crate::input::SUPPORTED_NAMES
-        )
-    )]
-    pub images: Vec<PathBuf>,
-    /// More inputs, one path per line, from FILE (`-`: standard input).
-    #[arg(long, value_name = "FILE")]
-    pub from_list: Option<PathBuf>,
-    /// Stop at the first picture that cannot be read or decoded (by default it is reported and
-    /// skipped, and the exit status is 2).
-    #[arg(long)]
-    pub strict: bool,
-    /// Pictures per forward and backward pass (default 4 on the CPU, 32 on a GPU).
-    #[arg(long)]
-    pub batch_size: Option<usize>,
-    /// Write one record per picture to FILE: path, top classes, explained class, map
-    /// statistics, files written (or why it was skipped).
-    #[arg(long, value_name = "FILE")]
-    pub summary: Option<PathBuf>,
-    /// jsonl (one JSON object per line) or csv.
-    #[arg(long, default_value = "jsonl")]
-    pub summary_format: SummaryFormat,
-    /// Do not write overlay PNGs.
-    #[arg(long)]
-    pub no_overlay: bool,
-    /// Do not write a JSON document per picture.
-    #[arg(long)]
-    pub no_json: bool,
-    /// Skip pictures whose outputs (and summary record) an earlier run completed.
-    #[arg(long)]
-    pub resume: bool,
-    /// No progress display.
-    #[arg(long)]
-    pub quiet: bool,
-    /// Decoded pixels in flight across the decoding threads (as `serve`'s budget; a byte of a
-    /// file counts as a third of a pixel).
-    #[arg(long, default_value_t = 100_000_000)]
-    pub max_inflight_pixels: u64,
-    #[command(flatten)]
-    pub model: ModelConfig,
-    /// Explain this ImageNet class index (0-999) instead of the top-ranked classes.
-    #[arg(long = "class")]
-    pub class: Option<i64>,
-    /// Explain the k best classes (from the same forward pass).
-    #[arg(long, default_value_t = 1)]
-    pub top_k: usize,
-    /// Layer whose output is explained: layer1, layer2, layer3 or layer4.
-    #[arg(long, default_value = "layer4")]
-    pub layer: Layer,
-    /// gradcam, hirescam, gradcam++, xgradcam or layercam.
-    #[arg(long, default_value = "gradcam")]
-    pub method: Method,
-    /// jet, turbo, viridis, inferno or gray.
-    #[arg(long, default_value = "jet")]
-    pub colormap: Colormap,
-    /// Weight of the heatmap colour in the overlay, 0 to 1.
-    #[arg(long, default_value_t = 0.4)]
-    pub alpha: f32,
-    /// The overlay's longer side is at most this many pixels.
-    #[arg(long, default_value_t = 1024)]
-    pub max_side: u32,
-    /// Output directory for IMAGE.png (and IMAGE.N.png for the N-th further class) and
-    /// IMAGE.json, where IMAGE is the picture's path below the directory or pattern it was
-    /// found in, without extension (with it where two pictures would share a name).
-    #[arg(long, default_value = ".")]
-    pub out: PathBuf,
-}
-
-/// The format of `explain --summary`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum SummaryFormat {
-    /// One JSON object per line.
-    Jsonl,
-    /// A header row, then one row per picture.
-    Csv,
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
     /// One JSON object per line, for log collectors.
@@ -179,6 +97,8 @@ rules![
     "max overlay side must be within 16..=8192",
     "max connections and the header and body read timeouts must be at least 1",
     "CORS origins must be `*` or start with http:// or https://",
+    "the API keys file must be readable and hold at least one key",
+    "API key paths must be routes of the server: /explain, /predict, /info, /labels, /metrics, /health/live, /health/ready, /openapi.yaml, /docs, /",
 ];
 
 #[derive(Debug, Clone, Args)]
@@ -278,6 +198,31 @@ pub struct ServeConfig {
     /// requests before exiting.
     #[arg(long, env = "GRADCAM_DRAIN_TIMEOUT_MS", default_value_t = 30_000)]
     pub drain_timeout_ms: u64,
+    /// Serve the playground at `/` (`false` answers `/` with 404; `/docs` stays).
+    #[arg(long, env = "GRADCAM_UI", default_value_t = true, action = clap::ArgAction::Set)]
+    pub ui: bool,
+    /// A file of API keys, one per line (blank lines and lines starting with `#` ignored).
+    /// With keys set, the routes of --api-key-paths need `Authorization: Bearer KEY`.
+    #[arg(long, env = "GRADCAM_API_KEYS_FILE", value_name = "FILE")]
+    pub api_keys_file: Option<PathBuf>,
+    /// API keys, comma-separated, added to the file's. Prefer the variable or the file: a
+    /// flag's value shows in the process list.
+    #[arg(
+        long,
+        env = "GRADCAM_API_KEYS",
+        value_delimiter = ',',
+        hide_env_values = true,
+        value_parser = parse_api_key
+    )]
+    pub api_keys: Vec<ApiKey>,
+    /// The routes that need a key when keys are set (comma-separated); the others stay open.
+    #[arg(
+        long,
+        env = "GRADCAM_API_KEY_PATHS",
+        value_delimiter = ',',
+        default_value = "/explain,/predict"
+    )]
+    pub api_key_paths: Vec<String>,
     /// Log format.
     #[arg(long, env = "GRADCAM_LOG_FORMAT", value_enum, default_value_t = LogFormat::Pretty)]
     pub log_format: LogFormat,
@@ -381,6 +326,16 @@ impl ServeConfig {
                 ),
             ),
             (cors_ok, self.cors().join(",")),
+            match self.api_keys() {
+                Ok(_) => (true, String::new()),
+                Err(e) => (false, e),
+            },
+            (
+                self.api_key_paths
+                    .iter()
+                    .all(|p| KEYED_PATHS_ALLOWED.contains(&p.as_str())),
+                self.api_key_paths.join(","),
+            ),
         ];
         match checks.iter().zip(SERVE_RULES).find(|((ok, _), _)| !ok) {
             Some(((_, got), rule)) => Err(format!("{rule} (got {got})")),
@@ -440,6 +395,8 @@ mod tests {
             &["--max-overlay-side", "8193"],
             &["--max-connections", "0"],
             &["--cors-origins", "app.example"],
+            &["--api-keys-file", "/nonexistent/keys"],
+            &["--api-key-paths", "/explain,/secret"],
         ];
         for (args, rule) in breaking.iter().zip(SERVE_RULES) {
             let e = ServeConfig::from_args(*args)

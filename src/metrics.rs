@@ -67,6 +67,9 @@ pub struct Metrics {
     model: std::sync::OnceLock<(String, String)>,
     requests: Mutex<BTreeMap<(String, u16), u64>>,
     rejections: Mutex<BTreeMap<String, u64>>,
+    /// Requests refused for want of a valid API key, by reason (`missing`, `malformed`,
+    /// `invalid`).
+    auth_failures: Mutex<BTreeMap<&'static str, u64>>,
     stages: Mutex<BTreeMap<String, Histogram>>,
     batch_sizes: Mutex<Histogram>,
     /// Images waiting for the model thread (set by the engine).
@@ -104,6 +107,7 @@ impl Metrics {
             model: std::sync::OnceLock::new(),
             requests: Mutex::default(),
             rejections: Mutex::default(),
+            auth_failures: Mutex::default(),
             stages: Mutex::default(),
             batch_sizes: Mutex::new(Histogram::new(BATCH_BUCKETS)),
             queue_depth: AtomicUsize::new(0),
@@ -129,6 +133,11 @@ impl Metrics {
         *lock(&self.rejections)
             .entry(reason.to_string())
             .or_default() += 1;
+    }
+
+    /// A request refused for want of a valid API key.
+    pub fn auth_failure(&self, reason: &'static str) {
+        *lock(&self.auth_failures).entry(reason).or_default() += 1;
     }
 
     /// Time spent in one stage (`fetch`, `decode`, `queue`, `inference`, `render`, `total`).
@@ -167,6 +176,16 @@ impl Metrics {
         out.push_str("# TYPE gradcam_rejections_total counter\n");
         for (reason, n) in lock(&self.rejections).iter() {
             let _ = writeln!(out, "gradcam_rejections_total{{reason=\"{reason}\"}} {n}");
+        }
+        out.push_str(
+            "# HELP gradcam_auth_failures_total Requests without a valid API key, by reason.\n",
+        );
+        out.push_str("# TYPE gradcam_auth_failures_total counter\n");
+        for (reason, n) in lock(&self.auth_failures).iter() {
+            let _ = writeln!(
+                out,
+                "gradcam_auth_failures_total{{reason=\"{reason}\"}} {n}"
+            );
         }
         out.push_str("# HELP gradcam_stage_seconds Time per request stage.\n");
         out.push_str("# TYPE gradcam_stage_seconds histogram\n");

@@ -4,6 +4,7 @@
 
 use crate::backend::{Description, Explanation, Prediction, WeightsInfo};
 use crate::config::ServeConfig;
+use crate::render::PictureFormat;
 use serde::Serialize;
 
 #[derive(Debug, Serialize)]
@@ -41,9 +42,39 @@ pub struct Timings {
 pub struct ExplanationBody<'a> {
     #[serde(flatten)]
     pub explanation: &'a Explanation,
-    /// The overlay PNG, base64; absent with `overlay=false`.
+    /// The overlay, base64, in the one of these that `overlay_format` names; none with
+    /// `overlay=false`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub overlay_png: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub overlay_jpeg: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub overlay_webp: Option<String>,
+    /// `heatmap_image=true`: the colour-mapped map alone, RGBA PNG with alpha from the map.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub heatmap_png: Option<String>,
+}
+
+impl<'a> ExplanationBody<'a> {
+    pub fn new(explanation: &'a Explanation) -> Self {
+        Self {
+            explanation,
+            overlay_png: None,
+            overlay_jpeg: None,
+            overlay_webp: None,
+            heatmap_png: None,
+        }
+    }
+
+    /// The overlay (base64) in the member for its format.
+    pub fn set_overlay(&mut self, format: PictureFormat, base64: String) {
+        let member = match format {
+            PictureFormat::Png => &mut self.overlay_png,
+            PictureFormat::Jpeg => &mut self.overlay_jpeg,
+            PictureFormat::Webp => &mut self.overlay_webp,
+        };
+        *member = Some(base64);
+    }
 }
 
 /// `/explain`'s answer: `/predict`'s, plus the explanations.

@@ -6,12 +6,12 @@ use super::AppState;
 use super::bodies::{ExplainBody, ExplanationBody, ImageInfo, PredictBody, Timings};
 use super::budget;
 use super::input::{Incoming, Source};
-use super::options::RawOptions;
+use super::options::{Pictures, RawOptions};
 use super::problem::ApiError;
 use crate::backend::{ExplainResult, Explanation};
 use crate::engine::{Done, Output, Task};
 use crate::input::{self, DecodeLimits};
-use crate::render;
+use crate::render::{self, PictureFormat};
 use axum::Json;
 use axum::extract::{FromRequest, Request, State};
 use axum::http::{HeaderMap, HeaderValue, header};
@@ -266,27 +266,32 @@ fn negotiate(headers: &HeaderMap, offered: &[&'static str]) -> Result<&'static s
     super::negotiate::choose(accept, offered)
 }
 
+/// What `/explain` answers with, in the server's order of preference.
+const EXPLAIN_ANSWERS: [&str; 4] = ["application/json", "image/png", "image/jpeg", "image/webp"];
+
 pub async fn explain(State(state): State<AppState>, req: Request) -> Result<Response, ApiError> {
     let started = Instant::now();
-    let png = negotiate(req.headers(), &["application/json", "image/png"])? == "image/png";
+    // A picture answer: the negotiated image type.
+    let picture = PictureFormat::of_media_type(negotiate(req.headers(), &EXPLAIN_ANSWERS)?);
     let max_side = state.config.max_overlay_side;
     with_deadline(&state, started, async {
         let (inferred, _reservation) = infer(&state, req, started, |options| {
             let r = options.explain(max_side)?;
-            // The overlay the answer draws: the PNG answer draws one even with overlay=false.
-            let drawn = if png {
+            // The overlay the answer draws: a picture answer draws one even with overlay=false.
+            let drawn = if picture.is_some() {
                 Some(r.overlay.unwrap_or_default())
             } else {
                 r.overlay
             };
-            Ok((Task::Explain(r.explain), drawn, drawn.map(|o| o.max_side)))
+            let keep = drawn.map(|o| o.max_side);
+            Ok((Task::Explain(r.explain), (drawn, r.pictures), keep))
         })
         .await?;
         let Inferred {
             decoded,
             done,
             timings,
-            request: drawn,
+            request: (drawn, pictures),
         } = inferred;
         let Output::Explain(result) = done.output else {
             return Err(ApiError::Internal(
@@ -298,9 +303,12 @@ pub async fn explain(State(state): State<AppState>, req: Request) -> Result<Resp
             result,
             timings,
         };
-        match (png, drawn) {
-            (true, Some(o)) => overlay_answer(&state, explained, o, started).await,
-            _ => json_answer(&state, explained, drawn, started).await,
+        match (picture, drawn) {
+            (Some(format), Some(o)) => {
+                let pictures = Pictures { format, ..pictures };
+                overlay_answer(&state, explained, o, pictures, started).await
+            }
+            _ => json_answer(&state, explained, drawn, pictures, started).await,
         }
     })
     .await
@@ -313,12 +321,13 @@ struct Explained {
     timings: Timings,
 }
 
-/// `Accept: image/png`: the first class's overlay is the answer, and headers say which class,
-/// method and layer it shows.
+/// `Accept: image/png` (or JPEG, WebP): the first class's overlay is the answer, and headers say
+/// which class, method and layer it shows.
 async fn overlay_answer(
     state: &AppState,
     explained: Explained,
     o: render::OverlayOptions,
+    pictures: Pictures,
     started: Instant,
 ) -> Result<Response, ApiError> {
     let Explained {
@@ -333,15 +342,16 @@ async fn overlay_answer(
             .into_iter()
             .next()
             .ok_or_else(|| ApiError::Internal("no explanation".into()))?;
-        let png = draw(&decoded, &e, &o)?;
-        Ok::<_, ApiError>((e, png))
+        let picture = draw(&decoded, &e, &o, &pictures)?;
+        Ok::<_, ApiError>((e, picture))
     })
     .await?;
     let (first, bytes) = drawn?;
     timings.render_ms = Some(ms(t.elapsed()));
     state.metrics.stage("render", t.elapsed().as_secs_f64());
     timings.total_ms = ms(started.elapsed());
-    let mut res = ([(header::CONTENT_TYPE, "image/png")], bytes).into_response();
+    let media = pictures.format.media_type();
+    let mut res = ([(header::CONTENT_TYPE, media)], bytes).into_response();
     let h = res.headers_mut();
     h.insert("x-class-index", HeaderValue::from(first.class_index));
     h.insert(
@@ -360,6 +370,7 @@ async fn json_answer(
     state: &AppState,
     explained: Explained,
     overlay: Option<render::OverlayOptions>,
+    pictures: Pictures,
     started: Instant,
 ) -> Result<Response, ApiError> {
     let Explained {
@@ -375,14 +386,25 @@ async fn json_answer(
             .explanations
             .iter()
             .map(|e| {
-                let overlay_png = match overlay {
-                    Some(o) => Some(b64.encode(draw(&decoded, e, &o)?)),
-                    None => None,
-                };
-                Ok(ExplanationBody {
-                    explanation: e,
-                    overlay_png,
-                })
+                let mut body = ExplanationBody::new(e);
+                if let Some(o) = overlay {
+                    let picture = b64.encode(draw(&decoded, e, &o, &pictures)?);
+                    body.set_overlay(pictures.format, picture);
+                }
+                if pictures.heatmap_image {
+                    let size = pictures
+                        .heatmap_side
+                        .map(|side| render::overlay_size(decoded.width, decoded.height, side));
+                    let png = render::heatmap_png(
+                        &e.normalized,
+                        e.heatmap.width,
+                        e.heatmap.height,
+                        pictures.colormap,
+                        size,
+                    );
+                    body.heatmap_png = Some(b64.encode(png));
+                }
+                Ok(body)
             })
             .collect::<Result<Vec<_>, ApiError>>()?;
         timings.render_ms = Some(ms(t.elapsed()));
@@ -411,23 +433,19 @@ async fn json_answer(
     Ok(res)
 }
 
-/// The overlay PNG of one explanation.
+/// The overlay of one explanation, encoded as `pictures` says.
 fn draw(
     decoded: &Prepared,
     e: &Explanation,
     o: &render::OverlayOptions,
+    pictures: &Pictures,
 ) -> Result<Vec<u8>, ApiError> {
     let base = decoded
         .overlay_base
         .as_ref()
         .ok_or_else(|| ApiError::Internal("no photograph kept for the overlay".into()))?;
-    Ok(render::overlay_png(
-        base,
-        &e.normalized,
-        e.heatmap.width,
-        e.heatmap.height,
-        o,
-    ))
+    let picture = render::overlay(base, &e.normalized, e.heatmap.width, e.heatmap.height, o);
+    Ok(render::encode(&picture, pictures.format, pictures.quality))
 }
 
 pub async fn predict(State(state): State<AppState>, req: Request) -> Result<Response, ApiError> {

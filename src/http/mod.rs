@@ -5,6 +5,7 @@
 //! hands them to the [`Engine`], and renders the answers (on the blocking pool again). Any
 //! backend behind the engine will do, which is how the in-process tests run without a model.
 
+mod auth;
 mod bodies;
 mod budget;
 mod explain;
@@ -14,6 +15,7 @@ mod negotiate;
 mod ops;
 pub mod options;
 pub mod problem;
+mod ui;
 
 use crate::config::ServeConfig;
 use crate::engine::Engine;
@@ -31,6 +33,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::net::TcpListener;
 use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::compression::CompressionLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::trace::TraceLayer;
 
@@ -41,6 +44,8 @@ pub struct AppState {
     pub engine: Arc<Engine>,
     pub metrics: Arc<Metrics>,
     pub fetcher: Fetcher,
+    /// API keys and the routes that need one.
+    keys: auth::ApiKeys,
     /// Decoded pixels in flight, over all requests.
     budget: budget::PixelBudget,
     /// Shutdown has begun: readiness is 503 (work is still served during the drain delay).
@@ -68,11 +73,13 @@ impl AppState {
             std::time::Duration::from_millis(config.inflight_wait_ms),
             metrics.clone(),
         );
+        let keys = auth::ApiKeys::new(config.api_keys(), &config.api_key_paths);
         Self {
             config,
             engine,
             metrics,
             fetcher,
+            keys,
             budget,
             draining: Arc::new(AtomicBool::new(false)),
             closing: Arc::new(AtomicBool::new(false)),
@@ -129,7 +136,9 @@ pub fn app(state: AppState) -> Router {
         .route("/metrics", get(ops::metrics))
         .route("/info", get(ops::info))
         .route("/labels", get(ops::labels))
-        .route("/openapi.yaml", get(ops::openapi))
+        .route("/openapi.yaml", get(ops::openapi));
+    let router = ui::routes(router, state.config.ui)
+        .route_layer(middleware::from_fn_with_state(state.clone(), auth::guard))
         .route_layer(middleware::from_fn(tag_route))
         .fallback(ops::not_found)
         .method_not_allowed_fallback(ops::method_not_allowed)
@@ -142,6 +151,9 @@ pub fn app(state: AppState) -> Router {
         .layer(CatchPanicLayer::custom(|_| {
             ApiError::Internal("a request handler panicked".into()).into_response()
         }))
+        // JSON, YAML, HTML and text are compressed when the client accepts gzip or br; images
+        // (PNG, JPEG, WebP) and bodies under 32 bytes are sent as they are.
+        .layer(CompressionLayer::new())
         .layer(TraceLayer::new_for_http());
     let origins = state.config.cors();
     let router = if origins.is_empty() {
@@ -161,9 +173,32 @@ fn cors(origins: &[String]) -> CorsLayer {
     CorsLayer::new()
         .allow_origin(allow)
         .allow_methods([Method::GET, Method::POST])
-        .allow_headers([axum::http::header::CONTENT_TYPE, axum::http::header::ACCEPT])
-        .expose_headers(explain::TIMING_HEADERS.map(HeaderName::from_static))
+        .allow_headers([
+            axum::http::header::CONTENT_TYPE,
+            axum::http::header::ACCEPT,
+            axum::http::header::AUTHORIZATION,
+        ])
+        .expose_headers(EXPOSED_HEADERS.map(HeaderName::from_static))
+        .max_age(std::time::Duration::from_secs(PREFLIGHT_MAX_AGE_S))
 }
+
+/// Every response header the documentation promises that a page on another origin could not
+/// read otherwise (CORS safelists only a few, such as Content-Type and Content-Length).
+pub const EXPOSED_HEADERS: [&str; 10] = [
+    explain::TIMING_HEADERS[0],
+    explain::TIMING_HEADERS[1],
+    explain::TIMING_HEADERS[2],
+    "x-class-index",
+    "x-class-label",
+    "x-method",
+    "x-layer",
+    "retry-after",
+    "www-authenticate",
+    "allow",
+];
+
+/// How long a browser may cache a preflight answer, in seconds (Chromium caps it at 2 hours).
+pub const PREFLIGHT_MAX_AGE_S: u64 = 3600;
 
 /// The route an answer came from, for [`observe`] (which runs before routing has happened).
 #[derive(Debug, Clone)]

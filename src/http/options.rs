@@ -7,7 +7,7 @@
 use super::problem::ApiError;
 use crate::backend::{ExplainOptions, Layer, MAX_TOP_K};
 use crate::cam::Method;
-use crate::render::{Colormap, OverlayOptions};
+use crate::render::{Colormap, DEFAULT_JPEG_QUALITY, OverlayOptions, PictureFormat};
 
 /// Names accepted by `/explain`.
 pub const EXPLAIN_OPTIONS: &[&str] = &[
@@ -19,6 +19,9 @@ pub const EXPLAIN_OPTIONS: &[&str] = &[
     "alpha",
     "overlay",
     "overlay_max_side",
+    "overlay_format",
+    "overlay_quality",
+    "heatmap_image",
 ];
 /// Names accepted by `/predict`.
 pub const PREDICT_OPTIONS: &[&str] = &["top_k"];
@@ -29,6 +32,35 @@ pub const MAX_PREDICT_TOP_K: usize = 1000;
 pub struct ExplainRequest {
     pub explain: ExplainOptions,
     pub overlay: Option<OverlayOptions>,
+    pub pictures: Pictures,
+}
+
+/// How the pictures of a JSON answer are encoded, and whether the map comes as a picture too.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Pictures {
+    /// The overlay's encoding (`overlay_format`).
+    pub format: PictureFormat,
+    /// JPEG quality (`overlay_quality`), 1..=100; other formats are lossless.
+    pub quality: u8,
+    /// `heatmap_image`: the colour-mapped map alone as an RGBA PNG, alpha from the map.
+    pub heatmap_image: bool,
+    /// Its longer side: `overlay_max_side` when given (the map upsampled to the photograph's
+    /// aspect), otherwise none (the map's own size).
+    pub heatmap_side: Option<u32>,
+    /// The colour map of the map picture (the overlay's, `colormap`).
+    pub colormap: Colormap,
+}
+
+impl Default for Pictures {
+    fn default() -> Self {
+        Self {
+            format: PictureFormat::Png,
+            quality: DEFAULT_JPEG_QUALITY,
+            heatmap_image: false,
+            heatmap_side: None,
+            colormap: Colormap::default(),
+        }
+    }
 }
 
 /// One option's value as it arrived.
@@ -144,6 +176,7 @@ impl RawOptions {
             ..Default::default()
         };
         let mut with_overlay = true;
+        let mut pictures = Pictures::default();
         for (k, v) in &self.0 {
             match k.as_str() {
                 "class" => explain.class = Some(v.integer(k, 0..=999)?),
@@ -153,14 +186,22 @@ impl RawOptions {
                 "colormap" => overlay.colormap = v.name::<Colormap>(k)?,
                 "alpha" => overlay.alpha = v.number(k, 0.0..=1.0)? as f32,
                 "overlay" => with_overlay = v.boolean(k)?,
-                "overlay_max_side" => overlay.max_side = v.integer(k, 16..=max_side)?,
+                "overlay_max_side" => {
+                    overlay.max_side = v.integer(k, 16..=max_side)?;
+                    pictures.heatmap_side = Some(overlay.max_side);
+                }
+                "overlay_format" => pictures.format = v.name::<PictureFormat>(k)?,
+                "overlay_quality" => pictures.quality = v.integer(k, 1..=100)?,
+                "heatmap_image" => pictures.heatmap_image = v.boolean(k)?,
                 _ => return Err(unknown(k, EXPLAIN_OPTIONS)),
             }
         }
         explain.validate().map_err(ApiError::InvalidOption)?;
+        pictures.colormap = overlay.colormap;
         Ok(ExplainRequest {
             explain,
             overlay: with_overlay.then_some(overlay),
+            pictures,
         })
     }
 
@@ -243,6 +284,26 @@ mod tests {
             raw(&[("overlay", "false")]).explain(1024).unwrap().overlay,
             None
         );
+        let p = raw(&[
+            ("overlay_format", "JPEG"),
+            ("overlay_quality", "60"),
+            ("heatmap_image", "true"),
+            ("colormap", "turbo"),
+        ])
+        .explain(1024)
+        .unwrap()
+        .pictures;
+        assert_eq!(
+            p,
+            Pictures {
+                format: PictureFormat::Jpeg,
+                quality: 60,
+                heatmap_image: true,
+                heatmap_side: None,
+                colormap: Colormap::Turbo,
+            }
+        );
+        assert_eq!(r.pictures.heatmap_side, Some(256));
     }
 
     #[test]
@@ -260,6 +321,10 @@ mod tests {
             (&[("overlay", "maybe")], "true or false"),
             (&[("method", "scorecam")], "layercam"),
             (&[("colour", "jet")], "colormap"),
+            (&[("overlay_format", "gif")], "png, jpeg, webp"),
+            (&[("overlay_quality", "0")], "1..=100"),
+            (&[("overlay_quality", "101")], "1..=100"),
+            (&[("heatmap_image", "yes")], "true or false"),
         ];
         for (pairs, needle) in cases {
             match raw(pairs).explain(1024) {

@@ -4,6 +4,7 @@
 //! Nothing here logs: an internal error's detail rides along in the response's extensions, and
 //! the HTTP layer's middleware logs it and keeps it from the client.
 
+use super::auth::AuthFailure;
 use crate::engine::EngineError;
 use crate::fetch::FetchError;
 use crate::input::DecodeError;
@@ -36,6 +37,8 @@ pub enum ApiError {
     InvalidOption(String),
     #[error(transparent)]
     Fetch(#[from] FetchError),
+    #[error("{0}")]
+    Unauthorized(AuthFailure),
     #[error("{0}")]
     NotFound(String),
     #[error("{0}")]
@@ -106,6 +109,7 @@ impl ApiError {
             ApiError::Fetch(FetchError::Timeout),
             ApiError::Fetch(FetchError::TooLarge(0)),
             ApiError::Fetch(FetchError::Upstream(0)),
+            ApiError::Unauthorized(AuthFailure::Missing),
             ApiError::NotFound(text()),
             ApiError::MethodNotAllowed(text()),
             ApiError::NotAcceptable(text()),
@@ -130,6 +134,7 @@ impl ApiError {
                 | ApiError::OverBudget { .. }
                 | ApiError::InvalidOption(_)
                 | ApiError::Fetch(_)
+                | ApiError::Unauthorized(_)
                 | ApiError::NotFound(_)
                 | ApiError::MethodNotAllowed(_)
                 | ApiError::NotAcceptable(_)
@@ -213,6 +218,7 @@ impl ApiError {
                 "model_stopped",
                 "Model thread stopped",
             ),
+            ApiError::Unauthorized(_) => (S::UNAUTHORIZED, "unauthorized", "API key required"),
             ApiError::NotFound(_) => (S::NOT_FOUND, "not_found", "Not found"),
             ApiError::MethodNotAllowed(_) => (
                 S::METHOD_NOT_ALLOWED,
@@ -272,6 +278,21 @@ impl IntoResponse for ApiError {
                 | ApiError::OutOfMemory
         ) {
             headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        if let ApiError::Unauthorized(failure) = &self {
+            // RFC 6750: a missing key gets the bare challenge, a bad one says why.
+            headers.insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static(match failure {
+                    AuthFailure::Missing => "Bearer realm=\"gradcam-serve\"",
+                    AuthFailure::Malformed => {
+                        "Bearer realm=\"gradcam-serve\", error=\"invalid_request\""
+                    }
+                    AuthFailure::Invalid => {
+                        "Bearer realm=\"gradcam-serve\", error=\"invalid_token\""
+                    }
+                }),
+            );
         }
         // Lets the middleware count refusals by reason without parsing the body, and log what
         // went wrong inside without telling the client.

@@ -1,6 +1,10 @@
 //! Turning a normalised map into a picture: bilinear upsampling, colour maps, blending onto the
 //! photograph, PNG encoding. Pure Rust, no libtorch.
 
+mod encode;
+
+pub use encode::{DEFAULT_JPEG_QUALITY, PictureFormat, encode, heatmap_png, heatmap_rgba};
+
 use crate::names::named_enum;
 use image::RgbImage;
 

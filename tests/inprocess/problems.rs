@@ -329,15 +329,26 @@ async fn images_above_the_pixel_limit_are_422_image_too_large() {
 
 #[tokio::test]
 async fn unknown_routes_are_404_problems() {
-    let (app, _) = app(&[]);
+    let (without_ui, _) = app(&["--ui", "false"]);
     for (case, req) in [
-        ("root", get("/")),
+        ("root without the playground", get("/")),
+        (
+            "the playground's script without it",
+            get("/ui/playground.js"),
+        ),
         ("unknown path", get("/nope")),
         ("below a route", post("/explain/extra", "image/png", "x")),
         ("a route's prefix", get("/health")),
     ] {
-        let p = problem(case, &send(&app, req).await, 404, "not_found");
+        let p = problem(case, &send(&without_ui, req).await, 404, "not_found");
         assert!(detail(&p).contains("/openapi.yaml"), "{case}: {p}");
+    }
+    // With the playground (the default), `/` is its page; `/docs` is there either way.
+    let (with_ui, _) = app(&[]);
+    for (path, router) in [("/", &with_ui), ("/docs", &without_ui)] {
+        let a = send(router, get(path)).await;
+        assert_eq!(a.status, 200, "{path}");
+        assert!(a.header("content-type").starts_with("text/html"), "{path}");
     }
 }
 

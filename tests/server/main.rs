@@ -8,8 +8,10 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod compact;
 mod errors;
 mod forms;
+mod keys;
 mod limits;
 mod operations;
 mod promises;

@@ -105,3 +105,145 @@ fn cors_allows_only_the_configured_origin() {
         );
     }
 }
+
+/// Response header names that openapi.yaml promises (every key of a `headers:` map).
+fn documented_headers() -> Vec<String> {
+    let doc =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/openapi.yaml")).unwrap();
+    let indent = |l: &str| l.len() - l.trim_start().len();
+    let lines: Vec<&str> = doc.lines().collect();
+    let mut names = Vec::new();
+    for (i, l) in lines.iter().enumerate() {
+        if l.trim() != "headers:" {
+            continue;
+        }
+        let at = indent(l);
+        for inner in lines[i + 1..].iter().take_while(|x| indent(x) > at) {
+            let key = inner.trim().split(':').next().unwrap_or_default();
+            // Header maps here, but not the components that define them (QueueTime, ...).
+            if indent(inner) == at + 2 && (key.contains('-') || key == "Allow") {
+                names.push(key.to_ascii_lowercase());
+            }
+        }
+    }
+    names.sort();
+    names.dedup();
+    names
+}
+
+#[test]
+fn a_page_on_another_origin_reads_every_promised_header() {
+    let server = default_server();
+    let origin = "https://app.example";
+    let documented = documented_headers();
+    for h in [
+        "x-class-index",
+        "x-class-label",
+        "x-method",
+        "x-layer",
+        "retry-after",
+    ] {
+        assert!(documented.contains(&h.to_string()), "{h} in {documented:?}");
+    }
+    let preflight = client()
+        .request(reqwest::Method::OPTIONS, server.url("/explain"))
+        .header("origin", origin)
+        .header("access-control-request-method", "POST")
+        .header(
+            "access-control-request-headers",
+            "content-type,authorization",
+        )
+        .send()
+        .unwrap();
+    assert!(preflight.status().is_success(), "{}", preflight.status());
+    assert_eq!(
+        preflight.headers()["access-control-max-age"],
+        gradcam_serve::http::PREFLIGHT_MAX_AGE_S
+            .to_string()
+            .as_str()
+    );
+    let res = post_fixture(server.url("/explain"), "chelsea.png")
+        .header("origin", origin)
+        .header("accept", "image/png")
+        .send()
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let exposed: Vec<String> = res.headers()["access-control-expose-headers"]
+        .to_str()
+        .unwrap()
+        .split(',')
+        .map(|h| h.trim().to_ascii_lowercase())
+        .collect();
+    for h in &documented {
+        assert!(
+            exposed.contains(h),
+            "{h} is documented but not exposed: {exposed:?}"
+        );
+    }
+    for h in [
+        "x-class-index",
+        "x-class-label",
+        "x-method",
+        "x-layer",
+        "x-total-time",
+    ] {
+        assert!(res.headers().contains_key(h), "{h} sent with the PNG");
+    }
+}
+
+#[test]
+fn json_is_compressed_when_accepted_and_images_are_not() {
+    use std::io::Read;
+    let server = default_server();
+    let url = server.url("/explain?top_k=2");
+    let plain = post_fixture(&url, "rocket.jpg").send().unwrap();
+    assert_eq!(plain.headers().get("content-encoding"), None);
+    let plain_len = plain.bytes().unwrap().len();
+    let gzip = post_fixture(&url, "rocket.jpg")
+        .header("accept-encoding", "gzip")
+        .send()
+        .unwrap();
+    assert_eq!(gzip.headers()["content-encoding"], "gzip");
+    let packed = gzip.bytes().unwrap();
+    let mut json = Vec::new();
+    flate2::read::GzDecoder::new(&packed[..])
+        .read_to_end(&mut json)
+        .unwrap();
+    let body: Value = serde_json::from_slice(&json).unwrap();
+    assert_eq!(body["explanations"].as_array().unwrap().len(), 2);
+    assert!(
+        packed.len() < json.len(),
+        "{} vs {}",
+        packed.len(),
+        json.len()
+    );
+    eprintln!(
+        "JSON answer: {plain_len} bytes, gzip {} ({:.2})",
+        packed.len(),
+        packed.len() as f64 / json.len() as f64
+    );
+    let br = post_fixture(&url, "rocket.jpg")
+        .header("accept-encoding", "br")
+        .send()
+        .unwrap();
+    assert_eq!(br.headers()["content-encoding"], "br");
+    let problem = post_fixture(server.url("/explain?top_k=0"), "rocket.jpg")
+        .header("accept-encoding", "gzip, br")
+        .send()
+        .unwrap();
+    assert_eq!(problem.status(), 422);
+    assert!(
+        problem.headers().contains_key("content-encoding"),
+        "problems are JSON too"
+    );
+    for accept in ["image/png", "image/jpeg"] {
+        let res = post_fixture(&url, "rocket.jpg")
+            .header("accept-encoding", "gzip, br")
+            .header("accept", accept)
+            .send()
+            .unwrap();
+        assert_eq!(res.status(), 200, "{accept}");
+        assert_eq!(res.headers()["content-type"], accept);
+        assert_eq!(res.headers().get("content-encoding"), None, "{accept}");
+    }
+}

@@ -1,0 +1,296 @@
+// The playground: sends an image to /explain, shows the predictions, and draws each class's
+// map over the photograph in the browser, so that the heatmap weight and the colour map change
+// with no new request. Plain JavaScript, no library.
+'use strict';
+
+const $ = (id) => document.getElementById(id);
+const METHODS = ['gradcam', 'hirescam', 'gradcam++', 'xgradcam', 'layercam'];
+const state = {
+  image: null, // a File or Blob
+  json: null, // the last main answer
+  base: null, // ImageData: the photograph at the overlay's size
+  views: [], // one per drawn map: { canvas, up, mw, mh, raw, caption }
+  tables: null, // colour tables from the server, 256 RGB colours each
+  requests: 0, // calls made to /explain
+};
+
+// The API key lives in this tab's session storage only.
+$('key').value = sessionStorage.getItem('gradcam-key') || '';
+$('key').addEventListener('input', () => sessionStorage.setItem('gradcam-key', $('key').value));
+
+fetch('/ui/colormaps.json').then((r) => r.json()).then((t) => { state.tables = t; });
+fetch('/labels').then((r) => (r.ok ? r.json() : null)).then((body) => {
+  if (!body) return;
+  const list = $('labels');
+  for (const l of body.labels) {
+    const o = document.createElement('option');
+    o.value = `${l.index} ${l.label}`;
+    list.appendChild(o);
+  }
+});
+
+function choose(file) {
+  if (!file) return;
+  state.image = file;
+  $('url').value = '';
+  $('chosen').textContent = `Chosen: ${file.name || 'pasted image'} (${file.size} bytes)`;
+}
+$('file').addEventListener('change', (e) => choose(e.target.files[0]));
+const drop = $('drop');
+drop.addEventListener('dragover', (e) => { e.preventDefault(); drop.classList.add('over'); });
+drop.addEventListener('dragleave', () => drop.classList.remove('over'));
+drop.addEventListener('drop', (e) => {
+  e.preventDefault();
+  drop.classList.remove('over');
+  choose(e.dataTransfer.files[0]);
+});
+document.addEventListener('paste', (e) => {
+  const item = [...(e.clipboardData || {}).items || []].find((i) => i.type.startsWith('image/'));
+  if (item) choose(item.getAsFile());
+});
+$('url').addEventListener('input', () => {
+  if ($('url').value) $('chosen').textContent = 'The server will fetch the URL.';
+});
+
+function showProblem(title, detail) {
+  $('problem-title').textContent = title;
+  $('problem-detail').textContent = detail;
+  $('problem').hidden = false;
+}
+
+/// The class the form asks for, or null: the leading number of "281 tabby".
+function chosenClass() {
+  const m = /^\s*(\d{1,3})\b/.exec($('class').value);
+  return m ? m[1] : null;
+}
+
+/// One call to /explain with `params`; the parsed answer, or null after showing the problem.
+async function call(params) {
+  const headers = { Accept: 'application/json' };
+  if ($('key').value) headers.Authorization = `Bearer ${$('key').value}`;
+  let body;
+  const url = $('url').value.trim();
+  if (url) {
+    headers['Content-Type'] = 'application/json';
+    body = JSON.stringify({ url });
+  } else {
+    body = new FormData();
+    body.append('image', state.image, state.image.name || 'pasted');
+  }
+  state.requests += 1;
+  document.body.dataset.requests = state.requests;
+  let res;
+  try {
+    res = await fetch(`/explain?${params}`, { method: 'POST', headers, body });
+  } catch (e) {
+    showProblem('No answer', `The server could not be reached: ${e.message}`);
+    return null;
+  }
+  if (res.ok) return res.json();
+  let problem = null;
+  try { problem = await res.json(); } catch (_) { /* not a problem document */ }
+  showProblem(
+    (problem && problem.title) || `HTTP ${res.status}`,
+    (problem && problem.detail) || res.statusText,
+  );
+  return null;
+}
+
+/// The photograph comes back as an overlay with alpha 0 (JPEG): the same size and resizing
+/// as the server's overlays, for a file and for a URL alike.
+function params(extra) {
+  const p = new URLSearchParams({
+    method: $('method').value,
+    layer: $('layer').value,
+    alpha: '0',
+    overlay_format: 'jpeg',
+    overlay_quality: '90',
+  });
+  const cls = chosenClass();
+  if (cls !== null) p.set('class', cls); else p.set('top_k', $('topk').value || '1');
+  for (const [k, v] of Object.entries(extra || {})) p.set(k, v);
+  return p;
+}
+
+async function decodeBase(b64) {
+  const img = new Image();
+  img.src = `data:image/jpeg;base64,${b64}`;
+  await img.decode();
+  const c = document.createElement('canvas');
+  c.width = img.naturalWidth;
+  c.height = img.naturalHeight;
+  const ctx = c.getContext('2d');
+  ctx.drawImage(img, 0, 0);
+  return ctx.getImageData(0, 0, c.width, c.height);
+}
+
+/// Bilinear upsampling with pixel centres aligned, as the server draws its overlays.
+function axis(nIn, nOut) {
+  const scale = nIn / nOut;
+  const out = [];
+  for (let o = 0; o < nOut; o += 1) {
+    const src = Math.max((o + 0.5) * scale - 0.5, 0);
+    const i0 = Math.min(Math.floor(src), nIn - 1);
+    out.push([i0, Math.min(i0 + 1, nIn - 1), src - i0]);
+  }
+  return out;
+}
+function upsample(map, w, h, outW, outH) {
+  const xs = axis(w, outW);
+  const rows = [];
+  for (let y = 0; y < h; y += 1) {
+    const r = new Float32Array(outW);
+    xs.forEach(([x0, x1, f], i) => { r[i] = map[y * w + x0] + (map[y * w + x1] - map[y * w + x0]) * f; });
+    rows.push(r);
+  }
+  const out = new Float32Array(outW * outH);
+  axis(h, outH).forEach(([y0, y1, f], y) => {
+    for (let x = 0; x < outW; x += 1) out[y * outW + x] = rows[y0][x] + (rows[y1][x] - rows[y0][x]) * f;
+  });
+  return out;
+}
+
+/// Blends the colour-mapped map onto the photograph, in the server's fixed-point arithmetic.
+function draw(view) {
+  const base = state.base;
+  const ctx = view.canvas.getContext('2d');
+  const out = ctx.createImageData(base.width, base.height);
+  const a = Math.floor(Number($('alpha').value) * 256 + 0.5);
+  const lut = state.tables[$('colormap').value];
+  const src = base.data;
+  const dst = out.data;
+  for (let i = 0; i < view.up.length; i += 1) {
+    const level = Math.min(255, Math.max(0, Math.floor(view.up[i] * 255 + 0.5)));
+    const c = lut[level];
+    const o = i * 4;
+    dst[o] = (src[o] * (256 - a) + c[0] * a + 128) >> 8;
+    dst[o + 1] = (src[o + 1] * (256 - a) + c[1] * a + 128) >> 8;
+    dst[o + 2] = (src[o + 2] * (256 - a) + c[2] * a + 128) >> 8;
+    dst[o + 3] = 255;
+  }
+  ctx.putImageData(out, 0, 0);
+}
+function redraw() {
+  $('alpha-value').textContent = Number($('alpha').value).toFixed(2);
+  state.views.forEach(draw);
+}
+$('alpha').addEventListener('input', redraw);
+$('colormap').addEventListener('change', redraw);
+
+/// A figure with a canvas for one explanation, appended to `where`.
+function addView(where, e, caption) {
+  const fig = document.createElement('figure');
+  const canvas = document.createElement('canvas');
+  canvas.width = state.base.width;
+  canvas.height = state.base.height;
+  canvas.setAttribute('role', 'img');
+  canvas.setAttribute('aria-label', `${caption}: the map over the photograph`);
+  const cap = document.createElement('figcaption');
+  cap.textContent = caption;
+  fig.append(canvas, cap);
+  where.appendChild(fig);
+  const view = {
+    canvas,
+    caption,
+    mw: e.heatmap.width,
+    mh: e.heatmap.height,
+    raw: e.heatmap.data,
+    up: upsample(e.normalized, e.heatmap.width, e.heatmap.height, canvas.width, canvas.height),
+  };
+  canvas.addEventListener('mousemove', (ev) => {
+    const x = Math.min(canvas.width - 1, Math.floor((ev.offsetX * canvas.width) / canvas.clientWidth));
+    const y = Math.min(canvas.height - 1, Math.floor((ev.offsetY * canvas.height) / canvas.clientHeight));
+    const cell = Math.floor((y * view.mh) / canvas.height) * view.mw + Math.floor((x * view.mw) / canvas.width);
+    $('pointer').textContent = `${caption} at (${x}, ${y}): map ${view.up[y * canvas.width + x].toFixed(3)}`
+      + ` (normalised), raw ${view.raw[cell].toPrecision(3)}`;
+  });
+  state.views.push(view);
+  draw(view);
+  return view;
+}
+
+function caption(e) {
+  return `${e.label} (${e.class_index}), ${e.method} at ${e.layer}`;
+}
+
+function showTimings(t, clientMs) {
+  const parts = ['decode_ms', 'fetch_ms', 'queue_ms', 'inference_ms', 'render_ms', 'total_ms']
+    .filter((k) => t[k] !== undefined)
+    .map((k) => `${k.replace('_ms', '')} ${t[k].toFixed(1)} ms`);
+  $('timings').textContent = `Server: ${parts.join(', ')}, batch of ${t.batch_size}.`
+    + (clientMs === undefined ? '' : ` Upload to overlay in this browser: ${clientMs.toFixed(0)} ms.`);
+}
+
+async function explain(ev) {
+  ev.preventDefault();
+  $('problem').hidden = true;
+  if (!state.image && !$('url').value.trim()) {
+    showProblem('No image', 'Choose, drop or paste an image, or give a URL.');
+    return;
+  }
+  if (!state.tables) state.tables = await (await fetch('/ui/colormaps.json')).json();
+  const button = $('explain');
+  button.disabled = true;
+  document.body.setAttribute('aria-busy', 'true');
+  const started = performance.now();
+  try {
+    const body = await call(params());
+    if (!body) return;
+    state.json = body;
+    state.base = await decodeBase(body.explanations[0].overlay_jpeg);
+    state.views = [];
+    $('overlays').replaceChildren();
+    $('comparison').replaceChildren();
+    const list = $('predictions');
+    list.replaceChildren();
+    for (const p of body.predictions) {
+      const li = document.createElement('li');
+      const bar = document.createElement('span');
+      bar.className = 'bar';
+      bar.style.width = `${Math.round(p.probability * 200)}px`;
+      li.textContent = `${p.label} (${p.index}): ${(p.probability * 100).toFixed(1)}%`;
+      li.appendChild(bar);
+      list.appendChild(li);
+    }
+    for (const e of body.explanations) addView($('overlays'), e, caption(e));
+    $('result').hidden = false;
+    const ms = performance.now() - started;
+    document.body.dataset.uploadToOverlayMs = ms.toFixed(1);
+    showTimings(body.timings, ms);
+  } finally {
+    button.disabled = false;
+    document.body.removeAttribute('aria-busy');
+  }
+}
+$('request').addEventListener('submit', explain);
+
+/// One request per variant, for the first explained class, drawn side by side.
+async function compare(variants) {
+  if (!state.json) return;
+  $('problem').hidden = true;
+  const cls = String(state.json.explanations[0].class_index);
+  state.views = state.views.filter((v) => !$('comparison').contains(v.canvas));
+  $('comparison').replaceChildren();
+  for (const extra of variants) {
+    const body = await call(params({ class: cls, overlay: 'false', ...extra }));
+    if (!body) return;
+    const e = body.explanations[0];
+    addView($('comparison'), e, `${e.method} at ${e.layer}`);
+  }
+}
+$('compare-methods').addEventListener('click', () => compare(METHODS.map((m) => ({ method: m }))));
+$('compare-layers').addEventListener('click', () => compare(['layer3', 'layer4'].map((l) => ({ layer: l }))));
+
+function download(blob, name) {
+  const a = document.createElement('a');
+  a.href = URL.createObjectURL(blob);
+  a.download = name;
+  a.click();
+  setTimeout(() => URL.revokeObjectURL(a.href), 1000);
+}
+$('download-png').addEventListener('click', () => {
+  if (state.views[0]) state.views[0].canvas.toBlob((b) => download(b, 'overlay.png'), 'image/png');
+});
+$('download-json').addEventListener('click', () => {
+  if (state.json) download(new Blob([JSON.stringify(state.json, null, 1)], { type: 'application/json' }), 'explanation.json');
+});
