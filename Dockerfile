@@ -10,7 +10,8 @@
 
 FROM rust:1.95-bookworm AS build
 ENV GRADCAM_CACHE=/opt/gradcam
-RUN apt-get update && apt-get install -y --no-install-recommends python3 python3-venv python3-pip \
+# npm: scripts/setup.sh installs the interactive API reference (/docs) that the binary embeds.
+RUN apt-get update && apt-get install -y --no-install-recommends python3 python3-venv python3-pip npm \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY scripts/ scripts/
