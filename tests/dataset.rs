@@ -107,13 +107,20 @@ fn stem(rel: &str) -> String {
 /// Every file under `dir`, relative, with its bytes.
 fn tree(dir: &Path) -> BTreeMap<String, Vec<u8>> {
     fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, Vec<u8>>) {
-        for e in std::fs::read_dir(dir).unwrap() {
-            let p = e.unwrap().path();
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let p = e.path();
             if p.is_dir() {
                 walk(root, &p, out);
             } else {
                 let rel = p.strip_prefix(root).unwrap().to_string_lossy().into_owned();
-                out.insert(rel, std::fs::read(&p).unwrap());
+                // While a run is writing, a temporary file can be renamed between the
+                // listing and the read: it is then listed under its final name next time.
+                if let Ok(bytes) = std::fs::read(&p) {
+                    out.insert(rel, bytes);
+                }
             }
         }
     }
