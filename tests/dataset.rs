@@ -4,9 +4,8 @@
 
 mod common;
 
-use common::{fixture, reference_dir};
-use image::codecs::jpeg::JpegEncoder;
-use image::{ImageEncoder, RgbImage};
+use common::{encode_jpeg, encode_png, fixture, reference_dir};
+use image::RgbImage;
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
@@ -67,10 +66,7 @@ fn dataset(dir: &Path) -> Vec<String> {
         save(&dir.join(&rel), &photos[0], png);
         good.push(rel);
     }
-    let mut corrupt = Vec::new();
-    JpegEncoder::new_with_quality(&mut corrupt, 85)
-        .write_image(&photos[1], 600, 400, image::ExtendedColorType::Rgb8)
-        .unwrap();
+    let mut corrupt = encode_jpeg(&photos[1], 85);
     corrupt.truncate(corrupt.len() / 2);
     std::fs::write(dir.join("a/broken.jpg"), corrupt).unwrap();
     std::fs::write(dir.join("c/notes.txt"), "not a picture\n").unwrap();
@@ -79,20 +75,12 @@ fn dataset(dir: &Path) -> Vec<String> {
 
 fn save(path: &Path, img: &RgbImage, png: bool) {
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-    if png {
-        img.save(path).unwrap();
+    let bytes = if png {
+        encode_png(img)
     } else {
-        let mut out = Vec::new();
-        JpegEncoder::new_with_quality(&mut out, 85)
-            .write_image(
-                img,
-                img.width(),
-                img.height(),
-                image::ExtendedColorType::Rgb8,
-            )
-            .unwrap();
-        std::fs::write(path, out).unwrap();
-    }
+        encode_jpeg(img, 85)
+    };
+    std::fs::write(path, bytes).unwrap();
 }
 
 /// The stem outputs take: the relative path without extension, except for the twins.

@@ -10,11 +10,9 @@
 
 mod common;
 
-use common::fixture;
 use common::server::{Server, client};
-use image::codecs::jpeg::JpegEncoder;
-use image::codecs::png::{CompressionType, FilterType, PngEncoder};
-use image::{ImageEncoder, Rgb, RgbImage};
+use common::{encode_jpeg, encode_png, fixture};
+use image::{Rgb, RgbImage};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -40,32 +38,6 @@ fn photograph(w: u32, h: u32) -> RgbImage {
     img
 }
 
-fn jpeg(img: &RgbImage, quality: u8) -> Vec<u8> {
-    let mut out = Vec::new();
-    JpegEncoder::new_with_quality(&mut out, quality)
-        .write_image(
-            img,
-            img.width(),
-            img.height(),
-            image::ExtendedColorType::Rgb8,
-        )
-        .unwrap();
-    out
-}
-
-fn png(img: &RgbImage) -> Vec<u8> {
-    let mut out = Vec::new();
-    PngEncoder::new_with_quality(&mut out, CompressionType::Fast, FilterType::Adaptive)
-        .write_image(
-            img,
-            img.width(),
-            img.height(),
-            image::ExtendedColorType::Rgb8,
-        )
-        .unwrap();
-    out
-}
-
 /// One kind of image in the burst: name, media type, bytes, copies.
 type Kind = (&'static str, &'static str, Vec<u8>, usize);
 
@@ -75,13 +47,13 @@ fn burst() -> &'static [Kind] {
     static BURST: OnceLock<Vec<Kind>> = OnceLock::new();
     BURST.get_or_init(|| {
         let flat = RgbImage::from_pixel(7000, 7000, Rgb([120, 140, 160]));
-        let flat_jpeg = jpeg(&flat, 90);
-        let flat_png = png(&flat);
+        let flat_jpeg = encode_jpeg(&flat, 90);
+        let flat_png = encode_png(&flat);
         drop(flat);
         let photo = photograph(7500, 5600);
-        let photo_jpeg = jpeg(&photo, 75);
+        let photo_jpeg = encode_jpeg(&photo, 75);
         drop(photo);
-        let photo_png = png(&photograph(2400, 1600));
+        let photo_png = encode_png(&photograph(2400, 1600));
         assert!(photo_png.len() < 20 << 20, "{} bytes", photo_png.len());
         vec![
             ("flat 7000x7000 PNG", "image/png", flat_png, 16),

@@ -5,22 +5,17 @@
 
 mod common;
 
-use common::{MODEL, fixture};
+use common::{MODEL, encode_jpeg, fixture};
 use gradcam_serve::backend::{Backend, ExplainOptions};
 use gradcam_serve::input::{self, DecodeLimits, STD};
-use image::codecs::jpeg::JpegEncoder;
 use image::metadata::Orientation;
-use image::{DynamicImage, ImageEncoder, RgbImage};
+use image::{DynamicImage, RgbImage};
 
 /// A fixture photograph enlarged to `w` x `h` and saved as a baseline JPEG of quality 90.
 fn enlarged_jpeg(file: &str, w: u32, h: u32) -> Vec<u8> {
     let img = image::open(fixture(file)).unwrap().to_rgb8();
     let big = image::imageops::resize(&img, w, h, image::imageops::FilterType::CatmullRom);
-    let mut out = Vec::new();
-    JpegEncoder::new_with_quality(&mut out, 90)
-        .write_image(&big, w, h, image::ExtendedColorType::Rgb8)
-        .unwrap();
-    out
+    encode_jpeg(&big, 90)
 }
 
 /// The same JPEG with an EXIF block that gives `orientation` (1 to 8).

@@ -160,3 +160,34 @@ pub fn max_diff(a: &[f32], b: &[f32]) -> (f32, f32) {
     let scale = b.iter().map(|v| v.abs()).fold(0f32, f32::max);
     (d, scale)
 }
+
+/// `img` as a baseline JPEG of `quality`.
+pub fn encode_jpeg(img: &image::RgbImage, quality: u8) -> Vec<u8> {
+    use image::ImageEncoder;
+    let mut out = Vec::new();
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, quality)
+        .write_image(
+            img,
+            img.width(),
+            img.height(),
+            image::ExtendedColorType::Rgb8,
+        )
+        .unwrap();
+    out
+}
+
+/// `img` as a PNG, compressed fast.
+pub fn encode_png(img: &image::RgbImage) -> Vec<u8> {
+    use image::ImageEncoder;
+    use image::codecs::png::{CompressionType, FilterType, PngEncoder};
+    let mut out = Vec::new();
+    PngEncoder::new_with_quality(&mut out, CompressionType::Fast, FilterType::Adaptive)
+        .write_image(
+            img,
+            img.width(),
+            img.height(),
+            image::ExtendedColorType::Rgb8,
+        )
+        .unwrap();
+    out
+}
