@@ -16,7 +16,7 @@ fn model() -> Model {
             "GRADCAM_BENCH_WEIGHTS must name a ResNet-50 weights file (scripts/bench.sh sets it)",
         );
     let w = weights::resolve(path.to_str().unwrap(), &std::env::temp_dir()).unwrap();
-    let m = Model::load(w, tch::Device::Cpu).unwrap();
+    let m = Model::load(w, tch::Device::Cpu, &Default::default()).unwrap();
     m.warm_up().unwrap();
     m
 }

@@ -23,9 +23,9 @@ fn rendering(c: &mut Criterion) {
         b.iter(|| input::preprocess(&input::decode(&bytes, Default::default()).unwrap().image))
     });
     group.bench_function("overlay", |b| {
-        b.iter(|| render::overlay(&decoded.image, &map, 7, 7, &opts))
+        b.iter(|| render::overlay(&decoded.image, &map, 7, 7, &opts, None))
     });
-    let img = render::overlay(&decoded.image, &map, 7, 7, &opts);
+    let img = render::overlay(&decoded.image, &map, 7, 7, &opts, None);
     group.bench_function("encode_png", |b| b.iter(|| render::encode_png(&img)));
     group.finish();
 }

@@ -12,6 +12,7 @@ pub use keys::{ApiKey, KEYED_PATHS_ALLOWED};
 
 use crate::fetch::FetchConfig;
 use crate::fetch::addr::{AddressPolicy, Cidr};
+use crate::input::{Preprocess, Resize};
 use clap::{Args, ValueEnum};
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -35,9 +36,60 @@ pub struct ModelConfig {
     /// Device: auto (first GPU if there is one), cpu, cuda or cuda:N.
     #[arg(long, env = "GRADCAM_DEVICE", default_value = "auto", value_parser = parse_device)]
     pub device: Device,
+    /// Insist on one member of torchvision's ResNet family (resnet18, 34, 50, 101, 152,
+    /// resnext50_32x4d, resnext101_32x8d, resnext101_64x4d, wide_resnet50_2, wide_resnet101_2);
+    /// weights that do not fit it are refused, naming the tensors that disagree. By default the
+    /// architecture is read from the weights.
+    #[arg(long, env = "GRADCAM_ARCH", value_name = "NAME")]
+    pub arch: Option<String>,
+    /// Keep only the tensors whose names start with this and remove it (`module.`, `model.`,
+    /// ...). By default the prefix in front of a whole ResNet is found and removed when there is
+    /// exactly one.
+    #[arg(long, env = "GRADCAM_WEIGHTS_PREFIX", value_name = "PREFIX")]
+    pub weights_prefix: Option<String>,
+    /// Class names: one per line, or JSON (a list, or an object from index to name). Default:
+    /// ImageNet's for 1000 classes, otherwise class_0, class_1, ...
+    #[arg(long, env = "GRADCAM_LABELS", value_name = "FILE")]
+    pub labels: Option<PathBuf>,
+    /// Side of the square input the model was trained with (the map grows with it).
+    #[arg(long, env = "GRADCAM_INPUT_SIZE", default_value_t = crate::input::DEFAULT_SIDE)]
+    pub input_size: u32,
+    /// How a picture becomes the square input: squash (the whole picture, any aspect ratio) or
+    /// center-crop (shorter side to N/0.875, then the centre N x N, as torchvision evaluates).
+    #[arg(long, env = "GRADCAM_RESIZE", value_enum, default_value_t = Resize::Squash)]
+    pub resize: Resize,
+    /// Channel means of the normalisation, R,G,B (ImageNet's by default).
+    #[arg(long, env = "GRADCAM_MEAN", value_parser = parse_triple, default_value = "0.485,0.456,0.406")]
+    pub mean: [f32; 3],
+    /// Channel standard deviations of the normalisation, R,G,B (ImageNet's by default).
+    #[arg(long, env = "GRADCAM_STD", value_parser = parse_triple, default_value = "0.229,0.224,0.225")]
+    pub std: [f32; 3],
+}
+
+/// Parses three comma-separated numbers.
+fn parse_triple(s: &str) -> Result<[f32; 3], String> {
+    let v: Vec<f32> = s
+        .split(',')
+        .map(|p| p.trim().parse::<f32>())
+        .collect::<Result<_, _>>()
+        .map_err(|_| format!("{s:?} is not three comma-separated numbers"))?;
+    v.try_into()
+        .map_err(|_| format!("{s:?} is not three comma-separated numbers"))
 }
 
 impl ModelConfig {
+    /// The preprocessing these settings describe, checked.
+    pub fn preprocess(&self) -> Result<Preprocess, String> {
+        let p = Preprocess {
+            size: self.input_size,
+            resize: self.resize,
+            mean: self.mean,
+            std: self.std,
+        };
+        crate::input::check_preprocess(&p)?;
+        Ok(p)
+    }
+
     pub fn cache_dir(&self) -> PathBuf {
         self.cache_dir.clone().unwrap_or_else(|| {
             let base = std::env::var_os("XDG_CACHE_HOME")

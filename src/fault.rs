@@ -10,7 +10,7 @@
 //! API knows about it. Builds without the feature contain none of this.
 
 use crate::backend::{
-    Backend, BackendError, Description, ExplainOptions, ExplainResult, Fatal, INPUT_LEN, Loader,
+    Backend, BackendError, Description, ExplainOptions, ExplainResult, Fatal, Loader,
 };
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -77,18 +77,22 @@ pub fn attach(input: &mut Vec<f32>, fault: Fault) {
 
 /// The image without its trailer, and the fault the trailer names.
 fn detach(input: &[f32]) -> (&[f32], Option<Fault>) {
-    if input.len() != INPUT_LEN + TRAILER_LEN || input[INPUT_LEN].to_bits() != MARK {
+    // Whatever the input size, the trailer is the last three values.
+    let Some(len) = input.len().checked_sub(TRAILER_LEN) else {
+        return (input, None);
+    };
+    if input[len].to_bits() != MARK {
         return (input, None);
     }
-    let ms = Duration::from_millis(input[INPUT_LEN + 2] as u64);
-    let fault = match input[INPUT_LEN + 1] as u32 {
+    let ms = Duration::from_millis(input[len + 2] as u64);
+    let fault = match input[len + 1] as u32 {
         0 => Fault::Sleep(ms),
         1 => Fault::Panic { rebuild_delay: ms },
         2 => Fault::TorchError,
         3 => Fault::OutOfMemory,
         _ => Fault::Die,
     };
-    (&input[..INPUT_LEN], Some(fault))
+    (&input[..len], Some(fault))
 }
 
 /// How long the next build must take at least, set by a `panic=MS` fault.
@@ -215,7 +219,9 @@ mod tests {
 
     #[test]
     fn a_fault_travels_with_its_image_and_is_stripped_before_the_backend() {
-        let image: Vec<f32> = (0..INPUT_LEN).map(|i| i as f32 * 1e-3).collect();
+        let image: Vec<f32> = (0..crate::backend::INPUT_LEN)
+            .map(|i| i as f32 * 1e-3)
+            .collect();
         assert_eq!(detach(&image), (&image[..], None));
         for fault in [
             Fault::Sleep(Duration::from_millis(60_000)),

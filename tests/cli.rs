@@ -212,7 +212,7 @@ fn incomplete_or_renamed_weights_are_refused_by_name() {
     let bad = dir.join("bad.safetensors");
     Tensor::write_safetensors(&tensors, &bad).unwrap();
     let w = weights::resolve(bad.to_str().unwrap(), &dir).unwrap();
-    let err = Model::load(w, tch::Device::Cpu)
+    let err = Model::load(w, tch::Device::Cpu, &Default::default())
         .err()
         .expect("incomplete weights must not load")
         .to_string();

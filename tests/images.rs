@@ -187,7 +187,7 @@ fn degenerate_sizes_run_through_the_model_without_nan() {
             "{w}x{h}"
         );
         let overlay =
-            gradcam_serve::render::overlay(&img, &e.normalized, 7, 7, &Default::default());
+            gradcam_serve::render::overlay(&img, &e.normalized, 7, 7, &Default::default(), None);
         assert_eq!(
             overlay.dimensions(),
             gradcam_serve::render::overlay_size(w, h, 1024)

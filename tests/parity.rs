@@ -43,7 +43,7 @@ fn logits_match_torchvision_with_both_weight_formats() {
                 "{}: logits differ by {d} (scale {scale})",
                 photo.name
             );
-            let top = gradcam_serve::backend::top_predictions(got, 3);
+            let top = gradcam_serve::backend::top_predictions(got, 3, &Default::default());
             assert_eq!(
                 top.iter().map(|p| p.index).collect::<Vec<_>>(),
                 photo.top3,
@@ -213,6 +213,7 @@ fn a_mixed_batch_gives_the_same_numbers_as_one_at_a_time() {
             },
             top_k: 1 + i % 3,
             class: (i == 3).then_some(p.top3[1]),
+            faithfulness: false,
         })
         .collect();
     let items: Vec<(&[f32], ExplainOptions)> = inputs

@@ -6,15 +6,21 @@
 //! and the test build wraps the real one in a fault injector. Nothing here knows about
 //! libtorch or HTTP: these are the request and result types both sides share.
 
-use crate::input::INPUT_SIDE;
+mod labels;
+
+use crate::input::{INPUT_SIDE, Preprocess};
 use crate::names::named_enum;
+pub use labels::Labels;
 use serde::{Deserialize, Serialize};
 use std::sync::OnceLock;
 
-/// Values in one preprocessed image: `[3, 224, 224]`, planar, normalised.
+/// Values in one preprocessed image at the default input size: `[3, 224, 224]`, planar,
+/// normalised. A backend's own size is in its [`Description::input`].
 pub const INPUT_LEN: usize = 3 * (INPUT_SIDE as usize) * (INPUT_SIDE as usize);
-/// Classes of ImageNet-1k, the classifier's output size.
+/// Classes of ImageNet-1k, the classifier's output size of the default model.
 pub const NUM_CLASSES: i64 = 1000;
+/// The share of the picture that the faithfulness score blurs out (or keeps).
+pub const FAITHFULNESS_FRACTION: f32 = 0.2;
 /// At most this many classes are explained per image (each costs one partial backward pass).
 pub const MAX_TOP_K: usize = 10;
 /// Answers list at least this many predictions.
@@ -54,6 +60,9 @@ pub struct ExplainOptions {
     pub top_k: usize,
     pub layer: Layer,
     pub method: crate::cam::Method,
+    /// Also score how much the class depends on the map's most salient part ([`Faithfulness`]).
+    #[serde(default)]
+    pub faithfulness: bool,
 }
 
 impl Default for ExplainOptions {
@@ -63,24 +72,28 @@ impl Default for ExplainOptions {
             top_k: 1,
             layer: Layer::Layer4,
             method: crate::cam::Method::GradCam,
+            faithfulness: false,
         }
     }
 }
 
 impl ExplainOptions {
-    /// Checks the options a client can get wrong; the message says what is allowed.
-    pub fn validate(&self) -> Result<(), String> {
+    /// Checks the options a client can get wrong against a model with `classes` classes; the
+    /// message says what is allowed.
+    pub fn validate(&self, classes: usize) -> Result<(), String> {
+        let classes = classes as i64;
         if let Some(c) = self.class
-            && !(0..NUM_CLASSES).contains(&c)
+            && !(0..classes).contains(&c)
         {
             return Err(format!(
                 "class {c} is out of range; allowed: 0..={}",
-                NUM_CLASSES - 1
+                classes - 1
             ));
         }
-        if !(1..=MAX_TOP_K).contains(&self.top_k) {
+        let max_top_k = MAX_TOP_K.min(classes as usize);
+        if !(1..=max_top_k).contains(&self.top_k) {
             return Err(format!(
-                "top_k {} is out of range; allowed: 1..={MAX_TOP_K}",
+                "top_k {} is out of range; allowed: 1..={max_top_k}",
                 self.top_k
             ));
         }
@@ -91,7 +104,7 @@ impl ExplainOptions {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Prediction {
     pub index: i64,
-    pub label: &'static str,
+    pub label: String,
     pub probability: f32,
     pub logit: f32,
 }
@@ -110,7 +123,7 @@ pub struct Heatmap {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Explanation {
     pub class_index: i64,
-    pub label: &'static str,
+    pub label: String,
     pub layer: Layer,
     pub method: crate::cam::Method,
     pub heatmap: Heatmap,
@@ -118,6 +131,28 @@ pub struct Explanation {
     pub normalized: Vec<f32>,
     /// No positive evidence at all: `normalized` is all zeros.
     pub empty: bool,
+    /// Asked for with [`ExplainOptions::faithfulness`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub faithfulness: Option<Faithfulness>,
+}
+
+/// How much the class's probability depends on the most salient part of the picture by the
+/// map: the top [`FAITHFULNESS_FRACTION`] of the network's input, ranked by the map upsampled to
+/// it, is blurred out ("deleted") or alone kept sharp ("kept"). A map that points at the
+/// evidence gives a large drop when that part is deleted and keeps most of the probability
+/// when only that part is kept.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Faithfulness {
+    /// The share of the input blurred out or kept.
+    pub fraction: f32,
+    /// The class's probability on the picture as it is.
+    pub probability: f32,
+    /// With the salient part blurred out.
+    pub deleted_probability: f32,
+    /// With everything but the salient part blurred out.
+    pub kept_probability: f32,
+    /// `probability - deleted_probability`: higher is more faithful.
+    pub deletion_drop: f32,
 }
 
 impl Explanation {
@@ -125,6 +160,7 @@ impl Explanation {
     /// every backend.
     pub fn from_raw(
         class: i64,
+        label: String,
         layer: Layer,
         method: crate::cam::Method,
         raw: Vec<f32>,
@@ -134,7 +170,7 @@ impl Explanation {
         let norm = crate::cam::normalise(&raw);
         Explanation {
             class_index: class,
-            label: labels()[class as usize],
+            label,
             layer,
             method,
             heatmap: Heatmap {
@@ -146,6 +182,7 @@ impl Explanation {
             },
             normalized: norm.map,
             empty: norm.empty,
+            faithfulness: None,
         }
     }
 }
@@ -157,7 +194,7 @@ pub struct ExplainResult {
 }
 
 /// The `k` best classes of one row of logits, with softmax probabilities.
-pub fn top_predictions(logits: &[f32], k: usize) -> Vec<Prediction> {
+pub fn top_predictions(logits: &[f32], k: usize, labels: &Labels) -> Vec<Prediction> {
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let denom: f64 = logits.iter().map(|&l| f64::from(l - max).exp()).sum();
     let mut order: Vec<usize> = (0..logits.len()).collect();
@@ -167,7 +204,7 @@ pub fn top_predictions(logits: &[f32], k: usize) -> Vec<Prediction> {
         .take(k)
         .map(|i| Prediction {
             index: i as i64,
-            label: labels()[i],
+            label: labels.get(i).to_string(),
             probability: (f64::from(logits[i] - max).exp() / denom) as f32,
             logit: logits[i],
         })
@@ -197,11 +234,18 @@ pub struct WeightsInfo {
 /// What a backend is, for `/info`, the start-up log and answers.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Description {
-    /// The model's name in answers, e.g. `resnet50`.
+    /// The model's name in answers: the architecture, e.g. `resnet50`.
     pub model: String,
     /// `cpu` or `cuda:N`.
     pub device: String,
     pub classes: usize,
+    /// The class names, `classes` of them.
+    #[serde(skip)]
+    pub labels: Labels,
+    /// Where the labels came from: a file, `imagenet`, or `generic` (`class_0`, ...).
+    pub labels_source: String,
+    /// The preprocessing the model expects.
+    pub input: Preprocess,
     pub weights: WeightsInfo,
     /// The libtorch version in use, when the backend runs on libtorch.
     pub libtorch: Option<String>,
@@ -260,7 +304,7 @@ pub trait Backend {
     /// One explanation of a blank image, so that the first request does not pay for lazy
     /// initialisation (and a broken device fails at start-up).
     fn warm_up(&self) -> Result<(), BackendError> {
-        let blank = vec![0f32; INPUT_LEN];
+        let blank = vec![0f32; self.describe().input.input_len()];
         self.explain(&[(&blank, ExplainOptions::default())])
             .map(|_| ())
     }
@@ -287,7 +331,8 @@ mod tests {
         let mut logits = vec![0f32; 1000];
         logits[3] = 2.0;
         logits[7] = 1.0;
-        let p = top_predictions(&logits, 3);
+        let p = top_predictions(&logits, 3, &Labels::imagenet());
+        assert_eq!(p[0].label, "tiger shark");
         assert_eq!(p.iter().map(|p| p.index).collect::<Vec<_>>(), vec![3, 7, 0]);
         let denom = 2f64.exp() + 1f64.exp() + 998.0;
         assert!((f64::from(p[0].probability) - 2f64.exp() / denom).abs() < 1e-6);
@@ -305,21 +350,36 @@ mod tests {
 
     #[test]
     fn options_are_validated_with_allowed_ranges() {
-        assert!(ExplainOptions::default().validate().is_ok());
+        assert!(ExplainOptions::default().validate(1000).is_ok());
         let e = ExplainOptions {
             class: Some(1000),
             ..Default::default()
         }
-        .validate()
+        .validate(1000)
         .unwrap_err();
         assert!(e.contains("0..=999"), "{e}");
+        let e = ExplainOptions {
+            class: Some(7),
+            ..Default::default()
+        }
+        .validate(7)
+        .unwrap_err();
+        assert!(e.contains("0..=6"), "{e}");
         let e = ExplainOptions {
             top_k: 0,
             ..Default::default()
         }
-        .validate()
+        .validate(1000)
         .unwrap_err();
         assert!(e.contains("1..=10"), "{e}");
+        // With fewer classes than the usual most, top_k stops at the class count.
+        let e = ExplainOptions {
+            top_k: 4,
+            ..Default::default()
+        }
+        .validate(3)
+        .unwrap_err();
+        assert!(e.contains("1..=3"), "{e}");
     }
 
     #[test]

@@ -56,12 +56,16 @@ pub struct ExplainConfig {
     pub max_inflight_pixels: u64,
     #[command(flatten)]
     pub model: ModelConfig,
-    /// Explain this ImageNet class index (0-999) instead of the top-ranked classes.
+    /// Explain this class index (0-999 for ImageNet) instead of the top-ranked classes.
     #[arg(long = "class")]
     pub class: Option<i64>,
     /// Explain the k best classes (from the same forward pass).
     #[arg(long, default_value_t = 1)]
     pub top_k: usize,
+    /// Also score each map's faithfulness: the class's probability with the map's most salient
+    /// 20% of the picture blurred out, and with only that part kept (one more forward pass).
+    #[arg(long)]
+    pub faithfulness: bool,
     /// Layer whose output is explained: layer1, layer2, layer3 or layer4.
     #[arg(long, default_value = "layer4")]
     pub layer: Layer,

@@ -268,6 +268,7 @@ fn call(backend: &dyn Backend, jobs: &[Job]) -> Result<Vec<Output>, BackendError
     if let Task::Predict { .. } = jobs[0].task {
         let inputs: Vec<&[f32]> = jobs.iter().map(|j| j.input.as_slice()).collect();
         let rows = backend.logits(&inputs)?;
+        let labels = backend.describe().labels;
         return Ok(rows
             .iter()
             .zip(jobs)
@@ -276,7 +277,7 @@ fn call(backend: &dyn Backend, jobs: &[Job]) -> Result<Vec<Output>, BackendError
                     Task::Predict { top_k } => top_k,
                     Task::Explain(_) => 1,
                 };
-                Output::Predict(backend::top_predictions(row, k))
+                Output::Predict(backend::top_predictions(row, k, &labels))
             })
             .collect());
     }

@@ -4,6 +4,7 @@
 
 use crate::backend::{Description, Explanation, Prediction, WeightsInfo};
 use crate::config::ServeConfig;
+use crate::input::{Preprocess, Region};
 use crate::render::PictureFormat;
 use serde::Serialize;
 
@@ -12,6 +13,8 @@ pub struct ImageInfo {
     pub width: u32,
     pub height: u32,
     pub format: String,
+    /// The rectangle of the picture the network saw and the maps cover.
+    pub map_region: Region,
 }
 
 impl ImageInfo {
@@ -20,6 +23,7 @@ impl ImageInfo {
             width: p.width,
             height: p.height,
             format: format!("{:?}", p.format).to_lowercase(),
+            map_region: p.region,
         }
     }
 }
@@ -101,21 +105,27 @@ pub struct StatusBody {
 }
 
 #[derive(Debug, Serialize)]
-pub struct Label {
+pub struct Label<'a> {
     pub index: usize,
-    pub label: &'static str,
+    pub label: &'a str,
 }
 
 #[derive(Debug, Serialize)]
-pub struct LabelsBody {
-    pub labels: Vec<Label>,
+pub struct LabelsBody<'a> {
+    pub labels: Vec<Label<'a>>,
 }
 
 /// `/info`: what runs, and the limits a client must respect.
 #[derive(Debug, Serialize)]
 pub struct InfoBody {
     pub model: String,
+    /// The architecture, one of torchvision's ResNet family.
+    pub architecture: String,
     pub classes: usize,
+    /// Where the class names come from: a labels file, `imagenet` or `generic`.
+    pub labels: String,
+    /// The preprocessing the model expects.
+    pub input: Preprocess,
     pub weights: WeightsInfo,
     pub device: String,
     pub versions: Versions,
@@ -152,7 +162,10 @@ impl InfoBody {
     pub fn new(backend: &Description, config: &ServeConfig) -> Self {
         InfoBody {
             model: backend.model.clone(),
+            architecture: backend.model.clone(),
             classes: backend.classes,
+            labels: backend.labels_source.clone(),
+            input: backend.input,
             weights: backend.weights.clone(),
             device: backend.device.clone(),
             versions: Versions {

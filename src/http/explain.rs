@@ -10,14 +10,13 @@ use super::options::{Pictures, RawOptions};
 use super::problem::ApiError;
 use crate::backend::{ExplainResult, Explanation};
 use crate::engine::{Done, Output, Task};
-use crate::input::{self, DecodeLimits};
+use crate::input::{self, DecodeLimits, Preprocess};
 use crate::render::{self, PictureFormat};
 use axum::Json;
 use axum::extract::{FromRequest, Request, State};
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
-use image::{ImageFormat, RgbImage};
 use std::time::{Duration, Instant};
 
 /// Headers that carry [`Timings`] (milliseconds), on every answer of these routes.
@@ -36,28 +35,19 @@ async fn blocking<T: Send + 'static>(
         .map_err(|e| ApiError::Internal(format!("blocking task failed: {e}")))
 }
 
-/// A decoded image reduced to what the answer needs: its size and format, and the photograph
-/// at the overlay's size (none when no overlay is drawn). The full-size pixels are gone before
-/// the request waits for the model.
-pub struct Prepared {
-    pub width: u32,
-    pub height: u32,
-    pub format: ImageFormat,
-    overlay_base: Option<RgbImage>,
-}
+/// A decoded image, made ready for the model and the answer (see [`input::Ready`]).
+pub type Prepared = input::Ready;
 
-/// The picture besides the network's input that an answer is drawn from: the photograph at
-/// the overlay's size (longer side `keep`), if an overlay is drawn.
-fn needed(display: (u32, u32), keep: Option<u32>) -> (u32, u32) {
-    keep.map_or((0, 0), |side| {
-        render::overlay_size(display.0, display.1, side)
-    })
+/// The size of the overlay drawn from a `display`-sized picture, longer side `keep`.
+fn overlay_of(display: (u32, u32), keep: Option<u32>) -> Option<(u32, u32)> {
+    keep.map(|side| render::overlay_size(display.0, display.1, side))
 }
 
 /// Reads the header: the full size and the pixels that decoding for this answer will hold.
 fn measure(
     bytes: &[u8],
     limits: DecodeLimits,
+    preprocess: &Preprocess,
     keep: Option<u32>,
 ) -> Result<(u32, u32, u64), ApiError> {
     let opened = input::open(bytes, limits)?;
@@ -65,36 +55,21 @@ fn measure(
     Ok((
         display.0,
         display.1,
-        opened.decoded_pixels(needed(display, keep)),
+        opened.ready_pixels(preprocess, overlay_of(display, keep)),
     ))
 }
 
-/// Decodes (a JPEG at a fraction of its size when the answer needs no more), makes the
-/// network's input, and keeps the photograph only at the size of the overlay (`keep`, its
-/// longer side), resized as the overlay would resize it.
+/// Decodes and makes the network's input, keeping the photograph only at the size of the
+/// overlay (`keep`, its longer side).
 fn prepare(
     bytes: &[u8],
     limits: DecodeLimits,
+    preprocess: &Preprocess,
     keep: Option<u32>,
 ) -> Result<(Prepared, Vec<f32>), ApiError> {
     let opened = input::open(bytes, limits)?;
-    let need = needed(opened.display_size(), keep);
-    let d = opened.decode_reduced(need)?;
-    let x = input::preprocess(&d.image);
-    let (width, height) = (d.width, d.height);
-    let overlay_base = keep.map(|side| {
-        let (w, h) = render::overlay_size(width, height, side);
-        input::resize_rgb(&d.image, w, h)
-    });
-    Ok((
-        Prepared {
-            width,
-            height,
-            format: d.format,
-            overlay_base,
-        },
-        x,
-    ))
+    let overlay = overlay_of(opened.display_size(), keep);
+    Ok(opened.ready(preprocess, overlay)?)
 }
 
 /// Fetches a URL's body, reserving its bytes in the budget as they arrive (all at once when
@@ -165,8 +140,9 @@ async fn infer<T>(
     // The header says how many pixels decoding will hold: reserve them (with the encoded
     // bytes, held until decoding ends) first. Reading it costs a copy of the file for some
     // decoders, so it runs on the blocking pool too.
+    let preprocess = state.engine.description().input;
     let (bytes, width, height, pixels) = blocking(move || {
-        let (w, h, pixels) = measure(&bytes, limits, keep)?;
+        let (w, h, pixels) = measure(&bytes, limits, &preprocess, keep)?;
         Ok::<_, ApiError>((bytes, w, h, pixels))
     })
     .await??;
@@ -177,12 +153,12 @@ async fn infer<T>(
             pixels + budget::pixels_of_bytes(bytes.len() as u64),
         )
         .await?;
-    let (decoded, x) = blocking(move || prepare(&bytes, limits, keep)).await??;
+    let (decoded, x) = blocking(move || prepare(&bytes, limits, &preprocess, keep)).await??;
     let kept = decoded
         .overlay_base
         .as_ref()
         .map_or(0, |b| u64::from(b.width()) * u64::from(b.height()));
-    reservation.shrink(kept + u64::from(input::INPUT_SIDE).pow(2));
+    reservation.shrink(kept + u64::from(preprocess.size).pow(2));
     timings.decode_ms = ms(t.elapsed());
     state.metrics.stage("decode", t.elapsed().as_secs_f64());
     #[cfg(feature = "fault-injection")]
@@ -274,9 +250,10 @@ pub async fn explain(State(state): State<AppState>, req: Request) -> Result<Resp
     // A picture answer: the negotiated image type.
     let picture = PictureFormat::of_media_type(negotiate(req.headers(), &EXPLAIN_ANSWERS)?);
     let max_side = state.config.max_overlay_side;
+    let classes = state.engine.description().classes;
     with_deadline(&state, started, async {
         let (inferred, _reservation) = infer(&state, req, started, |options| {
-            let r = options.explain(max_side)?;
+            let r = options.explain(max_side, classes)?;
             // The overlay the answer draws: a picture answer draws one even with overlay=false.
             let drawn = if picture.is_some() {
                 Some(r.overlay.unwrap_or_default())
@@ -356,7 +333,7 @@ async fn overlay_answer(
     h.insert("x-class-index", HeaderValue::from(first.class_index));
     h.insert(
         "x-class-label",
-        HeaderValue::from_str(first.label).unwrap_or(HeaderValue::from_static("")),
+        HeaderValue::from_str(&first.label).unwrap_or(HeaderValue::from_static("")),
     );
     h.insert("x-method", HeaderValue::from_static(first.method.name()));
     h.insert("x-layer", HeaderValue::from_static(first.layer.name()));
@@ -444,7 +421,15 @@ fn draw(
         .overlay_base
         .as_ref()
         .ok_or_else(|| ApiError::Internal("no photograph kept for the overlay".into()))?;
-    let picture = render::overlay(base, &e.normalized, e.heatmap.width, e.heatmap.height, o);
+    let region = decoded.region.fraction_of(decoded.width, decoded.height);
+    let picture = render::overlay(
+        base,
+        &e.normalized,
+        e.heatmap.width,
+        e.heatmap.height,
+        o,
+        region.as_ref(),
+    );
     Ok(render::encode(&picture, pictures.format, pictures.quality))
 }
 

@@ -4,7 +4,6 @@
 use super::AppState;
 use super::bodies::{InfoBody, Label, LabelsBody, StatusBody};
 use super::problem::ApiError;
-use crate::backend;
 use axum::Json;
 use axum::extract::{Request, State};
 use axum::http::header;
@@ -39,13 +38,14 @@ pub async fn info(State(state): State<AppState>) -> Json<InfoBody> {
     Json(InfoBody::new(state.engine.description(), &state.config))
 }
 
-pub async fn labels() -> Json<LabelsBody> {
-    let labels = backend::labels()
+pub async fn labels(State(state): State<AppState>) -> Response {
+    let names = &state.engine.description().labels;
+    let labels = names
         .iter()
         .enumerate()
-        .map(|(index, &label)| Label { index, label })
+        .map(|(index, label)| Label { index, label })
         .collect();
-    Json(LabelsBody { labels })
+    Json(LabelsBody { labels }).into_response()
 }
 
 pub async fn openapi() -> Response {

@@ -22,6 +22,7 @@ pub const EXPLAIN_OPTIONS: &[&str] = &[
     "overlay_format",
     "overlay_quality",
     "heatmap_image",
+    "faithfulness",
 ];
 /// Names accepted by `/predict`.
 pub const PREDICT_OPTIONS: &[&str] = &["top_k"];
@@ -167,9 +168,9 @@ impl Value {
 }
 
 impl RawOptions {
-    /// Options of `/explain`; `max_side` is the server's overlay limit. Every occurrence of an
-    /// option is checked, and the last one counts.
-    pub fn explain(&self, max_side: u32) -> Result<ExplainRequest, ApiError> {
+    /// Options of `/explain`; `max_side` is the server's overlay limit, `classes` the model's
+    /// class count. Every occurrence of an option is checked, and the last one counts.
+    pub fn explain(&self, max_side: u32, classes: usize) -> Result<ExplainRequest, ApiError> {
         let mut explain = ExplainOptions::default();
         let mut overlay = OverlayOptions {
             max_side,
@@ -179,8 +180,8 @@ impl RawOptions {
         let mut pictures = Pictures::default();
         for (k, v) in &self.0 {
             match k.as_str() {
-                "class" => explain.class = Some(v.integer(k, 0..=999)?),
-                "top_k" => explain.top_k = v.integer(k, 1..=MAX_TOP_K)?,
+                "class" => explain.class = Some(v.integer(k, 0..=classes as i64 - 1)?),
+                "top_k" => explain.top_k = v.integer(k, 1..=MAX_TOP_K.min(classes))?,
                 "layer" => explain.layer = v.name::<Layer>(k)?,
                 "method" => explain.method = v.name::<Method>(k)?,
                 "colormap" => overlay.colormap = v.name::<Colormap>(k)?,
@@ -193,10 +194,11 @@ impl RawOptions {
                 "overlay_format" => pictures.format = v.name::<PictureFormat>(k)?,
                 "overlay_quality" => pictures.quality = v.integer(k, 1..=100)?,
                 "heatmap_image" => pictures.heatmap_image = v.boolean(k)?,
+                "faithfulness" => explain.faithfulness = v.boolean(k)?,
                 _ => return Err(unknown(k, EXPLAIN_OPTIONS)),
             }
         }
-        explain.validate().map_err(ApiError::InvalidOption)?;
+        explain.validate(classes).map_err(ApiError::InvalidOption)?;
         pictures.colormap = overlay.colormap;
         Ok(ExplainRequest {
             explain,
@@ -249,7 +251,7 @@ mod tests {
 
     #[test]
     fn defaults_are_the_seed() {
-        let r = raw(&[]).explain(1024).unwrap();
+        let r = raw(&[]).explain(1024, 1000).unwrap();
         assert_eq!(r.explain, ExplainOptions::default());
         assert_eq!(r.overlay, Some(OverlayOptions::default()));
     }
@@ -266,7 +268,7 @@ mod tests {
             ("alpha", "0.7"),
             ("overlay_max_side", "256"),
         ])
-        .explain(1024)
+        .explain(1024, 1000)
         .unwrap();
         assert_eq!(r.explain.method, Method::GradCamPlusPlus);
         assert_eq!(r.explain.layer, Layer::Layer3);
@@ -281,7 +283,10 @@ mod tests {
             })
         );
         assert_eq!(
-            raw(&[("overlay", "false")]).explain(1024).unwrap().overlay,
+            raw(&[("overlay", "false")])
+                .explain(1024, 1000)
+                .unwrap()
+                .overlay,
             None
         );
         let p = raw(&[
@@ -290,7 +295,7 @@ mod tests {
             ("heatmap_image", "true"),
             ("colormap", "turbo"),
         ])
-        .explain(1024)
+        .explain(1024, 1000)
         .unwrap()
         .pictures;
         assert_eq!(
@@ -327,7 +332,7 @@ mod tests {
             (&[("heatmap_image", "yes")], "true or false"),
         ];
         for (pairs, needle) in cases {
-            match raw(pairs).explain(1024) {
+            match raw(pairs).explain(1024, 1000) {
                 Err(ApiError::InvalidOption(m)) => assert!(m.contains(needle), "{pairs:?}: {m}"),
                 other => panic!("{pairs:?}: {other:?}"),
             }
@@ -351,7 +356,7 @@ mod tests {
         ] {
             assert!(
                 matches!(
-                    raw(&[(name, value)]).explain(1024),
+                    raw(&[(name, value)]).explain(1024, 1000),
                     Err(ApiError::InvalidOption(_))
                 ),
                 "{name}={value:?}"
@@ -362,7 +367,7 @@ mod tests {
             ("overlay", "FALSE"),
             ("layer", "LAYER3"),
         ])
-        .explain(1024)
+        .explain(1024, 1000)
         .unwrap();
         assert_eq!(r.explain.method, Method::GradCamPlusPlus);
         assert_eq!(r.explain.layer, Layer::Layer3);
@@ -371,7 +376,8 @@ mod tests {
 
     #[test]
     fn an_unencoded_plus_gets_a_hint() {
-        let Err(ApiError::InvalidOption(m)) = raw(&[("method", "gradcam  ")]).explain(1024) else {
+        let Err(ApiError::InvalidOption(m)) = raw(&[("method", "gradcam  ")]).explain(1024, 1000)
+        else {
             panic!("gradcam plus two spaces must be refused");
         };
         assert!(
@@ -393,7 +399,7 @@ mod tests {
             ("layer", json!(["layer3"]), "must be a string, not an array"),
         ];
         for (name, value, needle) in cases {
-            match json(&[(name, value.clone())]).explain(1024) {
+            match json(&[(name, value.clone())]).explain(1024, 1000) {
                 Err(ApiError::InvalidOption(m)) => {
                     assert!(
                         m.contains(name) && m.contains(needle),
@@ -409,7 +415,7 @@ mod tests {
             ("alpha", json!(0.25)),
             ("method", json!("hirescam")),
         ])
-        .explain(1024)
+        .explain(1024, 1000)
         .unwrap();
         assert_eq!((r.explain.top_k, r.explain.method), (2, Method::HiResCam));
         assert_eq!(r.overlay, None);

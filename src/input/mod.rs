@@ -3,22 +3,28 @@
 //! buffer into a tensor.
 
 mod jpeg;
+mod preprocess;
+
+pub use preprocess::{
+    DEFAULT_SIDE, IMAGENET_MEAN, IMAGENET_STD, Preprocess, Region, Resize, SIDES,
+    check as check_preprocess,
+};
 
 use fast_image_resize as fr;
 use image::metadata::Orientation;
 use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader, Limits, RgbImage};
 use std::io::Cursor;
 
-/// The side of the square the network sees (the seed's `Resize((224, 224))`).
-pub const INPUT_SIDE: u32 = 224;
+/// The side of the square the network sees by default (the seed's `Resize((224, 224))`).
+pub const INPUT_SIDE: u32 = DEFAULT_SIDE;
 /// A reduced decoding keeps at least this many pixels per axis for each pixel of the network's
 /// input. The decoder's reduced inverse DCT filters less well than the antialiased resize that
 /// follows; with this margin the network's input stays within 2 levels (of 255) of the one made
 /// from the full-size picture (0.15 on average) on photographs, against 36 levels with none.
 pub const REDUCED_MARGIN: u32 = 4;
 /// ImageNet channel means and standard deviations (torchvision's `Normalize`).
-pub const MEAN: [f32; 3] = [0.485, 0.456, 0.406];
-pub const STD: [f32; 3] = [0.229, 0.224, 0.225];
+pub const MEAN: [f32; 3] = IMAGENET_MEAN;
+pub const STD: [f32; 3] = IMAGENET_STD;
 
 /// Writes the list of supported formats once: the table and the strings that messages quote.
 macro_rules! formats {
@@ -117,6 +123,8 @@ pub struct Opened<'a> {
     bytes: &'a [u8],
     max_alloc: u64,
     orientation: Orientation,
+    /// Pixels per axis a reduced decoding keeps for the network (see [`Opened::for_network`]).
+    network: u32,
     pub format: ImageFormat,
     /// As stored, before EXIF orientation.
     pub width: u32,
@@ -165,6 +173,7 @@ pub fn open(bytes: &[u8], limits: DecodeLimits) -> Result<Opened<'_>, DecodeErro
         bytes,
         max_alloc: limits.max_alloc,
         orientation,
+        network: REDUCED_MARGIN * INPUT_SIDE,
         format,
         width,
         height,
@@ -183,6 +192,13 @@ fn swaps_axes(o: Orientation) -> bool {
 }
 
 impl<'a> Opened<'a> {
+    /// Sets what a reduced decoding must keep for the network: [`Preprocess::decode_side`]
+    /// pixels per axis (by default, that of the default 224-pixel squash).
+    pub fn for_network(mut self, preprocess: &Preprocess) -> Self {
+        self.network = preprocess.decode_side();
+        self
+    }
+
     /// The size after EXIF orientation, as the picture is shown.
     pub fn display_size(&self) -> (u32, u32) {
         if swaps_axes(self.orientation) {
@@ -198,7 +214,7 @@ impl<'a> Opened<'a> {
         if self.format != ImageFormat::Jpeg {
             return None;
         }
-        let model = REDUCED_MARGIN * INPUT_SIDE;
+        let model = self.network;
         let need = (also.0.max(model), also.1.max(model));
         let need = if swaps_axes(self.orientation) {
             (need.1, need.0)
@@ -275,6 +291,54 @@ impl<'a> Opened<'a> {
     }
 }
 
+/// A picture made ready for the model and for what is drawn from it.
+#[derive(Debug)]
+pub struct Ready {
+    /// The full size, in display orientation.
+    pub width: u32,
+    pub height: u32,
+    pub format: ImageFormat,
+    /// The part of the picture the network sees (and its maps cover), in full-size pixels.
+    pub region: Region,
+    /// The photograph at the overlay's size, when one is to be drawn.
+    pub overlay_base: Option<RgbImage>,
+}
+
+impl<'a> Opened<'a> {
+    /// The pixels [`Opened::ready`] with the same arguments will decode: what a caller
+    /// reserves before committing memory.
+    pub fn ready_pixels(self, preprocess: &Preprocess, overlay: Option<(u32, u32)>) -> u64 {
+        self.for_network(preprocess)
+            .decoded_pixels(overlay.unwrap_or((0, 0)))
+    }
+
+    /// Decodes (a JPEG at a fraction of its size when that still serves the network and the
+    /// overlay), makes the network's input with `preprocess`, and keeps the photograph only at
+    /// the overlay's size (`overlay`, none when nothing is drawn).
+    pub fn ready(
+        self,
+        preprocess: &Preprocess,
+        overlay: Option<(u32, u32)>,
+    ) -> Result<(Ready, Vec<f32>), DecodeError> {
+        let d = self
+            .for_network(preprocess)
+            .decode_reduced(overlay.unwrap_or((0, 0)))?;
+        let (x, region) = preprocess.apply(&d.image);
+        let region = region.scaled(d.image.dimensions(), (d.width, d.height));
+        let overlay_base = overlay.map(|(w, h)| resize_rgb(&d.image, w, h));
+        Ok((
+            Ready {
+                width: d.width,
+                height: d.height,
+                format: d.format,
+                region,
+                overlay_base,
+            },
+            x,
+        ))
+    }
+}
+
 /// [`open`] and [`Opened::decode`] in one step.
 ///
 /// Truncated files are refused (a [`DecodeError::Corrupt`]) rather than padded: a partial image
@@ -319,22 +383,15 @@ pub fn resize_rgb(image: &RgbImage, width: u32, height: u32) -> RgbImage {
         .expect("resizer output has the requested size: this is a bug")
 }
 
-/// The network's input for one image: `[3, 224, 224]` planar, ImageNet-normalised.
+/// The network's input for one image with the default preprocessing: `[3, 224, 224]` planar,
+/// ImageNet-normalised, the whole picture squashed.
 pub fn preprocess(image: &RgbImage) -> Vec<f32> {
-    let small = resize_rgb(image, INPUT_SIDE, INPUT_SIDE);
-    to_planar_normalised(&small)
+    Preprocess::default().apply(image).0
 }
 
-/// `HWC u8` to `CHW f32`, `(v / 255 - mean) / std`, as torchvision's `ToTensor` + `Normalize`.
+/// `HWC u8` to `CHW f32`, `(v / 255 - mean) / std` with ImageNet's mean and std.
 pub fn to_planar_normalised(image: &RgbImage) -> Vec<f32> {
-    let plane = (image.width() * image.height()) as usize;
-    let mut out = vec![0f32; 3 * plane];
-    for (i, px) in image.pixels().enumerate() {
-        for c in 0..3 {
-            out[c * plane + i] = (f32::from(px[c]) / 255.0 - MEAN[c]) / STD[c];
-        }
-    }
-    out
+    Preprocess::default().normalise(image)
 }
 
 #[cfg(test)]

@@ -1,25 +1,26 @@
-//! The libtorch backend: ResNet-50 with torchvision's parameter names, weight files, and the
-//! batched forward + partial backward pass that feeds the Grad-CAM family in [`crate::cam`].
+//! The libtorch backend: torchvision's ResNet family with torchvision's parameter names,
+//! checkpoints as training code writes them, and the batched forward + partial backward pass
+//! that feeds the Grad-CAM family in [`crate::cam`].
 
+mod faithful;
+pub mod pickle;
 pub mod resnet;
 pub mod weights;
 
 use crate::backend::{
-    self, Backend, BackendError, Description, ExplainOptions, ExplainResult, Explanation,
-    INPUT_LEN, Layer, MIN_PREDICTIONS, NUM_CLASSES, Prediction, WeightsInfo,
+    self, Backend, BackendError, Description, ExplainOptions, ExplainResult, Explanation, Labels,
+    Layer, MIN_PREDICTIONS, Prediction, WeightsInfo,
 };
 use crate::cam;
 use crate::config::ModelConfig;
-use crate::input::INPUT_SIDE;
-use resnet::ResNet50;
+use crate::input::Preprocess;
+use resnet::{Arch, ResNet};
+use std::path::Path;
 use tch::{Device, Kind, TchError, Tensor};
 pub use weights::{WeightsError, WeightsFile};
 
 /// The libtorch version this build links (tch 0.26 refuses to build against any other).
 pub const LIBTORCH_VERSION: &str = "2.13.0";
-
-/// The model's name in answers.
-pub const MODEL_NAME: &str = "resnet50";
 
 pub fn device_name(d: Device) -> String {
     match d {
@@ -29,9 +30,10 @@ pub fn device_name(d: Device) -> String {
     }
 }
 
-/// Resolves (downloading if needed), reads and checks the weights, and places the model on
-/// the configured device.
+/// Resolves (downloading if needed), reads and checks the weights and the labels, and places
+/// the model on the configured device.
 pub fn load(config: &ModelConfig) -> anyhow::Result<Model> {
+    let preprocess = config.preprocess().map_err(anyhow::Error::msg)?;
     let file = weights::resolve(&config.weights, &config.cache_dir())?;
     tracing::info!(path = %file.path.display(), sha256 = %file.sha256, "weights");
     if let Device::Cuda(n) = config.device {
@@ -41,7 +43,25 @@ pub fn load(config: &ModelConfig) -> anyhow::Result<Model> {
             "device cuda:{n} requested but {count} CUDA device(s) are available"
         );
     }
-    Ok(Model::load(file, config.device)?)
+    let spec = LoadSpec {
+        arch: config.arch.as_deref(),
+        prefix: config.weights_prefix.as_deref(),
+        labels: config.labels.as_deref(),
+        preprocess,
+    };
+    Ok(Model::load(file, config.device, &spec)?)
+}
+
+/// What, besides the weights file and the device, decides how a model is built.
+#[derive(Debug, Clone, Default)]
+pub struct LoadSpec<'a> {
+    /// Insist on this member of the family.
+    pub arch: Option<&'a str>,
+    /// Remove this prefix from the names (by default, the one found in front of a ResNet).
+    pub prefix: Option<&'a str>,
+    /// A labels file.
+    pub labels: Option<&'a Path>,
+    pub preprocess: Preprocess,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -50,8 +70,12 @@ pub enum ModelError {
     Weights(#[from] WeightsError),
     #[error("libtorch: {0}")]
     Torch(String),
-    #[error("input {index} has {len} values, expected 3x{INPUT_SIDE}x{INPUT_SIDE}")]
-    InputShape { index: usize, len: usize },
+    #[error("input {index} has {len} values, expected 3x{side}x{side}")]
+    InputShape { index: usize, len: usize, side: u32 },
+    #[error("unknown architecture {0:?}; allowed: {family}", family = resnet::family_names())]
+    UnknownArch(String),
+    #[error("labels file {path}: {why}")]
+    Labels { path: String, why: String },
 }
 
 impl From<TchError> for ModelError {
@@ -67,30 +91,91 @@ impl From<ModelError> for BackendError {
     }
 }
 
-/// ResNet-50 resident on one device.
+/// A ResNet resident on one device.
 pub struct Model {
-    net: ResNet50,
+    net: ResNet,
     device: Device,
     weights: WeightsFile,
+    labels: Labels,
+    labels_source: String,
+    preprocess: Preprocess,
+}
+
+/// The labels for a model with `classes` classes: from a file (which must name exactly that
+/// many), ImageNet's for 1000, or generic names (with a warning).
+fn labels_for(classes: usize, file: Option<&Path>) -> Result<(Labels, String), ModelError> {
+    let Some(path) = file else {
+        if classes == 1000 {
+            return Ok((Labels::imagenet(), "imagenet".into()));
+        }
+        tracing::warn!(
+            classes,
+            "no --labels file: classes are named class_0 .. class_{}",
+            classes - 1
+        );
+        return Ok((Labels::generic(classes), "generic".into()));
+    };
+    let fail = |why: String| ModelError::Labels {
+        path: path.display().to_string(),
+        why,
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| fail(e.to_string()))?;
+    let labels = Labels::parse(&text).map_err(fail)?;
+    if labels.len() != classes {
+        return Err(fail(format!(
+            "it names {} classes but the model has {classes} (fc.weight has {classes} rows)",
+            labels.len()
+        )));
+    }
+    Ok((labels, path.display().to_string()))
 }
 
 impl Model {
     /// Reads, checks and places the weights. Never falls back to random weights: a file that
-    /// is not a complete torchvision ResNet-50 is an error naming what is wrong.
-    pub fn load(weights: WeightsFile, device: Device) -> Result<Self, ModelError> {
-        let sd = weights::read_tensors(&weights.path)?;
+    /// is not a complete member of torchvision's ResNet family is an error naming what is
+    /// wrong.
+    pub fn load(weights: WeightsFile, device: Device, spec: &LoadSpec) -> Result<Self, ModelError> {
+        let sd = weights::read_state_dict(&weights.path, spec.prefix)?;
+        let classes = sd.tensors.get("fc.weight").map(|t| t.size()[0]);
+        let arch = match spec.arch {
+            Some(name) => Arch::named(name, classes.unwrap_or(1000))
+                .ok_or_else(|| ModelError::UnknownArch(name.to_string()))?,
+            None => Arch::infer(&sd.tensors).map_err(|why| WeightsError::Architecture {
+                path: weights.path.clone(),
+                why,
+            })?,
+        };
+        let name = arch.name().unwrap_or("resnet");
         weights::check_layout(
             &weights.path,
-            &sd,
-            &resnet::expected_tensors(),
+            name,
+            &sd.tensors,
+            &arch.expected_tensors(),
             resnet::ignorable,
         )?;
-        let net = ResNet50::from_state_dict(&sd, device)?;
+        let (labels, labels_source) = labels_for(arch.classes as usize, spec.labels)?;
+        tracing::info!(
+            arch = name,
+            classes = arch.classes,
+            format = sd.format,
+            found = %sd.location,
+            prefix = %sd.prefix,
+            labels = %labels_source,
+            "model"
+        );
+        let net = ResNet::from_state_dict(arch, &sd.tensors, device)?;
         Ok(Self {
             net,
             device,
             weights,
+            labels,
+            labels_source,
+            preprocess: spec.preprocess,
         })
+    }
+
+    pub fn arch(&self) -> &Arch {
+        self.net.arch()
     }
 
     pub fn device(&self) -> Device {
@@ -101,25 +186,27 @@ impl Model {
         &self.weights
     }
 
-    /// Stacks preprocessed images (`[3, 224, 224]` each) into one batch on the model's device.
+    /// Stacks preprocessed images (`[3, N, N]` each) into one batch on the model's device.
     fn batch(&self, inputs: &[&[f32]]) -> Result<Tensor, ModelError> {
-        let mut flat = Vec::with_capacity(inputs.len() * INPUT_LEN);
+        let len = self.preprocess.input_len();
+        let mut flat = Vec::with_capacity(inputs.len() * len);
         for (index, x) in inputs.iter().enumerate() {
-            if x.len() != INPUT_LEN {
+            if x.len() != len {
                 return Err(ModelError::InputShape {
                     index,
                     len: x.len(),
+                    side: self.preprocess.size,
                 });
             }
             flat.extend_from_slice(x);
         }
-        let side = i64::from(INPUT_SIDE);
+        let side = i64::from(self.preprocess.size);
         Ok(Tensor::f_from_slice(&flat)?
             .f_view([inputs.len() as i64, 3, side, side])?
             .f_to_device(self.device)?)
     }
 
-    /// Logits `[N, 1000]` for a batch, without autograd.
+    /// Logits `[N, classes]` for a batch, without autograd.
     fn forward(&self, inputs: &[&[f32]]) -> Result<Vec<Vec<f32>>, ModelError> {
         let _guard = tch::no_grad_guard();
         let x = self.batch(inputs)?;
@@ -177,7 +264,7 @@ impl Model {
         let predictions: Vec<Vec<Prediction>> = logit_rows
             .iter()
             .zip(opts)
-            .map(|(l, o)| backend::top_predictions(l, o.top_k.max(MIN_PREDICTIONS)))
+            .map(|(l, o)| backend::top_predictions(l, o.top_k.max(MIN_PREDICTIONS), &self.labels))
             .collect();
         let targets: Vec<Vec<i64>> = opts
             .iter()
@@ -191,17 +278,18 @@ impl Model {
         let acts_host = to_host(&acts.f_detach()?)?;
         let mut explanations: Vec<Vec<Explanation>> = vec![Vec::new(); n];
         let ranks = targets.iter().map(Vec::len).max().unwrap_or(0);
+        let classes = self.net.arch().classes;
         for rank in 0..ranks {
             // One backward pass for the whole batch: in eval mode images do not interact, so
             // the gradient of the sum of each image's target score is each image's gradient.
-            let mut one_hot = vec![0f32; n * NUM_CLASSES as usize];
+            let mut one_hot = vec![0f32; n * classes as usize];
             for (i, t) in targets.iter().enumerate() {
                 if let Some(&c) = t.get(rank) {
-                    one_hot[i * NUM_CLASSES as usize + c as usize] = 1.0;
+                    one_hot[i * classes as usize + c as usize] = 1.0;
                 }
             }
             let one_hot = Tensor::f_from_slice(&one_hot)?
-                .f_view([n as i64, NUM_CLASSES])?
+                .f_view([n as i64, classes])?
                 .f_to_device(self.device)?;
             let score = logits.f_mul(&one_hot)?.f_sum(Kind::Float)?;
             let keep_graph = rank + 1 < ranks;
@@ -218,8 +306,15 @@ impl Model {
                     channels,
                     h * w,
                 );
-                explanations[i].push(Explanation::from_raw(class, layer, method, raw, w, h));
+                let label = self.labels.get(class as usize).to_string();
+                explanations[i].push(Explanation::from_raw(
+                    class, label, layer, method, raw, w, h,
+                ));
             }
+        }
+        if opts.iter().any(|o| o.faithfulness) {
+            drop(acts_host);
+            faithful::score(self, &x, &logit_rows, opts, &mut explanations)?;
         }
         Ok(predictions
             .into_iter()
@@ -235,9 +330,12 @@ impl Model {
 impl Backend for Model {
     fn describe(&self) -> Description {
         Description {
-            model: MODEL_NAME.into(),
+            model: self.net.arch().name().unwrap_or("resnet").into(),
             device: device_name(self.device),
-            classes: NUM_CLASSES as usize,
+            classes: self.labels.len(),
+            labels: self.labels.clone(),
+            labels_source: self.labels_source.clone(),
+            input: self.preprocess,
             weights: WeightsInfo {
                 source: self.weights.source.clone(),
                 sha256: self.weights.sha256.clone(),

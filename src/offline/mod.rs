@@ -47,8 +47,10 @@ pub fn run(args: ExplainConfig) -> Result<Outcome> {
         top_k: args.top_k,
         layer: args.layer,
         method: args.method,
+        faithfulness: args.faithfulness,
     };
-    opts.validate().map_err(anyhow::Error::msg)?;
+    // The class is checked against the model's classes once it is loaded.
+    opts.validate(usize::MAX).map_err(anyhow::Error::msg)?;
     anyhow::ensure!(
         (0.0..=1.0).contains(&args.alpha),
         "--alpha {} is out of range; allowed: 0 to 1",
@@ -119,7 +121,10 @@ pub fn run(args: ExplainConfig) -> Result<Outcome> {
 
     let model = model::load(&args.model)?;
     let description = model.describe();
+    opts.validate(description.classes)
+        .map_err(anyhow::Error::msg)?;
     let settings = Settings {
+        preprocess: description.input,
         batch_size: args
             .batch_size
             .unwrap_or_else(|| default_batch(args.model.device)),
@@ -173,14 +178,17 @@ pub fn run(args: ExplainConfig) -> Result<Outcome> {
                     let mut explanations = Vec::new();
                     for e in &result.explanations {
                         let mut v = serde_json::to_value(e)?;
-                        if let Some(base) = &prepared.overlay_base {
-                            let png = render::overlay_png(
+                        let ready = &prepared.ready;
+                        if let Some(base) = &ready.overlay_base {
+                            let region = ready.region.fraction_of(ready.width, ready.height);
+                            let png = render::encode_png(&render::overlay(
                                 base,
                                 &e.normalized,
                                 e.heatmap.width,
                                 e.heatmap.height,
                                 &overlay_opts,
-                            );
+                                region.as_ref(),
+                            ));
                             let name = names.next().context("an overlay name")?;
                             outputs::write_atomic(&args.out.join(name), &png)?;
                             v["overlay"] = file_name(name).into();
@@ -190,8 +198,9 @@ pub fn run(args: ExplainConfig) -> Result<Outcome> {
                     if json {
                         let doc = json!({
                             "image": p.path.to_string_lossy(),
-                            "width": prepared.width,
-                            "height": prepared.height,
+                            "width": prepared.ready.width,
+                            "height": prepared.ready.height,
+                            "map_region": prepared.ready.region,
                             "model": description.model,
                             "device": description.device,
                             "weights_sha256": description.weights.sha256,

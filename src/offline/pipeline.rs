@@ -5,10 +5,9 @@
 
 use super::inputs::Picture;
 use crate::backend::{Backend, ExplainOptions, ExplainResult};
-use crate::input::{self, DecodeLimits};
+use crate::input::{self, DecodeLimits, Preprocess};
 use crate::render;
 use anyhow::Result;
-use image::RgbImage;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
@@ -22,16 +21,16 @@ pub struct Settings {
     pub options: ExplainOptions,
     /// The overlay's longer side; `None` when no overlay is drawn.
     pub overlay_side: Option<u32>,
+    /// The model's preprocessing.
+    pub preprocess: Preprocess,
     pub max_inflight_pixels: u64,
     /// Stop at the first picture that cannot be read or decoded.
     pub strict: bool,
 }
 
-/// A picture ready for the model: its network input and the photograph at the overlay's size.
+/// A picture ready for the model and its outputs, and how long that took.
 pub struct Prepared {
-    pub width: u32,
-    pub height: u32,
-    pub overlay_base: Option<RgbImage>,
+    pub ready: input::Ready,
     pub decode_ms: f64,
 }
 
@@ -113,6 +112,7 @@ impl Drop for BudgetGuard<'_> {
 fn prepare(
     path: &std::path::Path,
     overlay_side: Option<u32>,
+    preprocess: &Preprocess,
     budget: &Budget,
 ) -> Result<(Prepared, Vec<f32>), String> {
     let t = Instant::now();
@@ -123,8 +123,8 @@ fn prepare(
     let opened = input::open(&bytes, DecodeLimits::default()).map_err(|e| e.to_string())?;
     let (width, height) = opened.display_size();
     let overlay = overlay_side.map(|side| render::overlay_size(width, height, side));
-    let also = overlay.unwrap_or((0, 0));
-    let total = opened.decoded_pixels(also) + bytes_held;
+    // Measured on a second opening: `ready_pixels` consumes the first.
+    let total = opened.ready_pixels(preprocess, overlay) + bytes_held;
     let _held = match held.try_grow(total) {
         Ok(grown) => grown,
         Err(held) => {
@@ -132,14 +132,13 @@ fn prepare(
             budget.acquire(total)?
         }
     };
-    let d = opened.decode_reduced(also).map_err(|e| e.to_string())?;
-    let x = input::preprocess(&d.image);
-    let overlay_base = overlay.map(|(w, h)| input::resize_rgb(&d.image, w, h));
+    let opened = input::open(&bytes, DecodeLimits::default()).map_err(|e| e.to_string())?;
+    let (ready, x) = opened
+        .ready(preprocess, overlay)
+        .map_err(|e| e.to_string())?;
     Ok((
         Prepared {
-            width,
-            height,
-            overlay_base,
+            ready,
             decode_ms: t.elapsed().as_secs_f64() * 1e3,
         },
         x,
@@ -181,7 +180,7 @@ pub fn run(
                     }
                     let path = &pictures[i].path;
                     let r = std::panic::catch_unwind(AssertUnwindSafe(|| {
-                        prepare(path, s.overlay_side, budget)
+                        prepare(path, s.overlay_side, &s.preprocess, budget)
                     }))
                     .unwrap_or_else(|_| Err("the decoder failed on this file (a panic)".into()));
                     if tx.send((i, r)).is_err() {

@@ -5,6 +5,7 @@ mod encode;
 
 pub use encode::{DEFAULT_JPEG_QUALITY, PictureFormat, encode, heatmap_png, heatmap_rgba};
 
+use crate::input::Region;
 use crate::names::named_enum;
 use image::RgbImage;
 
@@ -147,13 +148,16 @@ impl Default for OverlayOptions {
     }
 }
 
-/// Draws the normalised map (`map_w` x `map_h`, values in [0, 1]) over the photograph.
+/// Draws the normalised map (`map_w` x `map_h`, values in [0, 1]) over the photograph: over all
+/// of it, or only over `region` (fractions of its width and height: the part a centre-cropping
+/// model saw), the rest shown as it is.
 pub fn overlay(
     image: &RgbImage,
     map: &[f32],
     map_w: usize,
     map_h: usize,
     opts: &OverlayOptions,
+    region: Option<&Region>,
 ) -> RgbImage {
     let (w, h) = overlay_size(image.width(), image.height(), opts.max_side);
     let base = if (w, h) == image.dimensions() {
@@ -161,6 +165,23 @@ pub fn overlay(
     } else {
         std::borrow::Cow::Owned(crate::input::resize_rgb(image, w, h))
     };
+    if let Some(r) = region {
+        // The map drawn at the region's size, pasted where the region lies.
+        let at = |v: f64, side: u32| ((v * f64::from(side)).round().max(0.0) as u32).min(side);
+        let (x0, y0) = (at(r.x, w), at(r.y, h));
+        let (x1, y1) = (at(r.x + r.width, w), at(r.y + r.height, h));
+        let mut out = base.into_owned();
+        if x1 > x0 && y1 > y0 {
+            let part = image::imageops::crop_imm(&out, x0, y0, x1 - x0, y1 - y0).to_image();
+            let o = OverlayOptions {
+                max_side: u32::MAX,
+                ..*opts
+            };
+            let drawn = overlay(&part, map, map_w, map_h, &o, None);
+            image::imageops::replace(&mut out, &drawn, x0.into(), y0.into());
+        }
+        return out;
+    }
     let heat = upsample_bilinear(map, map_w, map_h, w as usize, h as usize);
     let a = alpha_256(opts.alpha);
     // Each colour already weighted by alpha (plus the rounding half), once per request.
@@ -186,7 +207,7 @@ pub fn overlay_png(
     map_h: usize,
     opts: &OverlayOptions,
 ) -> Vec<u8> {
-    encode_png(&overlay(image, map, map_w, map_h, opts))
+    encode_png(&overlay(image, map, map_w, map_h, opts, None))
 }
 
 /// Encodes as PNG, favouring speed over size: overlays are photographs, so heavy compression
@@ -289,7 +310,7 @@ mod tests {
             alpha: 0.5,
             ..Default::default()
         };
-        let out = overlay(&img, &[0.0; 4], 2, 2, &opts);
+        let out = overlay(&img, &[0.0; 4], 2, 2, &opts, None);
         assert_eq!(out.dimensions(), (30, 20));
         assert!(
             out.pixels()

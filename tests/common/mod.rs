@@ -142,7 +142,7 @@ pub static REFERENCE: LazyLock<Reference> = LazyLock::new(|| {
 pub fn load_model(file: &str) -> Model {
     let path = reference_dir().join(file);
     let w = weights::resolve(path.to_str().unwrap(), &std::env::temp_dir()).unwrap();
-    Model::load(w, Device::Cpu).unwrap()
+    Model::load(w, Device::Cpu, &Default::default()).unwrap()
 }
 
 /// One model per test binary: loading takes a second, and tests run in parallel threads.

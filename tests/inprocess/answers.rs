@@ -36,6 +36,7 @@ fn varied(i: usize) -> ExplainOptions {
         layer: Layer::ALL[(i / 5) % 4],
         class: (i % 3 == 1).then_some((i * 37 % 1000) as i64),
         top_k: 1 + i % 2,
+        faithfulness: false,
     }
 }
 
@@ -177,6 +178,7 @@ async fn accept_png_answers_with_the_overlay_and_says_what_it_shows() {
         layer: Layer::Layer3,
         class: Some(281),
         top_k: 1,
+        faithfulness: false,
     };
     let gray = OverlayOptions {
         colormap: Colormap::Gray,
@@ -252,7 +254,7 @@ async fn predict_lists_the_toys_best_classes_without_explaining() {
             assert_eq!(a.status, 200, "{case}");
             assert_timing_headers(&case, &a);
             let body = a.json();
-            let want = top_predictions(&logits, k);
+            let want = top_predictions(&logits, k, &Default::default());
             assert_eq!(body["predictions"], as_json(&want), "{case}");
             assert_eq!(body["model"], "toy", "{case}");
             assert!(body.get("explanations").is_none(), "{case}");

@@ -32,7 +32,15 @@ async fn info_describes_the_backend_and_the_limits() {
     let info = a.json();
     let want = serde_json::json!({
         "model": "toy",
+        "architecture": "toy",
         "classes": 1000,
+        "labels": "imagenet",
+        "input": {
+            "size": 224,
+            "resize": "squash",
+            "mean": [0.485f32, 0.456f32, 0.406f32],
+            "std": [0.229f32, 0.224f32, 0.225f32],
+        },
         "weights": { "source": "toy", "sha256": "0".repeat(64) },
         "device": "cpu",
         "versions": { "gradcam_serve": env!("CARGO_PKG_VERSION") },

@@ -23,6 +23,7 @@ fn options(method: Method, layer: Layer, class: Option<i64>, top_k: usize) -> Ex
         top_k,
         layer,
         method,
+        faithfulness: false,
     }
 }
 
@@ -179,6 +180,7 @@ async fn predict_takes_every_form_too() {
     let want = crate::support::as_json(&gradcam_serve::backend::top_predictions(
         &crate::toy::logits_one(&crate::support::prepared(&bytes).1),
         2,
+        &Default::default(),
     ));
     for (name, req) in cases {
         let a = send(&app, req).await;

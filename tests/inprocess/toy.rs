@@ -132,13 +132,22 @@ pub fn explain_one(x: &[f32], o: ExplainOptions) -> ExplainResult {
     let side = side(o.layer);
     let acts = activations(x, side);
     let logits = head(&acts, side);
-    let predictions = backend::top_predictions(&logits, o.top_k.max(MIN_PREDICTIONS));
+    let predictions =
+        backend::top_predictions(&logits, o.top_k.max(MIN_PREDICTIONS), &Default::default());
     let explanations = backend::targets(&o, &predictions)
         .into_iter()
         .map(|class| {
             let grads = gradient(class as usize, side);
             let raw = cam::raw_map(o.method, &acts, &grads, CHANNELS, side * side);
-            Explanation::from_raw(class, o.layer, o.method, raw, side, side)
+            Explanation::from_raw(
+                class,
+                backend::labels()[class as usize].to_string(),
+                o.layer,
+                o.method,
+                raw,
+                side,
+                side,
+            )
         })
         .collect();
     ExplainResult {
@@ -300,6 +309,9 @@ impl Backend for Toy {
             model: "toy".into(),
             device: "cpu".into(),
             classes: NUM_CLASSES as usize,
+            labels: Default::default(),
+            labels_source: "imagenet".into(),
+            input: Default::default(),
             weights: WeightsInfo {
                 source: "toy".into(),
                 sha256: "0".repeat(64),
@@ -386,6 +398,7 @@ mod checks {
                     method,
                     top_k: 2,
                     class: None,
+                    faithfulness: false,
                 };
                 let r = explain_one(&x, o);
                 assert_eq!(r.predictions.len(), MIN_PREDICTIONS, "{layer} {method}");

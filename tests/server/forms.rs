@@ -69,6 +69,7 @@ fn multipart_upload_with_options() {
         layer: Layer::Layer3,
         top_k: 2,
         class: None,
+        faithfulness: false,
     };
     assert_matches_engine(&body, "coffee.jpg", opts);
     let png = base64_decode(body["explanations"][1]["overlay_png"].as_str().unwrap());
@@ -165,6 +166,7 @@ fn concurrent_requests_with_different_options_get_their_own_answers() {
                 },
                 class: (i % 4 == 1).then_some(i as i64 * 7),
                 top_k: 1 + i % 2,
+                faithfulness: false,
             };
             (file, opts)
         })

@@ -1,0 +1,397 @@
+"""A ResNet-18 trained from scratch where one object decides the class, for pointing-game tests.
+
+The task: every picture (160 x 160 RGB) holds exactly one large filled shape, the target, whose
+kind is the class (circle, square, triangle, cross, star); its colour, size (30-40% of the side),
+rotation and position are drawn independently of the class. Around and under it lie distractors
+that no class resembles (thin straight lines and small dots, in the same colours as targets) on a
+noisy, smoothly varying background. Only the target's outline tells the class, so a faithful
+saliency map must point at the target.
+
+The target's centre stays in the middle half of the picture (in each direction). At the input
+size used here (128, squashed from 160 by torchvision's `Resize((128, 128))`), layer4's map is
+4 x 4; when pytorch-grad-cam upsamples it (OpenCV, half-pixel centres, edge replicated), a
+maximum in an edge cell becomes a plateau reaching the picture's border and the first arg-max
+sits on the border, away from any object. Keeping the target's centre nearest one of the 2 x 2
+inner cells (whose centres the target, 30% of the side or more, always covers) makes the
+pointing game at layer4 a test of the network and not of that plateau.
+
+A seeded torchvision `resnet18(num_classes=5)` is trained on pictures generated on the fly
+(every picture fresh, so there is nothing to overfit), then evaluated on 200 held-out pictures
+from another seed: accuracy, and for pytorch-grad-cam's GradCAM, HiResCAM, GradCAM++, XGradCAM
+and LayerCAM at layer1..layer4 (target = the true class) the pointing-game rate: the first
+arg-max of the map, upsampled to N x N by the library and scaled to picture pixels
+((i + 0.5) * side / N), lies inside the target's bounding box.
+
+Writes into OUT_DIR:
+- weights.safetensors   the state dict (float32; batch-norm statistics and counters included);
+- model.ckpt            the same weights as a PyTorch-Lightning-style checkpoint ("model." prefix);
+- labels.txt            one class name per line, in class-index order;
+- heldout/NNNN.png      the held-out pictures; heldout.json their classes and target boxes;
+- torch_figures.json    accuracy, pointing-game rates, per-picture logits and arg-max points,
+                        baselines, training figures;
+- stamp                 the hash of this script, written last.
+
+Usage: python tests/trained.py OUT_DIR
+"""
+
+import hashlib
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torchvision
+from PIL import Image, ImageDraw
+from pytorch_grad_cam import GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM, XGradCAM
+from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+from safetensors.torch import save_file
+from torchvision import transforms
+
+WALL_START = time.time()
+SEED = 20260611
+TRAIN_SPLIT, HELDOUT_SPLIT = 1, 2
+CLASSES = ["circle", "square", "triangle", "cross", "star"]
+SIDE = 160  # picture side, pixels
+N = 128  # network input side (layer4 map: N / 32 = 4)
+MEAN = [0.485, 0.456, 0.406]
+STD = [0.229, 0.224, 0.225]
+SIZE_RANGE = (0.36, 0.50)  # target's extent (diameter of a circle), fraction of the side
+REACH = 1.2  # no target reaches farther from its centre than REACH * extent / 2
+HELDOUT = 200
+EPOCHS = 5
+PER_EPOCH = 2048  # fresh pictures per epoch
+BATCH = 32
+LR = 2e-3
+WEIGHT_DECAY = 5e-4
+METHODS = {
+    "gradcam": GradCAM,
+    "hirescam": HiResCAM,
+    "gradcam++": GradCAMPlusPlus,
+    "xgradcam": XGradCAM,
+    "layercam": LayerCAM,
+}
+LAYERS = ["layer1", "layer2", "layer3", "layer4"]
+SS = 4  # supersampling of the target's outline
+
+
+def luminance(rgb):
+    return 0.299 * rgb[0] + 0.587 * rgb[1] + 0.114 * rgb[2]
+
+
+def colour(rng, background_lum):
+    """A random colour at least 0.3 away from the background's luminance."""
+    while True:
+        c = rng.uniform(0.0, 1.0, 3).astype(np.float32)
+        if abs(luminance(c) - background_lum) >= 0.3:
+            return c
+
+
+def background(rng):
+    """Smooth colour blobs plus per-pixel noise, around a mid-grey level."""
+    level = rng.uniform(0.35, 0.65)
+    tint = rng.uniform(-0.08, 0.08, 3).astype(np.float32)
+    coarse = rng.normal(0.0, 0.08, (6, 6, 3)).astype(np.float32)
+    smooth = np.stack(
+        [np.asarray(Image.fromarray(coarse[..., k]).resize((SIDE, SIDE), Image.Resampling.BICUBIC))
+         for k in range(3)], axis=-1)
+    fine = rng.standard_normal((SIDE, SIDE, 3), dtype=np.float32) * 0.05
+    return np.float32(level) + tint + smooth + fine, level
+
+
+def shape_polygons(kind, r, angle):
+    """Polygons (lists of (x, y) around the origin) of a shape of circumradius r."""
+    def rot(points):
+        c, s = math.cos(angle), math.sin(angle)
+        return [(x * c - y * s, x * s + y * c) for x, y in points]
+    if kind == "square":
+        a = r / math.sqrt(2)
+        return [rot([(-a, -a), (a, -a), (a, a), (-a, a)])]
+    if kind == "triangle":
+        return [rot([(r * math.cos(t), r * math.sin(t))
+                     for t in (-math.pi / 2 + k * 2 * math.pi / 3 for k in range(3))])]
+    if kind == "cross":
+        w = r * 0.36
+        return [rot([(-r, -w), (r, -w), (r, w), (-r, w)]),
+                rot([(-w, -r), (w, -r), (w, r), (-w, r)])]
+    if kind == "star":
+        pts = []
+        for k in range(10):
+            rr = r if k % 2 == 0 else r * 0.42
+            t = -math.pi / 2 + k * math.pi / 5
+            pts.append((rr * math.cos(t), rr * math.sin(t)))
+        return [rot(pts)]
+    raise ValueError(kind)
+
+
+def target_alpha(rng, kind):
+    """The target's coverage over the picture (float in [0, 1]) and its bounding box."""
+    extent = rng.uniform(*SIZE_RANGE) * SIDE
+    r = extent / 2
+    # Anywhere the whole target fits, whatever its kind.
+    cx, cy = rng.uniform(REACH * r, SIDE - REACH * r, 2)
+    angle = rng.uniform(0, 2 * math.pi)
+    big = Image.new("L", (SIDE * SS, SIDE * SS), 0)
+    draw = ImageDraw.Draw(big)
+    if kind == "circle":
+        draw.ellipse([(cx - r) * SS, (cy - r) * SS, (cx + r) * SS, (cy + r) * SS], fill=255)
+    else:
+        # Polygons are scaled so that their visual extent matches a circle's of the same size.
+        scale = {"square": 1.15, "triangle": 1.2, "cross": 1.0, "star": 1.1}[kind]
+        for poly in shape_polygons(kind, r * scale, angle):
+            draw.polygon([((cx + x) * SS, (cy + y) * SS) for x, y in poly], fill=255)
+    alpha = np.asarray(big.resize((SIDE, SIDE), Image.Resampling.BOX), dtype=np.float32) / 255
+    ys, xs = np.nonzero(alpha >= 0.5)
+    box = [int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1]
+    return alpha, box
+
+
+def distractors(rng, bg_lum):
+    """Thin lines and small dots: coverage masks with their colours."""
+    layer = Image.new("RGB", (SIDE * 2, SIDE * 2), (0, 0, 0))
+    mask = Image.new("L", (SIDE * 2, SIDE * 2), 0)
+    dl, dm = ImageDraw.Draw(layer), ImageDraw.Draw(mask)
+    for _ in range(rng.integers(3, 7)):
+        c = tuple(int(v * 255) for v in colour(rng, bg_lum))
+        x0, y0 = rng.uniform(0, SIDE, 2)
+        length = rng.uniform(0.15, 0.5) * SIDE
+        t = rng.uniform(0, 2 * math.pi)
+        xy = [x0 * 2, y0 * 2, (x0 + length * math.cos(t)) * 2, (y0 + length * math.sin(t)) * 2]
+        w = int(rng.integers(2, 5))  # 1 to 2.5 picture pixels
+        dl.line(xy, fill=c, width=w)
+        dm.line(xy, fill=255, width=w)
+    for _ in range(rng.integers(3, 9)):
+        c = tuple(int(v * 255) for v in colour(rng, bg_lum))
+        x, y = rng.uniform(0, SIDE, 2) * 2
+        rad = rng.uniform(2, 4.5) * 2
+        dl.ellipse([x - rad, y - rad, x + rad, y + rad], fill=c)
+        dm.ellipse([x - rad, y - rad, x + rad, y + rad], fill=255)
+    rgb = np.asarray(layer.resize((SIDE, SIDE), Image.Resampling.BOX), dtype=np.float32) / 255
+    a = np.asarray(mask.resize((SIDE, SIDE), Image.Resampling.BOX), dtype=np.float32) / 255
+    # The layer was drawn on black: its colour where covered is rgb / a.
+    return rgb, a[..., None]
+
+
+def picture(split, index):
+    """One picture (PIL RGB), its class index and the target's box; a pure function of its seed."""
+    rng = np.random.default_rng([SEED, split, index])
+    label = int(rng.integers(len(CLASSES)))
+    img, bg_lum = background(rng)
+    d_rgb, d_a = distractors(rng, bg_lum)
+    img = img * (1 - d_a) + d_rgb  # premultiplied colour over the background
+    alpha, box = target_alpha(rng, CLASSES[label])
+    fill = colour(rng, bg_lum) + rng.standard_normal((SIDE, SIDE, 3), dtype=np.float32) * 0.03
+    img = img * (1 - alpha[..., None]) + fill * alpha[..., None]
+    img = np.clip(np.rint(img * 255), 0, 255).astype(np.uint8)
+    return Image.fromarray(img, "RGB"), label, box
+
+
+PREPROCESS = transforms.Compose([
+    transforms.Resize((N, N)),
+    transforms.ToTensor(),
+    transforms.Normalize(mean=MEAN, std=STD),
+])
+
+
+def batch(split, indices):
+    xs, ys = [], []
+    for i in indices:
+        img, label, _ = picture(split, i)
+        xs.append(PREPROCESS(img))
+        ys.append(label)
+    return torch.stack(xs), torch.tensor(ys)
+
+
+def train(model):
+    """Adam with a one-cycle schedule on fresh pictures; returns figures about the run."""
+    steps_per_epoch = PER_EPOCH // BATCH
+    opt = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=WEIGHT_DECAY)
+    sched = torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=LR, total_steps=EPOCHS * steps_per_epoch, pct_start=0.25)
+    model.train()
+    start = time.time()
+    step = 0
+    for epoch in range(EPOCHS):
+        losses, correct = [], 0
+        for b in range(steps_per_epoch):
+            first = (epoch * steps_per_epoch + b) * BATCH
+            x, y = batch(TRAIN_SPLIT, range(first, first + BATCH))
+            x = x.contiguous(memory_format=torch.channels_last)
+            logits = model(x)
+            loss = torch.nn.functional.cross_entropy(logits, y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            step += 1
+            losses.append(loss.item())
+            correct += int((logits.argmax(1) == y).sum())
+        print(f"trained: epoch {epoch + 1}/{EPOCHS} loss {np.mean(losses):.4f} "
+              f"train accuracy {correct / (steps_per_epoch * BATCH):.3f} "
+              f"({time.time() - start:.0f} s)", file=sys.stderr, flush=True)
+    model.eval()
+    return opt, {
+        "epochs": EPOCHS,
+        "steps": step,
+        "batch": BATCH,
+        "pictures_seen": step * BATCH,
+        "final_train_loss": float(np.mean(losses)),
+        "final_train_accuracy": correct / (steps_per_epoch * BATCH),
+        "train_seconds": time.time() - start,
+    }
+
+
+class Captured:
+    """Stands in for pytorch-grad-cam's ActivationsAndGradients with arrays already captured."""
+
+    def __init__(self, activations, gradients):
+        self.activations, self.gradients = [activations], [gradients]
+
+    def release(self):
+        pass
+
+
+def pointing(model, x, labels, boxes):
+    """Arg-max points (picture pixels) of each method's map at each layer, for the true class.
+
+    One forward and backward pass captures every layer's activations and gradients; each method
+    then runs its own pytorch-grad-cam pipeline (weights, ReLU, upsampling to N x N with
+    normalisation) on them, which is what calling it directly computes, once per method.
+    """
+    targets = [ClassifierOutputTarget(int(c)) for c in labels]
+    layers = [getattr(model, name) for name in LAYERS]
+    capture = GradCAM(model=model, target_layers=layers)
+    capture(input_tensor=x, targets=targets)
+    acts = list(capture.activations_and_grads.activations)
+    grads = list(capture.activations_and_grads.gradients)
+    capture.activations_and_grads.release()
+    points = {}
+    for method, cls in METHODS.items():
+        for li, name in enumerate(LAYERS):
+            cam = cls(model=model, target_layers=[layers[li]])
+            cam.activations_and_grads.release()
+            cam.activations_and_grads = Captured(acts[li], grads[li])
+            maps = cam.aggregate_multi_layers(cam.compute_cam_per_layer(x, targets, False))
+            assert maps.shape == (len(labels), N, N), maps.shape
+            flat = maps.reshape(len(labels), -1).argmax(axis=1)  # first arg-max
+            iy, ix = np.divmod(flat, N)
+            px = (ix + 0.5) * SIDE / N
+            py = (iy + 0.5) * SIDE / N
+            points[f"{method}.{name}"] = np.stack([px, py], axis=1)
+    return points
+
+
+def check_pipeline(model, x, labels):
+    """The shortcut in `pointing` gives exactly what calling the CAM objects gives."""
+    targets = [ClassifierOutputTarget(int(c)) for c in labels]
+    pts = pointing(model, x, labels, None)
+    for method, cls in METHODS.items():
+        for name in ("layer2", "layer4"):
+            with cls(model=model, target_layers=[getattr(model, name)]) as cam:
+                maps = cam(input_tensor=x, targets=targets)
+            flat = maps.reshape(len(labels), -1).argmax(axis=1)
+            iy, ix = np.divmod(flat, N)
+            want = np.stack([(ix + 0.5) * SIDE / N, (iy + 0.5) * SIDE / N], axis=1)
+            assert np.array_equal(want, pts[f"{method}.{name}"]), (method, name)
+
+
+def inside(point, box):
+    x, y = point
+    return box[0] <= x < box[2] and box[1] <= y < box[3]
+
+
+def evaluate(model, out):
+    """Writes the held-out set and measures accuracy and pointing on it, as read back from PNG."""
+    # Held-out pictures, written as PNG and read back as the service would read them.
+    pictures = []
+    for i in range(HELDOUT):
+        img, label, box = picture(HELDOUT_SPLIT, i)
+        file = f"heldout/{i:04d}.png"
+        img.save(out / file)
+        pictures.append({"file": file, "class_index": label, "label": CLASSES[label], "box": box})
+    (out / "heldout.json").write_text(json.dumps({
+        "input_size": N, "picture_side": SIDE, "mean": MEAN, "std": STD, "classes": CLASSES,
+        "pictures": pictures}, indent=1))
+    x = torch.stack([PREPROCESS(Image.open(out / p["file"]).convert("RGB")) for p in pictures])
+    labels = np.array([p["class_index"] for p in pictures])
+    boxes = [p["box"] for p in pictures]
+
+    check_pipeline(model, x[:4], labels[:4])
+    with torch.no_grad():
+        logits = model(x)
+    predicted = logits.argmax(1).numpy()
+    accuracy = float((predicted == labels).mean())
+    points = {}
+    for start in range(0, HELDOUT, 50):
+        part = pointing(model, x[start:start + 50], labels[start:start + 50], None)
+        for key, value in part.items():
+            points.setdefault(key, []).append(value)
+    points = {k: np.concatenate(v) for k, v in points.items()}
+    rates = {m: {name: float(np.mean([inside(p, b) for p, b in zip(points[f"{m}.{name}"], boxes)]))
+                 for name in LAYERS} for m in METHODS}
+    centre = float(np.mean([inside((SIDE / 2, SIDE / 2), b) for b in boxes]))
+    area = float(np.mean([(b[2] - b[0]) * (b[3] - b[1]) / SIDE**2 for b in boxes]))
+    return {
+        "accuracy": accuracy,
+        "correct": int((predicted == labels).sum()),
+        "count": HELDOUT,
+        "pointing": rates,
+        "baselines": {"picture_centre": centre, "random_point": area},
+        "per_picture": [{
+            "file": p["file"],
+            "predicted": int(predicted[i]),
+            "logits": [float(v) for v in logits[i]],
+            "points": {k: [float(v) for v in points[k][i]] for k in points},
+        } for i, p in enumerate(pictures)],
+    }
+
+
+def summary(f):
+    print(f"trained: held-out accuracy {f['accuracy']:.3f} ({f['correct']}/{f['count']}), "
+          f"final train loss {f['final_train_loss']:.4f}, training {f['train_seconds']:.0f} s, "
+          f"all {f['seconds']:.0f} s", file=sys.stderr)
+    print("trained: pointing game " + " ".join(f"{n:>7}" for n in LAYERS), file=sys.stderr)
+    for m in METHODS:
+        print(f"trained: {m:>13} " + " ".join(f"{f['pointing'][m][n]:7.3f}" for n in LAYERS),
+              file=sys.stderr)
+    b = f["baselines"]
+    print(f"trained: baselines: picture centre {b['picture_centre']:.3f}, "
+          f"random point {b['random_point']:.3f}", file=sys.stderr)
+
+
+def main():
+    out = Path(sys.argv[1])
+    (out / "heldout").mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(2)
+    torch.manual_seed(SEED)
+    model = torchvision.models.resnet18(num_classes=len(CLASSES))
+    model = model.to(memory_format=torch.channels_last)
+    opt, figures = train(model)
+    model = model.to(memory_format=torch.contiguous_format)
+
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(out / "weights.safetensors"))
+    torch.save({
+        "epoch": EPOCHS - 1,
+        "global_step": figures["steps"],
+        "state_dict": {"model." + k: v for k, v in state.items()},
+        "optimizer_states": [opt.state_dict()],
+        "hyper_parameters": {"num_classes": len(CLASSES), "lr": LR, "arch": "resnet18",
+                             "input_size": N},
+        "pytorch-lightning_version": "2.5.0",
+    }, out / "model.ckpt")
+    (out / "labels.txt").write_text("".join(c + "\n" for c in CLASSES))
+
+    figures.update(evaluate(model, out))
+    figures["seconds"] = time.time() - WALL_START
+    (out / "torch_figures.json").write_text(json.dumps(figures, indent=1))
+
+    summary(figures)
+    digest = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()
+    (out / "stamp").write_text(digest)
+
+
+if __name__ == "__main__":
+    main()
