@@ -1,22 +1,32 @@
 #!/usr/bin/env bash
-# Makes sure the PyTorch reference (seeded test weights, logits, maps, edge-case images) exists
-# in the cache, in a directory named after the hash of tests/reference.py, so that it is made
-# again only when the script changes. Prints its directory; older versions are removed.
+# Makes sure a PyTorch reference exists in the cache, in a directory named after the hash of the
+# script that makes it, so that it is made again only when the script changes; prints its
+# directory; older versions are removed.
+#   scripts/reference.sh          tests/reference.py: the seeded ResNet-50, its logits and maps,
+#                                 edge-case images
+#   scripts/reference.sh family   tests/family.py: every member of the ResNet family, timm's,
+#                                 checkpoint formats, a 7-class head, 288 px centre-crop
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 . scripts/env.sh
 scripts/setup.sh
-want="$(sha256sum tests/reference.py | cut -c1-16)"
-base="$GRADCAM_CACHE/references"
+name="${1:-reference}"
+script="tests/$name.py"
+[ -f "$script" ] || { echo "reference: no $script" >&2; exit 1; }
+want="$(sha256sum "$script" | cut -c1-16)"
+case "$name" in
+  reference) base="$GRADCAM_CACHE/references" ;;
+  *) base="$GRADCAM_CACHE/$name-reference" ;;
+esac
 ref="$base/$want"
 if [ ! -f "$ref/stamp" ]; then
-  echo "reference: generating the PyTorch reference into $ref" >&2
+  echo "reference: generating $script's output into $ref" >&2
   mkdir -p "$base"
   rm -rf "$ref.tmp"
-  python tests/reference.py "$ref.tmp" >&2
+  python "$script" "$ref.tmp" >&2
   mv "$ref.tmp" "$ref"
   find "$base" -mindepth 1 -maxdepth 1 ! -name "$want" -exec rm -rf {} +
-  rm -rf "$GRADCAM_CACHE/reference"  # the single-version layout used before
+  [ "$name" = reference ] && rm -rf "$GRADCAM_CACHE/reference"  # the single-version layout used before
 fi
 echo "$ref"

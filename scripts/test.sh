@@ -7,7 +7,8 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 . scripts/env.sh
 GRADCAM_TEST_REFERENCE="$(scripts/reference.sh)"
-export GRADCAM_TEST_REFERENCE
+GRADCAM_TEST_FAMILY="$(scripts/reference.sh family)"
+export GRADCAM_TEST_REFERENCE GRADCAM_TEST_FAMILY
 
 # Release builds, with the test-only fault hook on (smoke.sh below then checks the shipped build).
 if cargo nextest --version >/dev/null 2>&1; then

@@ -430,9 +430,10 @@ pub fn check_layout(
         .iter()
         .map(|(n, s)| (n.as_str(), s.as_slice()))
         .collect();
-    let mut missing: Vec<&str> = want
-        .keys()
-        .copied()
+    // In the network's order, so that the first names say where the layouts part.
+    let missing: Vec<&str> = expected
+        .iter()
+        .map(|(n, _)| n.as_str())
         .filter(|n| !tensors.contains_key(*n))
         .collect();
     let mut unexpected: Vec<&str> = tensors
@@ -451,7 +452,6 @@ pub fn check_layout(
             }
         }
     }
-    missing.sort_unstable();
     unexpected.sort_unstable();
     misshaped.sort_unstable();
     not_float.sort_unstable();

@@ -19,7 +19,17 @@ pub struct Server {
 impl Server {
     /// Starts a server with the test weights on the CPU, plus `args`.
     pub fn start(args: &[&str]) -> Server {
-        Server::launch(Command::new(env!("CARGO_BIN_EXE_gradcam-serve")), args)
+        let weights = super::reference_dir().join("weights.safetensors");
+        Server::start_with(&weights, args)
+    }
+
+    /// Starts a server with the weights file `weights` on the CPU, plus `args`.
+    pub fn start_with(weights: &std::path::Path, args: &[&str]) -> Server {
+        Server::launch(
+            Command::new(env!("CARGO_BIN_EXE_gradcam-serve")),
+            weights,
+            args,
+        )
     }
 
     /// The same under a limit of `bytes` of address space (`prlimit --as`, which the kernel
@@ -33,7 +43,8 @@ impl Server {
             .arg("--")
             .arg(env!("CARGO_BIN_EXE_gradcam-serve"))
             .env("MALLOC_ARENA_MAX", "2");
-        Server::launch(command, args)
+        let weights = super::reference_dir().join("weights.safetensors");
+        Server::launch(command, &weights, args)
     }
 
     /// A figure from `/proc/PID/status` in KiB, such as `VmPeak` or `VmHWM`.
@@ -47,8 +58,7 @@ impl Server {
             .unwrap_or_else(|| panic!("no {field} in {status}"))
     }
 
-    fn launch(mut command: Command, args: &[&str]) -> Server {
-        let weights = super::reference_dir().join("weights.safetensors");
+    fn launch(mut command: Command, weights: &std::path::Path, args: &[&str]) -> Server {
         let mut child = command
             .args([
                 "serve",
@@ -62,7 +72,7 @@ impl Server {
                 "json",
             ])
             .arg("--weights")
-            .arg(&weights)
+            .arg(weights)
             .args(args)
             .env_remove("GRADCAM_WEIGHTS")
             .env("RUST_LOG", "info")
