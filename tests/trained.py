@@ -58,8 +58,7 @@ SIDE = 160  # picture side, pixels
 N = 128  # network input side (layer4 map: N / 32 = 4)
 MEAN = [0.485, 0.456, 0.406]
 STD = [0.229, 0.224, 0.225]
-SIZE_RANGE = (0.36, 0.50)  # target's extent (diameter of a circle), fraction of the side
-REACH = 1.2  # no target reaches farther from its centre than REACH * extent / 2
+SIZE_RANGE = (0.38, 0.50)  # target's width and height, fraction of the side
 HELDOUT = 200
 EPOCHS = 5
 PER_EPOCH = 2048  # fresh pictures per epoch
@@ -101,46 +100,48 @@ def background(rng):
     return np.float32(level) + tint + smooth + fine, level
 
 
-def shape_polygons(kind, r, angle):
-    """Polygons (lists of (x, y) around the origin) of a shape of circumradius r."""
-    def rot(points):
-        c, s = math.cos(angle), math.sin(angle)
-        return [(x * c - y * s, x * s + y * c) for x, y in points]
+def shape_polygons(kind, e, flip):
+    """Polygons (lists of (x, y) around the origin) of an upright shape about e wide and high.
+
+    Every kind fills most of its e x e square, so that the target's box hardly depends on its
+    kind; triangles and stars point up or (flip) down.
+    """
+    h = e / 2
     if kind == "square":
-        a = r / math.sqrt(2)
-        return [rot([(-a, -a), (a, -a), (a, a), (-a, a)])]
-    if kind == "triangle":
-        return [rot([(r * math.cos(t), r * math.sin(t))
-                     for t in (-math.pi / 2 + k * 2 * math.pi / 3 for k in range(3))])]
-    if kind == "cross":
-        w = r * 0.36
-        return [rot([(-r, -w), (r, -w), (r, w), (-r, w)]),
-                rot([(-w, -r), (w, -r), (w, r), (-w, r)])]
-    if kind == "star":
+        a = 0.46 * e
+        polys = [[(-a, -a), (a, -a), (a, a), (-a, a)]]
+    elif kind == "triangle":
+        polys = [[(0, -0.45 * e), (h, 0.45 * e), (-h, 0.45 * e)]]
+    elif kind == "cross":
+        w = 0.17 * e
+        polys = [[(-h, -w), (h, -w), (h, w), (-h, w)], [(-w, -h), (w, -h), (w, h), (-w, h)]]
+    elif kind == "star":
+        big = h / math.sin(2 * math.pi / 5)  # outer radius: the two side points are e apart
+        drop = big * (1 - math.cos(math.pi / 5)) / 2  # centres the star's box vertically
         pts = []
         for k in range(10):
-            rr = r if k % 2 == 0 else r * 0.42
+            rr = big if k % 2 == 0 else big * 0.42
             t = -math.pi / 2 + k * math.pi / 5
-            pts.append((rr * math.cos(t), rr * math.sin(t)))
-        return [rot(pts)]
-    raise ValueError(kind)
+            pts.append((rr * math.cos(t), rr * math.sin(t) + drop))
+        polys = [pts]
+    else:
+        raise ValueError(kind)
+    return [[(x, -y) for x, y in poly] for poly in polys] if flip else polys
 
 
 def target_alpha(rng, kind):
     """The target's coverage over the picture (float in [0, 1]) and its bounding box."""
-    extent = rng.uniform(*SIZE_RANGE) * SIDE
-    r = extent / 2
+    e = rng.uniform(*SIZE_RANGE) * SIDE
     # Anywhere the whole target fits, whatever its kind.
-    cx, cy = rng.uniform(REACH * r, SIDE - REACH * r, 2)
-    angle = rng.uniform(0, 2 * math.pi)
+    cx, cy = rng.uniform(e / 2, SIDE - e / 2, 2)
+    flip = bool(rng.integers(2))
     big = Image.new("L", (SIDE * SS, SIDE * SS), 0)
     draw = ImageDraw.Draw(big)
     if kind == "circle":
-        draw.ellipse([(cx - r) * SS, (cy - r) * SS, (cx + r) * SS, (cy + r) * SS], fill=255)
+        draw.ellipse([(cx - e / 2) * SS, (cy - e / 2) * SS, (cx + e / 2) * SS, (cy + e / 2) * SS],
+                     fill=255)
     else:
-        # Polygons are scaled so that their visual extent matches a circle's of the same size.
-        scale = {"square": 1.15, "triangle": 1.2, "cross": 1.0, "star": 1.1}[kind]
-        for poly in shape_polygons(kind, r * scale, angle):
+        for poly in shape_polygons(kind, e, flip):
             draw.polygon([((cx + x) * SS, (cy + y) * SS) for x, y in poly], fill=255)
     alpha = np.asarray(big.resize((SIDE, SIDE), Image.Resampling.BOX), dtype=np.float32) / 255
     ys, xs = np.nonzero(alpha >= 0.5)
@@ -366,7 +367,8 @@ def main():
     (out / "heldout").mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(2)
     torch.manual_seed(SEED)
-    model = torchvision.models.resnet18(num_classes=len(CLASSES))
+    # zero_init_residual starts every residual block as an identity: faster from scratch.
+    model = torchvision.models.resnet18(num_classes=len(CLASSES), zero_init_residual=True)
     model = model.to(memory_format=torch.channels_last)
     opt, figures = train(model)
     model = model.to(memory_format=torch.contiguous_format)

@@ -48,12 +48,59 @@ pub async fn labels(State(state): State<AppState>) -> Response {
     Json(LabelsBody { labels }).into_response()
 }
 
-pub async fn openapi() -> Response {
+pub async fn openapi(State(state): State<AppState>) -> Response {
+    let classes = state.engine.description().classes;
     (
         [(header::CONTENT_TYPE, "application/yaml")],
-        include_str!("../../openapi.yaml"),
+        document_for(classes).into_owned(),
     )
         .into_response()
+}
+
+/// openapi.yaml as this server's model makes it true: the document is written for ImageNet's
+/// 1000 classes; class indexes (and `top_k`, for fewer than 10 classes) follow the model's.
+pub fn document_for(classes: usize) -> std::borrow::Cow<'static, str> {
+    const DOC: &str = include_str!("../../openapi.yaml");
+    if classes == 1000 {
+        return DOC.into();
+    }
+    let last = classes.saturating_sub(1);
+    let mut doc = DOC.replace(
+        "minimum: 0, maximum: 999 }",
+        &format!("minimum: 0, maximum: {last} }}"),
+    );
+    let top_k = crate::backend::MAX_TOP_K;
+    if classes < top_k {
+        doc = doc.replace(
+            &format!("top_k: {{ type: integer, minimum: 1, maximum: {top_k} }}"),
+            &format!("top_k: {{ type: integer, minimum: 1, maximum: {classes} }}"),
+        );
+        doc = doc.replace(
+            &format!("schema: {{ type: integer, minimum: 1, maximum: {top_k}, default: 1 }}"),
+            &format!("schema: {{ type: integer, minimum: 1, maximum: {classes}, default: 1 }}"),
+        );
+    }
+    doc.into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::document_for;
+
+    #[test]
+    fn the_document_follows_the_class_count() {
+        let default = document_for(1000);
+        assert_eq!(default.matches("maximum: 999 }").count(), 6);
+        let seven = document_for(7);
+        assert!(!seven.contains("maximum: 999"));
+        assert_eq!(seven.matches("minimum: 0, maximum: 6 }").count(), 6);
+        // top_k of /explain in the query, the form and the JSON body.
+        assert_eq!(seven.matches("minimum: 1, maximum: 7 }").count(), 2);
+        assert_eq!(seven.matches("minimum: 1, maximum: 7, default: 1 }").count(), 1);
+        let many = document_for(5000);
+        assert_eq!(many.matches("minimum: 0, maximum: 4999 }").count(), 6);
+        assert_eq!(many.matches("minimum: 1, maximum: 10 }").count(), 2);
+    }
 }
 
 pub async fn not_found(req: Request) -> ApiError {
