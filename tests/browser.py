@@ -125,6 +125,12 @@ if (kind === 'drop') {
 CELL = re.compile(r"cell \((\d+), (\d+)\) of (\d+)x(\d+): map ([0-9.]+) \(normalised\), raw (\S+)")
 
 
+def read_cell_text(driver):
+    text = driver.find_element(By.ID, "pointer").text
+    read_cell(driver)
+    return text
+
+
 def read_cell(driver):
     text = driver.find_element(By.ID, "pointer").text
     m = CELL.search(text)
@@ -355,6 +361,11 @@ def main():
         wait_text(driver, "#overlays figcaption", "layercam")
         check(canvas_digest(driver)[0] != digest3, "layercam drew a new overlay")
         check(explain_count(a.api) == before + 1, "one more request for the new method")
+        pointer = driver.find_element(By.ID, "pointer").text
+        check(not CELL.search(pointer), f"the value read from the old overlay is gone: {pointer!r}")
+        # The screenshot shows the keyboard cursor and the value it reads.
+        driver.find_element(By.CSS_SELECTOR, "#overlays canvas").send_keys(Keys.ARROW_RIGHT)
+        check("layercam" in read_cell_text(driver), "the keyboard reads the new overlay")
         driver.save_screenshot(a.screenshot)
         print("screenshot:", a.screenshot)
 

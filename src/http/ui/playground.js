@@ -201,6 +201,7 @@ function showCell(view) {
     + ` map ${view.norm[i].toFixed(3)} (normalised), raw ${view.raw[i].toPrecision(4)}`;
 }
 
+const POINTER_HINT = $('pointer').textContent;
 const STEPS = { ArrowLeft: [-1, 0], ArrowRight: [1, 0], ArrowUp: [0, -1], ArrowDown: [0, 1] };
 
 /// A figure with a canvas for one explanation, appended to `where`. The canvas takes the
@@ -301,6 +302,7 @@ async function explain(ev) {
     state.views = [];
     $('overlays').replaceChildren();
     $('comparison').replaceChildren();
+    $('pointer').textContent = POINTER_HINT; // what it said was about a picture now gone
     const list = $('predictions');
     list.replaceChildren();
     for (const p of body.predictions) {
