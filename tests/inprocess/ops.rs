@@ -336,7 +336,11 @@ async fn every_route_is_in_openapi_yaml_and_answers_as_documented() {
     let documented = documented_paths();
     let mut names: Vec<String> = documented.iter().map(|(p, _)| p.clone()).collect();
     names.sort();
-    assert_eq!(names, routed_paths(), "openapi.yaml's paths and the router's");
+    assert_eq!(
+        names,
+        routed_paths(),
+        "openapi.yaml's paths and the router's"
+    );
     let (app, _) = app(&[]);
     let docs = send(&app, get("/docs")).await.text();
     for (path, media) in documented {
