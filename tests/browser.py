@@ -435,6 +435,10 @@ def measure(a):
             if driver.find_element(By.ID, "problem").is_displayed():
                 raise AssertionError("refused: " + driver.find_element(By.ID, "problem").text)
             split = json.loads(driver.find_element(By.TAG_NAME, "body").get_attribute("data-upload-to-overlay"))
+            # The server's own stages, from the answer the page holds.
+            server = driver.execute_script("return state.json.timings")
+            for stage in ("decode", "queue", "inference", "render"):
+                split[f"server_{stage}_ms"] = server[f"{stage}_ms"]
             size = driver.execute_script(
                 """const e = performance.getEntriesByType('resource').filter((r) => r.name.includes('/explain'));
                 performance.clearResourceTimings();
@@ -451,6 +455,10 @@ def measure(a):
     names = {
         "total_ms": "upload to overlay",
         "server_ms": "  server (timings.total_ms)",
+        "server_decode_ms": "    decode",
+        "server_queue_ms": "    queue",
+        "server_inference_ms": "    inference",
+        "server_render_ms": "    render",
         "network_ms": "  upload + download",
         "read_ms": "  JSON parse + photo decode",
         "draw_ms": "  drawing",
