@@ -9,7 +9,7 @@ start_server() {
   local port
   port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
   base="http://127.0.0.1:$port"
-  target/release/gradcam-serve serve --host 127.0.0.1 --port "$port" --weights "$weights" \
+  "${CARGO_TARGET_DIR:-target}/release/gradcam-serve" serve --host 127.0.0.1 --port "$port" --weights "$weights" \
     --log-format json "$@" >"$log" 2>&1 &
   pid=$!
   local _

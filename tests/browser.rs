@@ -1,8 +1,9 @@
 //! The playground in a real browser: headless Chromium driven through its WebDriver
 //! (chromium-driver, from Debian) by tests/browser.py (selenium, from the test environment),
-//! against the real server binary. A page on another loopback origin calls `/explain` for the
-//! overlay PNG and reads `x-class-label`; a second server with API keys shows its 401 on the
-//! page until the key is typed in.
+//! against the real server binary: upload, the keyboard reading the map, redrawing, compare,
+//! downloads, drop and paste, a refused file, a phone-width window. A page on another loopback
+//! origin calls `/explain` for the overlay PNG and reads `x-class-label`; a second server with
+//! API keys shows its 401 on the page until the key is typed in.
 
 mod common;
 

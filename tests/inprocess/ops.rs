@@ -1,6 +1,6 @@
 //! The operational routes (`/info`, `/labels`, health, `/metrics`, `/openapi.yaml`) and CORS.
 
-use crate::support::{app, fixture, get, metric, metrics_text, post, send, upload};
+use crate::support::{app, fixture, get, metric, metrics_text, post, problem, send, upload};
 use axum::body::Body;
 use axum::http::Request;
 
@@ -299,4 +299,73 @@ async fn cors_any_origin_and_no_cors_by_default() {
         "",
         "no --cors-origins, preflight"
     );
+}
+
+/// openapi.yaml's paths, each with the media type of its 200 answer.
+fn documented_paths() -> Vec<(String, String)> {
+    let doc = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/openapi.yaml"));
+    let paths = doc.split("\npaths:\n").nth(1).unwrap();
+    let paths = &paths[..paths.find("\ncomponents:").unwrap()];
+    let mut out: Vec<(String, String)> = Vec::new();
+    let mut in_ok = false;
+    for line in paths.lines() {
+        if let Some(path) = line.strip_prefix("  /") {
+            out.push((format!("/{}", path.trim_end_matches(':')), String::new()));
+            in_ok = false;
+        } else if line.trim() == "'200':" {
+            in_ok = true;
+        } else if in_ok && line.trim().ends_with(':') && line.contains('/') {
+            out.last_mut().unwrap().1 = line.trim().trim_end_matches(':').to_string();
+            in_ok = false;
+        }
+    }
+    out
+}
+
+/// The paths the router is given (`.route("...", ...)` in the HTTP sources).
+fn routed_paths() -> Vec<String> {
+    let mut out = Vec::new();
+    for source in [
+        include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/src/http/mod.rs")),
+        include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/src/http/ui.rs")),
+    ] {
+        for part in source.split(".route(\"").skip(1) {
+            out.push(part[..part.find('"').unwrap()].to_string());
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Every route, the web pages and their assets included, is in openapi.yaml, and every GET path
+/// there answers with the media type it documents.
+#[tokio::test]
+async fn every_route_is_in_openapi_yaml_and_answers_as_documented() {
+    let documented = documented_paths();
+    let mut names: Vec<String> = documented.iter().map(|(p, _)| p.clone()).collect();
+    names.sort();
+    assert_eq!(
+        names,
+        routed_paths(),
+        "openapi.yaml's paths and the router's"
+    );
+    let (app, _) = app(&[]);
+    let docs = send(&app, get("/docs")).await.text();
+    for (path, media) in documented {
+        if matches!(path.as_str(), "/explain" | "/predict") {
+            continue; // POST only; tests/inprocess/answers.rs
+        }
+        let a = send(&app, get(&path)).await;
+        // A build without swagger-ui-dist has no reference assets, and its /docs says so.
+        if path.starts_with("/docs/") && docs.contains("no interactive reference") {
+            problem(&path, &a, 404, "not_found");
+            continue;
+        }
+        assert_eq!(a.status, 200, "{path}");
+        assert!(
+            a.header("content-type").starts_with(&media),
+            "{path}: {} is not the documented {media}",
+            a.header("content-type")
+        );
+    }
 }

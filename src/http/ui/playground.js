@@ -65,7 +65,9 @@ function chosenClass() {
 }
 
 /// One call to /explain with `params`; the parsed answer, or null after showing the problem.
-async function call(params) {
+/// `marks`, when given, gets the times at which the answer's headers and its whole body had
+/// arrived and when its JSON was parsed (performance.now()).
+async function call(params, marks) {
   const headers = { Accept: 'application/json' };
   if ($('key').value) headers.Authorization = `Bearer ${$('key').value}`;
   let body;
@@ -86,7 +88,15 @@ async function call(params) {
     showProblem('No answer', `The server could not be reached: ${e.message}`);
     return null;
   }
-  if (res.ok) return res.json();
+  if (res.ok) {
+    const m = marks || {};
+    m.headers = performance.now();
+    const text = await res.text();
+    m.body = performance.now();
+    const json = JSON.parse(text);
+    m.parsed = performance.now();
+    return json;
+  }
   let problem = null;
   try { problem = await res.json(); } catch (_) { /* not a problem document */ }
   showProblem(
@@ -177,32 +187,79 @@ function redraw() {
 $('alpha').addEventListener('input', redraw);
 $('colormap').addEventListener('change', redraw);
 
-/// A figure with a canvas for one explanation, appended to `where`.
+/// Shows the keyboard cursor on the view's current map cell and says the map's value there.
+function showCell(view) {
+  const { x, y } = view.cell;
+  const s = view.cursor.style;
+  s.left = `${(x * 100) / view.mw}%`;
+  s.top = `${(y * 100) / view.mh}%`;
+  s.width = `${100 / view.mw}%`;
+  s.height = `${100 / view.mh}%`;
+  view.cursor.hidden = false;
+  const i = y * view.mw + x;
+  $('pointer').textContent = `${view.caption}, cell (${x}, ${y}) of ${view.mw}x${view.mh}:`
+    + ` map ${view.norm[i].toFixed(3)} (normalised), raw ${view.raw[i].toPrecision(4)}`;
+}
+
+const POINTER_HINT = $('pointer').textContent;
+const STEPS = { ArrowLeft: [-1, 0], ArrowRight: [1, 0], ArrowUp: [0, -1], ArrowDown: [0, 1] };
+
+/// A figure with a canvas for one explanation, appended to `where`. The canvas takes the
+/// keyboard focus, and the arrow keys move a cursor over the map cell by cell, so that the map
+/// can be read without a pointer.
 function addView(where, e, caption) {
   const fig = document.createElement('figure');
+  const frame = document.createElement('div');
+  frame.className = 'frame';
   const canvas = document.createElement('canvas');
   canvas.width = state.base.width;
   canvas.height = state.base.height;
-  canvas.setAttribute('role', 'img');
-  canvas.setAttribute('aria-label', `${caption}: the map over the photograph`);
+  canvas.tabIndex = 0;
+  // "application": screen readers pass the arrow keys through to the page.
+  canvas.setAttribute('role', 'application');
+  canvas.setAttribute('aria-roledescription', 'heatmap');
+  canvas.setAttribute('aria-label', `${caption}: the map over the photograph; arrow keys read it cell by cell`);
+  canvas.setAttribute('aria-describedby', 'pointer');
+  const cursor = document.createElement('div');
+  cursor.className = 'cursor';
+  cursor.hidden = true;
+  frame.append(canvas, cursor);
   const cap = document.createElement('figcaption');
   cap.textContent = caption;
-  fig.append(canvas, cap);
+  fig.append(frame, cap);
   where.appendChild(fig);
+  const mw = e.heatmap.width;
+  const mh = e.heatmap.height;
   const view = {
     canvas,
+    cursor,
     caption,
-    mw: e.heatmap.width,
-    mh: e.heatmap.height,
+    mw,
+    mh,
     raw: e.heatmap.data,
-    up: upsample(e.normalized, e.heatmap.width, e.heatmap.height, canvas.width, canvas.height),
+    norm: e.normalized,
+    cell: { x: Math.floor(mw / 2), y: Math.floor(mh / 2) },
+    up: upsample(e.normalized, mw, mh, canvas.width, canvas.height),
   };
   canvas.addEventListener('mousemove', (ev) => {
     const x = Math.min(canvas.width - 1, Math.floor((ev.offsetX * canvas.width) / canvas.clientWidth));
     const y = Math.min(canvas.height - 1, Math.floor((ev.offsetY * canvas.height) / canvas.clientHeight));
-    const cell = Math.floor((y * view.mh) / canvas.height) * view.mw + Math.floor((x * view.mw) / canvas.width);
-    $('pointer').textContent = `${caption} at (${x}, ${y}): map ${view.up[y * canvas.width + x].toFixed(3)}`
-      + ` (normalised), raw ${view.raw[cell].toPrecision(3)}`;
+    view.cell = { x: Math.floor((x * mw) / canvas.width), y: Math.floor((y * mh) / canvas.height) };
+    const cell = view.cell.y * mw + view.cell.x;
+    $('pointer').textContent = `${caption} at (${x}, ${y}), cell (${view.cell.x}, ${view.cell.y}):`
+      + ` map ${view.up[y * canvas.width + x].toFixed(3)} (normalised), raw ${view.raw[cell].toPrecision(4)}`;
+  });
+  canvas.addEventListener('focus', () => showCell(view));
+  canvas.addEventListener('blur', () => { cursor.hidden = true; });
+  canvas.addEventListener('keydown', (ev) => {
+    const step = STEPS[ev.key];
+    if (!step) return;
+    ev.preventDefault(); // the arrows move the cursor, not the page
+    view.cell = {
+      x: Math.min(mw - 1, Math.max(0, view.cell.x + step[0])),
+      y: Math.min(mh - 1, Math.max(0, view.cell.y + step[1])),
+    };
+    showCell(view);
   });
   state.views.push(view);
   draw(view);
@@ -213,12 +270,14 @@ function caption(e) {
   return `${e.label} (${e.class_index}), ${e.method} at ${e.layer}`;
 }
 
-function showTimings(t, clientMs) {
+function showTimings(t, split) {
   const parts = ['decode_ms', 'fetch_ms', 'queue_ms', 'inference_ms', 'render_ms', 'total_ms']
     .filter((k) => t[k] !== undefined)
     .map((k) => `${k.replace('_ms', '')} ${t[k].toFixed(1)} ms`);
   $('timings').textContent = `Server: ${parts.join(', ')}, batch of ${t.batch_size}.`
-    + (clientMs === undefined ? '' : ` Upload to overlay in this browser: ${clientMs.toFixed(0)} ms.`);
+    + (split === undefined ? '' : ` Upload to overlay in this browser: ${split.total_ms.toFixed(0)} ms`
+      + ` (server ${split.server_ms.toFixed(0)}, upload and download ${split.network_ms.toFixed(0)},`
+      + ` reading the answer ${split.read_ms.toFixed(0)}, drawing ${split.draw_ms.toFixed(0)}).`);
 }
 
 async function explain(ev) {
@@ -233,14 +292,17 @@ async function explain(ev) {
   button.disabled = true;
   document.body.setAttribute('aria-busy', 'true');
   const started = performance.now();
+  const marks = {};
   try {
-    const body = await call(params());
+    const body = await call(params(), marks);
     if (!body) return;
     state.json = body;
     state.base = await decodeBase(body.explanations[0].overlay_jpeg);
+    const decoded = performance.now();
     state.views = [];
     $('overlays').replaceChildren();
     $('comparison').replaceChildren();
+    $('pointer').textContent = POINTER_HINT; // what it said was about a picture now gone
     const list = $('predictions');
     list.replaceChildren();
     for (const p of body.predictions) {
@@ -254,9 +316,21 @@ async function explain(ev) {
     }
     for (const e of body.explanations) addView($('overlays'), e, caption(e));
     $('result').hidden = false;
-    const ms = performance.now() - started;
-    document.body.dataset.uploadToOverlayMs = ms.toFixed(1);
-    showTimings(body.timings, ms);
+    const done = performance.now();
+    // Where the time from upload to overlay went: the server's own total, the rest of the
+    // round trip (sending the photograph, receiving the answer), parsing the JSON and decoding
+    // the photograph it carries, and drawing (upsampling, blending, painting every canvas).
+    const server = body.timings.total_ms;
+    const split = {
+      total_ms: done - started,
+      server_ms: server,
+      network_ms: Math.max(0, marks.body - started - server),
+      read_ms: decoded - marks.body,
+      draw_ms: done - decoded,
+    };
+    document.body.dataset.uploadToOverlayMs = split.total_ms.toFixed(1);
+    document.body.dataset.uploadToOverlay = JSON.stringify(split);
+    showTimings(body.timings, split);
   } finally {
     button.disabled = false;
     document.body.removeAttribute('aria-busy');
