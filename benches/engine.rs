@@ -1,5 +1,5 @@
 //! Forward-only against explain (forward + partial backward + CAM), batch 1, 4 and 8, at layer4
-//! and layer3, on the CPU. Run with `scripts/bench.sh` (which sets up libtorch and the test
+//! and layer3, on the CPU; and explain for three depths of the ResNet family. Run with `scripts/bench.sh` (which sets up libtorch and the test
 //! weights). Throughput is in images per second.
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
@@ -55,5 +55,33 @@ fn engine(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, engine);
+/// Explain at `layer4`, batch 1 and 8, for resnet18, resnet50 and resnet152 (the weights of
+/// tests/family.py, in `GRADCAM_BENCH_FAMILY`; skipped without it).
+fn family(c: &mut Criterion) {
+    let Some(dir) = std::env::var_os("GRADCAM_BENCH_FAMILY").map(PathBuf::from) else {
+        return;
+    };
+    let x = photo();
+    let mut group = c.benchmark_group("family");
+    group
+        .sample_size(10)
+        .measurement_time(std::time::Duration::from_secs(8));
+    for arch in ["resnet18", "resnet50", "resnet152"] {
+        let path = dir.join("family").join(format!("{arch}.safetensors"));
+        let w = weights::resolve(path.to_str().unwrap(), &std::env::temp_dir()).unwrap();
+        let model = Model::load(w, tch::Device::Cpu, &Default::default()).unwrap();
+        model.warm_up().unwrap();
+        for batch in [1usize, 8] {
+            let items: Vec<(&[f32], ExplainOptions)> =
+                vec![(x.as_slice(), ExplainOptions::default()); batch];
+            group.throughput(Throughput::Elements(batch as u64));
+            group.bench_function(BenchmarkId::new(format!("{arch}_explain"), batch), |b| {
+                b.iter(|| model.explain(&items).unwrap())
+            });
+        }
+    }
+    group.finish();
+}
+
+criterion_group!(benches, engine, family);
 criterion_main!(benches);

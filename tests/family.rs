@@ -251,7 +251,25 @@ fn what_cannot_be_served_is_refused_saying_what_was_found() {
     );
     assert!(e.contains("vgg16") && e.contains("wide_resnet101_2"), "{e}");
     let e = err(&ckpt("labels7.txt"), &LoadSpec::default());
-    assert!(e.contains("unrecognised weights format"), "{e}");
+    assert!(
+        e.contains("unrecognised weights format (it starts with the text \"circle"),
+        "{e}"
+    );
+    // A state dict of something else names what it holds.
+    let other =
+        std::env::temp_dir().join(format!("not-a-resnet-{}.safetensors", std::process::id()));
+    let zeros = tch::Tensor::zeros([4, 4], (tch::Kind::Float, tch::Device::Cpu));
+    tch::Tensor::write_safetensors(
+        &[("encoder.weight", &zeros), ("decoder.weight", &zeros)],
+        &other,
+    )
+    .unwrap();
+    let e = err(&other, &LoadSpec::default());
+    std::fs::remove_file(&other).unwrap();
+    assert!(
+        e.contains("not a ResNet") && e.contains("decoder.weight, encoder.weight"),
+        "{e}"
+    );
     let e = err(
         &ckpt("resnet18_7.safetensors"),
         &LoadSpec {

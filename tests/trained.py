@@ -65,6 +65,7 @@ PER_EPOCH = 2048  # fresh pictures per epoch
 BATCH = 32
 LR = 2e-3
 WEIGHT_DECAY = 5e-4
+CURRICULUM = 0.3  # fraction of the training steps over which the clutter grows to its full
 METHODS = {
     "gradcam": GradCAM,
     "hirescam": HiResCAM,
@@ -88,8 +89,8 @@ def colour(rng, background_lum):
             return c
 
 
-def background(rng):
-    """Smooth colour blobs plus per-pixel noise, around a mid-grey level."""
+def background(rng, clutter):
+    """Smooth colour blobs plus per-pixel noise (scaled by clutter), around a mid-grey level."""
     level = rng.uniform(0.35, 0.65)
     tint = rng.uniform(-0.08, 0.08, 3).astype(np.float32)
     coarse = rng.normal(0.0, 0.08, (6, 6, 3)).astype(np.float32)
@@ -97,7 +98,7 @@ def background(rng):
         [np.asarray(Image.fromarray(coarse[..., k]).resize((SIDE, SIDE), Image.Resampling.BICUBIC))
          for k in range(3)], axis=-1)
     fine = rng.standard_normal((SIDE, SIDE, 3), dtype=np.float32) * 0.05
-    return np.float32(level) + tint + smooth + fine, level
+    return np.float32(level) + tint + np.float32(clutter) * (smooth + fine), level
 
 
 def shape_polygons(kind, e, flip):
@@ -149,38 +150,46 @@ def target_alpha(rng, kind):
     return alpha, box
 
 
-def distractors(rng, bg_lum):
-    """Thin lines and small dots: coverage masks with their colours."""
+def distractors(rng, bg_lum, clutter):
+    """Thin lines and small dots (the first `clutter` fraction of them): colour and coverage."""
     layer = Image.new("RGB", (SIDE * 2, SIDE * 2), (0, 0, 0))
     mask = Image.new("L", (SIDE * 2, SIDE * 2), 0)
     dl, dm = ImageDraw.Draw(layer), ImageDraw.Draw(mask)
-    for _ in range(rng.integers(3, 7)):
+    lines = rng.integers(3, 7)
+    for k in range(lines):
         c = tuple(int(v * 255) for v in colour(rng, bg_lum))
         x0, y0 = rng.uniform(0, SIDE, 2)
         length = rng.uniform(0.15, 0.5) * SIDE
         t = rng.uniform(0, 2 * math.pi)
         xy = [x0 * 2, y0 * 2, (x0 + length * math.cos(t)) * 2, (y0 + length * math.sin(t)) * 2]
         w = int(rng.integers(2, 5))  # 1 to 2.5 picture pixels
-        dl.line(xy, fill=c, width=w)
-        dm.line(xy, fill=255, width=w)
-    for _ in range(rng.integers(3, 9)):
+        if k < round(clutter * lines):
+            dl.line(xy, fill=c, width=w)
+            dm.line(xy, fill=255, width=w)
+    dots = rng.integers(3, 9)
+    for k in range(dots):
         c = tuple(int(v * 255) for v in colour(rng, bg_lum))
         x, y = rng.uniform(0, SIDE, 2) * 2
         rad = rng.uniform(2, 4.5) * 2
-        dl.ellipse([x - rad, y - rad, x + rad, y + rad], fill=c)
-        dm.ellipse([x - rad, y - rad, x + rad, y + rad], fill=255)
+        if k < round(clutter * dots):
+            dl.ellipse([x - rad, y - rad, x + rad, y + rad], fill=c)
+            dm.ellipse([x - rad, y - rad, x + rad, y + rad], fill=255)
     rgb = np.asarray(layer.resize((SIDE, SIDE), Image.Resampling.BOX), dtype=np.float32) / 255
     a = np.asarray(mask.resize((SIDE, SIDE), Image.Resampling.BOX), dtype=np.float32) / 255
     # The layer was drawn on black: its colour where covered is rgb / a.
     return rgb, a[..., None]
 
 
-def picture(split, index):
-    """One picture (PIL RGB), its class index and the target's box; a pure function of its seed."""
+def picture(split, index, clutter=1.0):
+    """One picture (PIL RGB), its class index and the target's box; a pure function of its seed.
+
+    clutter (0 to 1) scales the background's texture and the number of distractors drawn; the
+    held-out pictures and the end of training have all of it.
+    """
     rng = np.random.default_rng([SEED, split, index])
     label = int(rng.integers(len(CLASSES)))
-    img, bg_lum = background(rng)
-    d_rgb, d_a = distractors(rng, bg_lum)
+    img, bg_lum = background(rng, clutter)
+    d_rgb, d_a = distractors(rng, bg_lum, clutter)
     img = img * (1 - d_a) + d_rgb  # premultiplied colour over the background
     alpha, box = target_alpha(rng, CLASSES[label])
     fill = colour(rng, bg_lum) + rng.standard_normal((SIDE, SIDE, 3), dtype=np.float32) * 0.03
@@ -196,10 +205,10 @@ PREPROCESS = transforms.Compose([
 ])
 
 
-def batch(split, indices):
+def batch(split, indices, clutter):
     xs, ys = [], []
     for i in indices:
-        img, label, _ = picture(split, i)
+        img, label, _ = picture(split, i, clutter)
         xs.append(PREPROCESS(img))
         ys.append(label)
     return torch.stack(xs), torch.tensor(ys)
@@ -218,7 +227,9 @@ def train(model):
         losses, correct = [], 0
         for b in range(steps_per_epoch):
             first = (epoch * steps_per_epoch + b) * BATCH
-            x, y = batch(TRAIN_SPLIT, range(first, first + BATCH))
+            # A curriculum: clutter grows from none to all over the first CURRICULUM of steps.
+            clutter = min(1.0, (step + 1) / (CURRICULUM * EPOCHS * steps_per_epoch))
+            x, y = batch(TRAIN_SPLIT, range(first, first + BATCH), clutter)
             x = x.contiguous(memory_format=torch.channels_last)
             logits = model(x)
             loss = torch.nn.functional.cross_entropy(logits, y)
@@ -367,8 +378,7 @@ def main():
     (out / "heldout").mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(2)
     torch.manual_seed(SEED)
-    # zero_init_residual starts every residual block as an identity: faster from scratch.
-    model = torchvision.models.resnet18(num_classes=len(CLASSES), zero_init_residual=True)
+    model = torchvision.models.resnet18(num_classes=len(CLASSES))
     model = model.to(memory_format=torch.channels_last)
     opt, figures = train(model)
     model = model.to(memory_format=torch.contiguous_format)

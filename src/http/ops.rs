@@ -96,7 +96,12 @@ mod tests {
         assert_eq!(seven.matches("minimum: 0, maximum: 6 }").count(), 6);
         // top_k of /explain in the query, the form and the JSON body.
         assert_eq!(seven.matches("minimum: 1, maximum: 7 }").count(), 2);
-        assert_eq!(seven.matches("minimum: 1, maximum: 7, default: 1 }").count(), 1);
+        assert_eq!(
+            seven
+                .matches("minimum: 1, maximum: 7, default: 1 }")
+                .count(),
+            1
+        );
         let many = document_for(5000);
         assert_eq!(many.matches("minimum: 0, maximum: 4999 }").count(), 6);
         assert_eq!(many.matches("minimum: 1, maximum: 10 }").count(), 2);

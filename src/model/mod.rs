@@ -140,9 +140,13 @@ impl Model {
         let arch = match spec.arch {
             Some(name) => Arch::named(name, classes.unwrap_or(1000))
                 .ok_or_else(|| ModelError::UnknownArch(name.to_string()))?,
-            None => Arch::infer(&sd.tensors).map_err(|why| WeightsError::Architecture {
-                path: weights.path.clone(),
-                why,
+            None => Arch::infer(&sd.tensors).map_err(|why| {
+                let mut names: Vec<&str> = sd.tensors.keys().map(String::as_str).collect();
+                names.sort_unstable();
+                WeightsError::Architecture {
+                    path: weights.path.clone(),
+                    why: format!("{why} (tensors: {})", weights::sample(&names)),
+                }
             })?,
         };
         let name = arch.name().unwrap_or("resnet");

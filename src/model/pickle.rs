@@ -527,23 +527,23 @@ pub struct Archive<R: Read + Seek> {
 impl<R: Read + Seek> Archive<R> {
     pub fn new(reader: R) -> Result<Self, String> {
         let zip = zip::ZipArchive::new(reader).map_err(|e| format!("not a zip archive: {e}"))?;
+        if zip.file_names().any(|n| n.ends_with("/constants.pkl")) {
+            return Err(
+                "it is a TorchScript archive (torch.jit.save), which holds code, not a \
+                        state dict; save model.state_dict() with torch.save instead"
+                    .into(),
+            );
+        }
         let pkl = zip
             .file_names()
             .find(|n| n.ends_with("/data.pkl") && n.matches('/').count() == 1)
             .map(str::to_string);
         let Some(pkl) = pkl else {
-            let torchscript = zip.file_names().any(|n| n.ends_with("/constants.pkl"));
             let names: Vec<&str> = zip.file_names().take(5).collect();
-            return Err(if torchscript {
-                "a TorchScript archive (torch.jit.save) holds code, not a state dict; \
-                 save model.state_dict() with torch.save instead"
-                    .into()
-            } else {
-                format!(
-                    "a zip archive without data.pkl (entries: {})",
-                    names.join(", ")
-                )
-            });
+            return Err(format!(
+                "a zip archive without data.pkl, so not written by torch.save (entries: {})",
+                names.join(", ")
+            ));
         };
         let prefix = pkl.trim_end_matches("data.pkl").to_string();
         Ok(Self { zip, prefix })

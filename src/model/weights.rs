@@ -38,10 +38,10 @@ pub enum WeightsError {
         actual: String,
     },
     #[error(
-        "{path}: unrecognised weights format; expected a .safetensors file or a PyTorch zip \
-         archive written by torch.save (files from PyTorch before 1.6 must be re-saved)"
+        "{path}: unrecognised weights format ({found}); expected a .safetensors file or a \
+         PyTorch zip archive written by torch.save (.pth, .pt, .ckpt)"
     )]
-    UnknownFormat { path: PathBuf },
+    UnknownFormat { path: PathBuf, found: String },
     #[error("{path}: could not read {format} weights: {reason}")]
     Read {
         path: PathBuf,
@@ -214,14 +214,14 @@ fn sniff(path: &Path) -> Result<Format, WeightsError> {
         path: path.to_path_buf(),
         source,
     };
-    let mut head = [0u8; 9];
+    let mut head = [0u8; 16];
     let mut f = File::open(path).map_err(io)?;
     let len = f.metadata().map_err(io)?.len();
     let n = f.read(&mut head).map_err(io)?;
     if n >= 4 && head[..4] == *b"PK\x03\x04" {
         return Ok(Format::TorchZip);
     }
-    if n == 9 {
+    if n >= 9 {
         let header = u64::from_le_bytes(head[..8].try_into().expect("8 bytes"));
         if head[8] == b'{' && header + 8 <= len {
             return Ok(Format::SafeTensors);
@@ -229,7 +229,31 @@ fn sniff(path: &Path) -> Result<Format, WeightsError> {
     }
     Err(WeightsError::UnknownFormat {
         path: path.to_path_buf(),
+        found: describe_start(&head[..n]),
     })
+}
+
+/// What a file of an unknown format starts with, for the message.
+fn describe_start(head: &[u8]) -> String {
+    if head.is_empty() {
+        return "the file is empty".into();
+    }
+    // torch.save before PyTorch 1.6 wrote a bare pickle: protocol 2, then a magic number.
+    if head.starts_with(&[0x80, 0x02, 0x8a, 0x0a]) {
+        return "a torch.save file from PyTorch before 1.6; load it and save it again with a \
+                newer PyTorch"
+            .into();
+    }
+    if head
+        .iter()
+        .all(|b| b.is_ascii_graphic() || b.is_ascii_whitespace())
+    {
+        return format!(
+            "it starts with the text {:?}",
+            String::from_utf8_lossy(head)
+        );
+    }
+    format!("it starts with the bytes {}", hex::encode(head))
 }
 
 /// The tensors of a checkpoint's state dict, on the CPU, by name (prefix removed), and where
@@ -403,7 +427,7 @@ fn detect_prefix(names: &[&str]) -> Result<String, String> {
 }
 
 /// A few names, for messages.
-fn sample(names: &[&str]) -> String {
+pub fn sample(names: &[&str]) -> String {
     let mut s = names.iter().take(5).copied().collect::<Vec<_>>().join(", ");
     if names.len() > 5 {
         s.push_str(&format!(" and {} more", names.len() - 5));
