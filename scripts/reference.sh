@@ -6,6 +6,9 @@
 #                                 edge-case images
 #   scripts/reference.sh family   tests/family.py: every member of the ResNet family, timm's,
 #                                 checkpoint formats, a 7-class head, 288 px centre-crop
+#   scripts/reference.sh trained  tests/trained.py: a ResNet-18 trained from scratch on a
+#                                 synthetic task where one object decides the class, its
+#                                 held-out pictures and PyTorch's figures (minutes on two cores)
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
@@ -17,6 +20,7 @@ script="tests/$name.py"
 want="$(sha256sum "$script" | cut -c1-16)"
 case "$name" in
   reference) base="$GRADCAM_CACHE/references" ;;
+  trained) base="$GRADCAM_CACHE/trained" ;;
   *) base="$GRADCAM_CACHE/$name-reference" ;;
 esac
 ref="$base/$want"

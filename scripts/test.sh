@@ -8,7 +8,8 @@ cd "$root"
 . scripts/env.sh
 GRADCAM_TEST_REFERENCE="$(scripts/reference.sh)"
 GRADCAM_TEST_FAMILY="$(scripts/reference.sh family)"
-export GRADCAM_TEST_REFERENCE GRADCAM_TEST_FAMILY
+GRADCAM_TEST_TRAINED="$(scripts/reference.sh trained)"
+export GRADCAM_TEST_REFERENCE GRADCAM_TEST_FAMILY GRADCAM_TEST_TRAINED
 
 # Release builds, with the test-only fault hook on (smoke.sh below then checks the shipped build).
 if cargo nextest --version >/dev/null 2>&1; then

@@ -2,8 +2,11 @@
 //! checkpoints as training code writes them, and the batched forward + partial backward pass
 //! that feeds the Grad-CAM family in [`crate::cam`].
 
+mod archive;
+pub mod checkpoint;
 mod faithful;
 pub mod pickle;
+mod rebuild;
 pub mod resnet;
 pub mod weights;
 
@@ -135,7 +138,7 @@ impl Model {
     /// is not a complete member of torchvision's ResNet family is an error naming what is
     /// wrong.
     pub fn load(weights: WeightsFile, device: Device, spec: &LoadSpec) -> Result<Self, ModelError> {
-        let sd = weights::read_state_dict(&weights.path, spec.prefix)?;
+        let sd = checkpoint::read_state_dict(&weights.path, spec.prefix)?;
         let classes = sd.tensors.get("fc.weight").map(|t| t.size()[0]);
         let arch = match spec.arch {
             Some(name) => Arch::named(name, classes.unwrap_or(1000))
@@ -145,7 +148,7 @@ impl Model {
                 names.sort_unstable();
                 WeightsError::Architecture {
                     path: weights.path.clone(),
-                    why: format!("{why} (tensors: {})", weights::sample(&names)),
+                    why: format!("{why} (tensors: {})", checkpoint::sample(&names)),
                 }
             })?,
         };

@@ -38,8 +38,8 @@ async fn info_describes_the_backend_and_the_limits() {
         "input": {
             "size": 224,
             "resize": "squash",
-            "mean": [0.485f32, 0.456f32, 0.406f32],
-            "std": [0.229f32, 0.224f32, 0.225f32],
+            "mean": [0.485, 0.456, 0.406],
+            "std": [0.229, 0.224, 0.225],
         },
         "weights": { "source": "toy", "sha256": "0".repeat(64) },
         "device": "cpu",
