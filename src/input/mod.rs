@@ -6,7 +6,7 @@ mod jpeg;
 mod preprocess;
 
 pub use preprocess::{
-    DEFAULT_SIDE, IMAGENET_MEAN, IMAGENET_STD, Preprocess, Region, Resize, SIDES,
+    DEFAULT_SIDE, IMAGENET_MEAN, IMAGENET_STD, Preprocess, Ready, Region, Resize, SIDES,
     check as check_preprocess,
 };
 
@@ -288,54 +288,6 @@ impl<'a> Opened<'a> {
             height,
             reduced_by: 1,
         })
-    }
-}
-
-/// A picture made ready for the model and for what is drawn from it.
-#[derive(Debug)]
-pub struct Ready {
-    /// The full size, in display orientation.
-    pub width: u32,
-    pub height: u32,
-    pub format: ImageFormat,
-    /// The part of the picture the network sees (and its maps cover), in full-size pixels.
-    pub region: Region,
-    /// The photograph at the overlay's size, when one is to be drawn.
-    pub overlay_base: Option<RgbImage>,
-}
-
-impl<'a> Opened<'a> {
-    /// The pixels [`Opened::ready`] with the same arguments will decode: what a caller
-    /// reserves before committing memory.
-    pub fn ready_pixels(self, preprocess: &Preprocess, overlay: Option<(u32, u32)>) -> u64 {
-        self.for_network(preprocess)
-            .decoded_pixels(overlay.unwrap_or((0, 0)))
-    }
-
-    /// Decodes (a JPEG at a fraction of its size when that still serves the network and the
-    /// overlay), makes the network's input with `preprocess`, and keeps the photograph only at
-    /// the overlay's size (`overlay`, none when nothing is drawn).
-    pub fn ready(
-        self,
-        preprocess: &Preprocess,
-        overlay: Option<(u32, u32)>,
-    ) -> Result<(Ready, Vec<f32>), DecodeError> {
-        let d = self
-            .for_network(preprocess)
-            .decode_reduced(overlay.unwrap_or((0, 0)))?;
-        let (x, region) = preprocess.apply(&d.image);
-        let region = region.scaled(d.image.dimensions(), (d.width, d.height));
-        let overlay_base = overlay.map(|(w, h)| resize_rgb(&d.image, w, h));
-        Ok((
-            Ready {
-                width: d.width,
-                height: d.height,
-                format: d.format,
-                region,
-                overlay_base,
-            },
-            x,
-        ))
     }
 }
 
