@@ -490,3 +490,48 @@ fn a_mismatched_deployment_fails_at_start_up() {
         assert!(stderr.contains(needle), "{args:?}: {stderr}");
     }
 }
+
+/// `gradcam-serve explain` takes the same model flags: the checkpoint, its labels and its
+/// preprocessing, and writes the covered region with each picture's document.
+#[test]
+fn the_dataset_command_explains_with_an_own_model() {
+    let out = std::env::temp_dir().join(format!("gradcam-family-explain-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&out);
+    let labels = ckpt("labels7.txt");
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_gradcam-serve"))
+        .args([
+            "explain",
+            "--device",
+            "cpu",
+            "--quiet",
+            "--faithfulness",
+            "--weights",
+        ])
+        .arg(ckpt("dataparallel.pth"))
+        .arg("--labels")
+        .arg(&labels)
+        .args(["--input-size", "288", "--resize", "center-crop", "--out"])
+        .arg(&out)
+        .arg(common::fixture("chelsea.png"))
+        .env_remove("GRADCAM_WEIGHTS")
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let doc: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("chelsea.json")).unwrap()).unwrap();
+    let top = FAMILY.meta["r18_7"]["top288"].as_u64().unwrap() as usize;
+    let want = FAMILY.meta["r18_7"]["labels"][top].as_str().unwrap();
+    assert_eq!(doc["model"], "resnet18");
+    assert_eq!(doc["predictions"][0]["label"], want);
+    let e = &doc["explanations"][0];
+    assert_eq!(e["heatmap"]["width"], 9);
+    assert!(e["faithfulness"]["kept_probability"].is_number(), "{e}");
+    let x = doc["map_region"]["x"].as_f64().unwrap();
+    assert!(
+        (x - 103.0 * 451.0 / 494.0).abs() < 1e-6,
+        "{}",
+        doc["map_region"]
+    );
+    assert!(out.join("chelsea.png").exists());
+    std::fs::remove_dir_all(&out).unwrap();
+}
