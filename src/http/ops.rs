@@ -83,6 +83,23 @@ pub fn document_for(classes: usize) -> std::borrow::Cow<'static, str> {
     doc.into()
 }
 
+pub async fn not_found(req: Request) -> ApiError {
+    ApiError::NotFound(format!(
+        "no route {} {}; see /openapi.yaml",
+        req.method(),
+        req.uri().path()
+    ))
+}
+
+/// A known route with a method it does not have; axum adds the `Allow` header.
+pub async fn method_not_allowed(req: Request) -> ApiError {
+    ApiError::MethodNotAllowed(format!(
+        "{} is not allowed on {}; the Allow header lists the methods that are",
+        req.method(),
+        req.uri().path()
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::document_for;
@@ -106,21 +123,4 @@ mod tests {
         assert_eq!(many.matches("minimum: 0, maximum: 4999 }").count(), 6);
         assert_eq!(many.matches("minimum: 1, maximum: 10 }").count(), 2);
     }
-}
-
-pub async fn not_found(req: Request) -> ApiError {
-    ApiError::NotFound(format!(
-        "no route {} {}; see /openapi.yaml",
-        req.method(),
-        req.uri().path()
-    ))
-}
-
-/// A known route with a method it does not have; axum adds the `Allow` header.
-pub async fn method_not_allowed(req: Request) -> ApiError {
-    ApiError::MethodNotAllowed(format!(
-        "{} is not allowed on {}; the Allow header lists the methods that are",
-        req.method(),
-        req.uri().path()
-    ))
 }

@@ -96,8 +96,11 @@ pub fn read_state_dict(path: &Path, prefix: Option<&str>) -> Result<StateDict, W
     })
 }
 
+/// Where a state dict was found, and its tensors by name.
+type Found<'a> = (String, Vec<(&'a str, &'a TensorRef)>);
+
 /// The state dict inside a checkpoint's pickle, or a description of what is there instead.
-fn find_state_dict(root: &Value) -> Result<(String, Vec<(&str, &TensorRef)>), String> {
+fn find_state_dict(root: &Value) -> Result<Found<'_>, String> {
     fn tensors(v: &Value) -> Option<Vec<(&str, &TensorRef)>> {
         let Value::Dict(entries) = v else {
             return None;

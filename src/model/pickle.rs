@@ -407,7 +407,7 @@ fn long(b: &[u8]) -> Option<i64> {
 }
 
 fn pairs(items: Vec<Value>) -> Option<Vec<(Value, Value)>> {
-    if items.len() % 2 != 0 {
+    if !items.len().is_multiple_of(2) {
         return None;
     }
     let mut it = items.into_iter();
@@ -456,7 +456,7 @@ mod tests {
     fn damaged_pickles_are_errors_not_panics() {
         assert_eq!(unpickle(&[0x80, 2, b'}']), Err(PickleError::Truncated));
         assert!(matches!(
-            unpickle(&[b'a', b'.']),
+            unpickle(b"a."),
             Err(PickleError::Malformed { .. })
         ));
         assert!(matches!(
