@@ -26,16 +26,7 @@ const REL: f32 = 1e-3;
 const DEEP: f32 = 1e-2;
 
 fn family_dir() -> PathBuf {
-    let dir = PathBuf::from(
-        std::env::var_os("GRADCAM_TEST_FAMILY")
-            .expect("GRADCAM_TEST_FAMILY is not set: run the tests with scripts/test.sh"),
-    );
-    assert!(
-        dir.join("stamp").exists(),
-        "no reference in {}",
-        dir.display()
-    );
-    dir
+    common::generated_dir("GRADCAM_TEST_FAMILY")
 }
 
 struct Family {

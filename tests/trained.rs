@@ -14,16 +14,7 @@ use gradcam_serve::render::upsample_bilinear;
 use std::path::PathBuf;
 
 fn trained_dir() -> PathBuf {
-    let dir = PathBuf::from(
-        std::env::var_os("GRADCAM_TEST_TRAINED")
-            .expect("GRADCAM_TEST_TRAINED is not set: run the tests with scripts/test.sh"),
-    );
-    assert!(
-        dir.join("stamp").exists(),
-        "no trained model in {}",
-        dir.display()
-    );
-    dir
+    common::generated_dir("GRADCAM_TEST_TRAINED")
 }
 
 /// The first highest point of the normalised map upsampled to the picture (half-pixel

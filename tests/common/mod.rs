@@ -34,6 +34,20 @@ pub fn reference_dir() -> PathBuf {
     dir
 }
 
+/// A generated reference directory that `scripts/test.sh` names in the variable `var`
+/// (`scripts/reference.sh NAME` makes it); a test without it fails rather than skips.
+pub fn generated_dir(var: &str) -> PathBuf {
+    let dir = PathBuf::from(std::env::var_os(var).unwrap_or_else(|| {
+        panic!("{var} is not set: run the tests with scripts/test.sh, which generates it")
+    }));
+    assert!(
+        dir.join("stamp").exists(),
+        "nothing generated in {}",
+        dir.display()
+    );
+    dir
+}
+
 pub fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures")
