@@ -164,6 +164,10 @@ impl Backend for FaultBackend {
         self.inner.describe()
     }
 
+    fn labels(&self) -> crate::backend::Labels {
+        self.inner.labels()
+    }
+
     fn logits(&self, inputs: &[&[f32]]) -> Result<Vec<Vec<f32>>, BackendError> {
         let clean = self.strip(inputs.iter().copied())?;
         self.inner.logits(&clean)

@@ -291,6 +291,12 @@ pub struct Fatal(pub String);
 pub trait Backend {
     fn describe(&self) -> Description;
 
+    /// The class names, for labelling predictions on the model thread without building a
+    /// whole [`Description`] per batch.
+    fn labels(&self) -> Labels {
+        self.describe().labels
+    }
+
     /// Logits `[N, classes]` for a batch of preprocessed images ([`INPUT_LEN`] values each).
     fn logits(&self, inputs: &[&[f32]]) -> Result<Vec<Vec<f32>>, BackendError>;
 

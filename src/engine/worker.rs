@@ -268,7 +268,7 @@ fn call(backend: &dyn Backend, jobs: &[Job]) -> Result<Vec<Output>, BackendError
     if let Task::Predict { .. } = jobs[0].task {
         let inputs: Vec<&[f32]> = jobs.iter().map(|j| j.input.as_slice()).collect();
         let rows = backend.logits(&inputs)?;
-        let labels = backend.describe().labels;
+        let labels = backend.labels();
         return Ok(rows
             .iter()
             .zip(jobs)

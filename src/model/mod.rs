@@ -335,6 +335,10 @@ impl Model {
 }
 
 impl Backend for Model {
+    fn labels(&self) -> Labels {
+        self.labels.clone()
+    }
+
     fn describe(&self) -> Description {
         Description {
             model: self.net.arch().name().unwrap_or("resnet").into(),
