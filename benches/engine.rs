@@ -1,23 +1,32 @@
 //! Forward-only against explain (forward + partial backward + CAM), batch 1, 4 and 8, at layer4
-//! and layer3, on the CPU; and explain for three depths of the ResNet family. Run with `scripts/bench.sh` (which sets up libtorch and the test
+//! and layer3, on the CPU; explain in fp32 against bf16 at batch 1 and 8 (the `precision`
+//! group); and explain for three depths of the ResNet family. Run with `scripts/bench.sh` (which sets up libtorch and the test
 //! weights). Throughput is in images per second.
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use gradcam_serve::backend::{Backend, ExplainOptions, Layer};
+use gradcam_serve::backend::{Backend, ExplainOptions, Layer, Precision};
 use gradcam_serve::cam::Method;
 use gradcam_serve::input;
-use gradcam_serve::model::{Model, weights};
+use gradcam_serve::model::{LoadSpec, Model, weights};
 use std::path::PathBuf;
 
 fn model() -> Model {
+    model_in(Precision::Fp32)
+}
+
+fn model_in(precision: Precision) -> Model {
     let path = std::env::var_os("GRADCAM_BENCH_WEIGHTS")
         .map(PathBuf::from)
         .expect(
             "GRADCAM_BENCH_WEIGHTS must name a ResNet-50 weights file (scripts/bench.sh sets it)",
         );
     let w = weights::resolve(path.to_str().unwrap(), &std::env::temp_dir()).unwrap();
-    let m = Model::load(w, tch::Device::Cpu, &Default::default()).unwrap();
-    m.warm_up().unwrap();
+    let spec = LoadSpec {
+        precision,
+        ..Default::default()
+    };
+    let m = Model::load(w, tch::Device::Cpu, &spec).unwrap();
+    m.warm_up(1).unwrap();
     m
 }
 
@@ -55,6 +64,30 @@ fn engine(c: &mut Criterion) {
     group.finish();
 }
 
+/// Explain at `layer4`, batch 1 and 8, in fp32 and in bf16 (trunk in bfloat16, channels-last),
+/// in the same run: scripts/bench.sh prints the ratios.
+fn precision(c: &mut Criterion) {
+    let x = photo();
+    let mut group = c.benchmark_group("precision");
+    group
+        .sample_size(10)
+        .measurement_time(std::time::Duration::from_secs(8));
+    for precision in [Precision::Fp32, Precision::Bf16] {
+        let model = model_in(precision);
+        for batch in [1usize, 8] {
+            let items: Vec<(&[f32], ExplainOptions)> =
+                vec![(x.as_slice(), ExplainOptions::default()); batch];
+            // One more pass per batch size: oneDNN builds its bf16 kernels per shape.
+            model.explain(&items).unwrap();
+            group.throughput(Throughput::Elements(batch as u64));
+            group.bench_function(BenchmarkId::new(format!("explain_{precision}"), batch), |b| {
+                b.iter(|| model.explain(&items).unwrap())
+            });
+        }
+    }
+    group.finish();
+}
+
 /// Explain at `layer4`, batch 1 and 8, for resnet18, resnet50 and resnet152 (the weights of
 /// tests/family.py, in `GRADCAM_BENCH_FAMILY`; skipped without it).
 fn family(c: &mut Criterion) {
@@ -70,7 +103,7 @@ fn family(c: &mut Criterion) {
         let path = dir.join("family").join(format!("{arch}.safetensors"));
         let w = weights::resolve(path.to_str().unwrap(), &std::env::temp_dir()).unwrap();
         let model = Model::load(w, tch::Device::Cpu, &Default::default()).unwrap();
-        model.warm_up().unwrap();
+        model.warm_up(1).unwrap();
         for batch in [1usize, 8] {
             let items: Vec<(&[f32], ExplainOptions)> =
                 vec![(x.as_slice(), ExplainOptions::default()); batch];
@@ -83,5 +116,5 @@ fn family(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, engine, family);
+criterion_group!(benches, engine, precision, family);
 criterion_main!(benches);

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Engine benchmark (criterion): forward-only vs explain, batch 1 and 8, layer4 and layer3, on
-# the CPU, with the test weights (random weights cost exactly what trained ones cost); explain at
+# the CPU; explain in fp32 and bf16 at batch 1 and 8 in the same run, with their ratios, with the test weights (random weights cost exactly what trained ones cost); explain at
 # batch 1 and 8 for resnet18, resnet50 and resnet152. Then the same measurement for torchvision +
 # pytorch-grad-cam in the same environment, for the ratio. Last, each of those three models'
 # start-up as the server does it: seconds from launch to "ready" (reading the file, building the
@@ -14,6 +14,22 @@ GRADCAM_BENCH_WEIGHTS="$(scripts/reference.sh)/weights.safetensors"
 GRADCAM_BENCH_FAMILY="$(scripts/reference.sh family)"
 export GRADCAM_BENCH_WEIGHTS GRADCAM_BENCH_FAMILY
 cargo bench --bench engine -- "$@"
+# bf16 against fp32, from criterion's estimates of this run (when the precision group ran).
+python - "${CARGO_TARGET_DIR:-target}/criterion/precision" <<'PY'
+import json, os, sys
+base = sys.argv[1]
+def rate(precision, batch):
+    f = os.path.join(base, f"explain_{precision}", str(batch), "new", "estimates.json")
+    if not os.path.exists(f):
+        return None
+    return batch / (json.load(open(f))["mean"]["point_estimate"] * 1e-9)
+rows = [(b, rate("fp32", b), rate("bf16", b)) for b in (1, 8)]
+if all(r[1] and r[2] for r in rows):
+    print("\n| explain layer4 (CPU) | fp32, images/s | bf16, images/s | bf16 / fp32 |")
+    print("|---|---|---|---|")
+    for b, f, h in rows:
+        print(f"| batch {b} | {f:.1f} | {h:.1f} | {h / f:.2f}x |")
+PY
 python benches/pytorch_baseline.py "$GRADCAM_BENCH_WEIGHTS"
 
 cargo build --release --quiet

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Makes sure a PyTorch reference exists in the cache, in a directory named after the hash of the
-# script that makes it, so that it is made again only when the script changes; prints its
-# directory; older versions are removed.
+# script that makes it and of the pinned Python packages, so that it is made again when either
+# changes; prints its directory; older versions are removed.
 #   scripts/reference.sh          tests/reference.py: the seeded ResNet-50, its logits and maps,
 #                                 edge-case images
 #   scripts/reference.sh family   tests/family.py: every member of the ResNet family, timm's,
@@ -17,7 +17,7 @@ scripts/setup.sh
 name="${1:-reference}"
 script="tests/$name.py"
 [ -f "$script" ] || { echo "reference: no $script" >&2; exit 1; }
-want="$(sha256sum "$script" | cut -c1-16)"
+want="$(cat "$script" scripts/requirements.txt | sha256sum | cut -c1-16)"
 case "$name" in
   reference) base="$GRADCAM_CACHE/references" ;;
   trained) base="$GRADCAM_CACHE/trained" ;;

@@ -2,7 +2,7 @@
 //! live in [`crate::config`]; what each command does lives in [`crate::service`] and
 //! [`crate::offline`].
 
-use crate::config::{ExplainConfig, ServeConfig};
+use crate::config::{BenchConfig, ExplainConfig, ServeConfig};
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
@@ -24,6 +24,29 @@ pub enum Command {
     Serve(ServeConfig),
     /// Classify images and write a heatmap overlay (PNG) and the maps (JSON) for each.
     Explain(ExplainConfig),
+    /// Measure the engine alone (explain and forward-only, synthetic input) at given batch
+    /// sizes on the configured device and precision.
+    Bench(BenchConfig),
+}
+
+/// What `--version` prints: this program's version and the libtorch this process really
+/// loaded (version, directory, what the binary was built for, CUDA and the devices it sees).
+pub fn version_text() -> String {
+    let lib = crate::model::runtime::detect();
+    let cuda = match &lib.cuda {
+        Some(v) => format!(
+            "CUDA {v} build, {} CUDA device(s) visible",
+            tch::Cuda::device_count()
+        ),
+        None => "CPU-only build".into(),
+    };
+    format!(
+        "gradcam-serve {}\nlibtorch {} from {} (built for {}; {cuda})",
+        env!("CARGO_PKG_VERSION"),
+        lib.version,
+        lib.directory,
+        lib.built_for
+    )
 }
 
 /// Runs the command; the exit status is 0 on success, 2 when `explain` skipped pictures it
@@ -36,6 +59,10 @@ pub fn run(cli: Cli) -> Result<std::process::ExitCode> {
             Outcome::Skipped => std::process::ExitCode::from(2),
             Outcome::Interrupted => std::process::ExitCode::from(130),
         }),
+        Command::Bench(config) => {
+            crate::offline::bench::run(config)?;
+            Ok(std::process::ExitCode::SUCCESS)
+        }
         Command::Serve(config) => {
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()

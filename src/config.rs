@@ -3,15 +3,18 @@
 //! checked together once at start-up so that a bad deployment fails before it binds a port.
 //! The command line derives its parser from these types; nothing here depends on it.
 
+mod bench;
 mod explain;
 mod keys;
 
+pub use bench::BenchConfig;
 pub use explain::{ExplainConfig, SummaryFormat};
 use keys::parse_api_key;
 pub use keys::{ApiKey, KEYED_PATHS_ALLOWED};
 
 use crate::fetch::FetchConfig;
 use crate::fetch::addr::{AddressPolicy, Cidr};
+use crate::backend::Precision;
 use crate::input::{Preprocess, Resize};
 use clap::{Args, ValueEnum};
 use std::net::IpAddr;
@@ -36,6 +39,10 @@ pub struct ModelConfig {
     /// Device: auto (first GPU if there is one), cpu, cuda or cuda:N.
     #[arg(long, env = "GRADCAM_DEVICE", default_value = "auto", value_parser = parse_device)]
     pub device: Device,
+    /// Number type of the network's trunk: fp32, bf16 (CPU and GPU) or fp16 (GPU only). Maps,
+    /// heatmaps and probabilities are computed in f32 whichever it is.
+    #[arg(long, env = "GRADCAM_PRECISION", default_value = "fp32", value_parser = parse_precision)]
+    pub precision: Precision,
     /// Insist on one member of torchvision's ResNet family (resnet18, 34, 50, 101, 152,
     /// resnext50_32x4d, resnext101_32x8d, resnext101_64x4d, wide_resnet50_2, wide_resnet101_2);
     /// weights that do not fit it are refused, naming the tensors that disagree. By default the
@@ -99,6 +106,10 @@ impl ModelConfig {
             base.join("gradcam-serve")
         })
     }
+}
+
+fn parse_precision(s: &str) -> Result<Precision, String> {
+    s.parse()
 }
 
 /// Parses `auto`, `cpu`, `cuda` or `cuda:N`.

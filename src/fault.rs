@@ -185,8 +185,8 @@ impl Backend for FaultBackend {
         self.inner.explain(&items)
     }
 
-    fn warm_up(&self) -> Result<(), BackendError> {
-        self.inner.warm_up()
+    fn warm_up(&self, max_batch: usize) -> Result<(), BackendError> {
+        self.inner.warm_up(max_batch)
     }
 }
 

@@ -3,10 +3,16 @@ use gradcam_serve::cli::{self, Cli, Command};
 use gradcam_serve::config::LogFormat;
 
 fn main() -> std::process::ExitCode {
+    // `--version` names the libtorch actually loaded, which clap's static text cannot.
+    let args: Vec<_> = std::env::args_os().skip(1).collect();
+    if args.len() == 1 && (args[0] == "--version" || args[0] == "-V") {
+        println!("{}", cli::version_text());
+        return std::process::ExitCode::SUCCESS;
+    }
     let cli = Cli::parse();
     let format = match &cli.command {
         Command::Serve(c) => c.log_format,
-        Command::Explain(_) => LogFormat::Pretty,
+        Command::Explain(_) | Command::Bench(_) => LogFormat::Pretty,
     };
     let filter =
         tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());

@@ -44,6 +44,34 @@ named_enum! {
     }
 }
 
+named_enum! {
+    /// The number type the network's trunk runs in. The map arithmetic, the returned heatmaps
+    /// and the probabilities are f32 whatever it is.
+    pub enum Precision("precision") {
+        #[default]
+        Fp32 => "fp32",
+        /// bfloat16: f32's range with 8 bits of mantissa; fast on CPUs with AVX-512 BF16 and on
+        /// GPUs.
+        Bf16 => "bf16",
+        /// IEEE half precision: GPUs only.
+        Fp16 => "fp16",
+    }
+}
+
+/// The libtorch a backend runs on, as found at run time.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LibtorchInfo {
+    /// The version of the libtorch actually loaded, e.g. `2.11.0+cu130`.
+    pub version: String,
+    /// The directory it was loaded from.
+    pub directory: String,
+    /// The version this binary was built against.
+    pub built_for: String,
+    /// The CUDA version the libtorch was built with, when it is a CUDA build.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cuda: Option<String>,
+}
+
 impl Layer {
     /// 0 for `layer1` up to 3 for `layer4`.
     pub fn index(self) -> usize {
@@ -247,8 +275,10 @@ pub struct Description {
     /// The preprocessing the model expects.
     pub input: Preprocess,
     pub weights: WeightsInfo,
-    /// The libtorch version in use, when the backend runs on libtorch.
-    pub libtorch: Option<String>,
+    /// The number type of the network's trunk.
+    pub precision: Precision,
+    /// The libtorch in use, when the backend runs on libtorch.
+    pub libtorch: Option<LibtorchInfo>,
 }
 
 /// Why a backend call failed. Out of memory is told apart because it is the load's fault, not
@@ -307,9 +337,11 @@ pub trait Backend {
         items: &[(&[f32], ExplainOptions)],
     ) -> Result<Vec<ExplainResult>, BackendError>;
 
-    /// One explanation of a blank image, so that the first request does not pay for lazy
-    /// initialisation (and a broken device fails at start-up).
-    fn warm_up(&self) -> Result<(), BackendError> {
+    /// Explains blank images, so that the first request does not pay for lazy initialisation
+    /// (and a broken device fails at start-up). A backend whose speed depends on tuning per
+    /// batch size warms up every size up to `max_batch` it needs to; by default one image.
+    fn warm_up(&self, max_batch: usize) -> Result<(), BackendError> {
+        let _ = max_batch;
         let blank = vec![0f32; self.describe().input.input_len()];
         self.explain(&[(&blank, ExplainOptions::default())])
             .map(|_| ())

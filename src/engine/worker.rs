@@ -86,7 +86,7 @@ impl Worker {
     fn build(&self) -> anyhow::Result<Box<dyn Backend>> {
         match std::panic::catch_unwind(AssertUnwindSafe(|| {
             let b = (self.load)()?;
-            b.warm_up()?;
+            b.warm_up(self.config.max_batch_size)?;
             Ok(b)
         })) {
             Ok(r) => r,

@@ -2,7 +2,7 @@
 //! `PredictResponse`, `Status`, `Info`, `Labels`), so that a change to one shows up in review
 //! next to the other, and the contract test checks them against each other.
 
-use crate::backend::{Description, Explanation, Prediction, WeightsInfo};
+use crate::backend::{Description, Explanation, LibtorchInfo, Precision, Prediction, WeightsInfo};
 use crate::config::ServeConfig;
 use crate::input::{Preprocess, Region};
 use crate::render::PictureFormat;
@@ -93,6 +93,8 @@ pub struct ExplainBody<'a> {
 pub struct PredictBody<'a> {
     pub model: &'a str,
     pub device: &'a str,
+    /// The number type the network's trunk ran in for this answer.
+    pub precision: Precision,
     pub image: ImageInfo,
     pub timings: Timings,
     pub predictions: &'a [Prediction],
@@ -128,6 +130,8 @@ pub struct InfoBody {
     pub input: Preprocess,
     pub weights: WeightsInfo,
     pub device: String,
+    /// The number type of the network's trunk (maps and probabilities are f32 in all).
+    pub precision: Precision,
     pub versions: Versions,
     pub limits: Limits,
     pub batching: Batching,
@@ -136,8 +140,12 @@ pub struct InfoBody {
 #[derive(Debug, Serialize)]
 pub struct Versions {
     pub gradcam_serve: &'static str,
+    /// The libtorch release in use at run time, e.g. `2.11.0+cu130`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub libtorch: Option<String>,
+    /// Where it was loaded from, what the binary was built for, its CUDA version.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub libtorch_detail: Option<LibtorchInfo>,
 }
 
 #[derive(Debug, Serialize)]
@@ -168,9 +176,11 @@ impl InfoBody {
             input: backend.input,
             weights: backend.weights.clone(),
             device: backend.device.clone(),
+            precision: backend.precision,
             versions: Versions {
                 gradcam_serve: env!("CARGO_PKG_VERSION"),
-                libtorch: backend.libtorch.clone(),
+                libtorch: backend.libtorch.as_ref().map(|l| l.version.clone()),
+                libtorch_detail: backend.libtorch.clone(),
             },
             limits: Limits {
                 body_limit_bytes: config.body_limit,

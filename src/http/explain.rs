@@ -391,6 +391,7 @@ async fn json_answer(
             answer: PredictBody {
                 model: &d.model,
                 device: &d.device,
+                precision: d.precision,
                 image: ImageInfo::of(&decoded),
                 timings,
                 predictions: &result.predictions,
@@ -465,6 +466,7 @@ pub async fn predict(State(state): State<AppState>, req: Request) -> Result<Resp
         let body = PredictBody {
             model: &d.model,
             device: &d.device,
+            precision: d.precision,
             image: ImageInfo::of(&decoded),
             predictions: &predictions,
             timings,

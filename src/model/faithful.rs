@@ -2,7 +2,7 @@
 //! salient part of each input by its map is blurred out, or alone kept, and the network is run
 //! again on those inputs, all of a batch's in extra forward passes of at most the batch's size.
 
-use super::{Model, ModelError, to_host};
+use super::{Model, ModelError};
 use crate::backend::{ExplainOptions, Explanation, FAITHFULNESS_FRACTION, Faithfulness, Layer};
 use tch::{Kind, Tensor};
 
@@ -97,8 +97,8 @@ pub fn score(
             .head(&a, Layer::Layer4)?
             .f_softmax(1, Kind::Float)?;
         let classes = p.size()[1] as usize;
-        let host = to_host(&p)?;
-        probs.extend(host.chunks_exact(classes).map(<[f32]>::to_vec));
+        let host = model.staging.download(&[&p])?;
+        probs.extend(host[0].chunks_exact(classes).map(<[f32]>::to_vec));
     }
     for (n, (i, j)) in jobs.into_iter().enumerate() {
         let e = &mut explanations[i][j];

@@ -8,11 +8,13 @@ mod faithful;
 pub mod pickle;
 mod rebuild;
 pub mod resnet;
+pub mod runtime;
+mod transfer;
 pub mod weights;
 
 use crate::backend::{
     self, Backend, BackendError, Description, ExplainOptions, ExplainResult, Explanation, Labels,
-    Layer, MIN_PREDICTIONS, Prediction, WeightsInfo,
+    Layer, LibtorchInfo, MIN_PREDICTIONS, Precision, Prediction, WeightsInfo,
 };
 use crate::cam;
 use crate::config::ModelConfig;
@@ -21,9 +23,6 @@ use resnet::{Arch, ResNet};
 use std::path::Path;
 use tch::{Device, Kind, TchError, Tensor};
 pub use weights::{WeightsError, WeightsFile};
-
-/// The libtorch version this build links (tch 0.26 refuses to build against any other).
-pub const LIBTORCH_VERSION: &str = "2.13.0";
 
 pub fn device_name(d: Device) -> String {
     match d {
@@ -37,20 +36,25 @@ pub fn device_name(d: Device) -> String {
 /// the model on the configured device.
 pub fn load(config: &ModelConfig) -> anyhow::Result<Model> {
     let preprocess = config.preprocess().map_err(anyhow::Error::msg)?;
+    let lib = runtime::detect();
+    tracing::info!(
+        version = %lib.version,
+        directory = %lib.directory,
+        built_for = %lib.built_for,
+        cuda = lib.cuda.as_deref().unwrap_or("none"),
+        device = %device_name(config.device),
+        precision = %config.precision,
+        "libtorch"
+    );
+    runtime::check(&lib, config.device, config.precision)?;
     let file = weights::resolve(&config.weights, &config.cache_dir())?;
     tracing::info!(path = %file.path.display(), sha256 = %file.sha256, "weights");
-    if let Device::Cuda(n) = config.device {
-        let count = tch::Cuda::device_count();
-        anyhow::ensure!(
-            (n as i64) < count,
-            "device cuda:{n} requested but {count} CUDA device(s) are available"
-        );
-    }
     let spec = LoadSpec {
         arch: config.arch.as_deref(),
         prefix: config.weights_prefix.as_deref(),
         labels: config.labels.as_deref(),
         preprocess,
+        precision: config.precision,
     };
     Ok(Model::load(file, config.device, &spec)?)
 }
@@ -65,6 +69,8 @@ pub struct LoadSpec<'a> {
     /// A labels file.
     pub labels: Option<&'a Path>,
     pub preprocess: Preprocess,
+    /// The number type of the trunk.
+    pub precision: Precision,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -102,6 +108,10 @@ pub struct Model {
     labels: Labels,
     labels_source: String,
     preprocess: Preprocess,
+    precision: Precision,
+    libtorch: LibtorchInfo,
+    /// Host-to-device staging of input batches.
+    staging: transfer::Staging,
 }
 
 /// The labels for a model with `classes` classes: from a file (which must name exactly that
@@ -170,7 +180,12 @@ impl Model {
             labels = %labels_source,
             "model"
         );
-        let net = ResNet::from_state_dict(arch, &sd.tensors, device)?;
+        if device.is_cuda() {
+            // cuDNN picks the fastest algorithm for each convolution shape the first time it
+            // sees it; warm-up shows it every batch size the queue can form.
+            tch::Cuda::cudnn_set_benchmark(true);
+        }
+        let net = ResNet::from_state_dict(arch, &sd.tensors, device, spec.precision)?;
         Ok(Self {
             net,
             device,
@@ -178,6 +193,9 @@ impl Model {
             labels,
             labels_source,
             preprocess: spec.preprocess,
+            precision: spec.precision,
+            libtorch: runtime::detect(),
+            staging: transfer::Staging::new(device),
         })
     }
 
@@ -193,24 +211,19 @@ impl Model {
         &self.weights
     }
 
-    /// Stacks preprocessed images (`[3, N, N]` each) into one batch on the model's device.
+    /// Stacks preprocessed images (`[3, N, N]` each) into one f32 batch on the model's device.
     fn batch(&self, inputs: &[&[f32]]) -> Result<Tensor, ModelError> {
         let len = self.preprocess.input_len();
-        let mut flat = Vec::with_capacity(inputs.len() * len);
-        for (index, x) in inputs.iter().enumerate() {
-            if x.len() != len {
-                return Err(ModelError::InputShape {
-                    index,
-                    len: x.len(),
-                    side: self.preprocess.size,
-                });
-            }
-            flat.extend_from_slice(x);
+        if let Some((index, x)) = inputs.iter().enumerate().find(|(_, x)| x.len() != len) {
+            return Err(ModelError::InputShape {
+                index,
+                len: x.len(),
+                side: self.preprocess.size,
+            });
         }
-        let side = i64::from(self.preprocess.size);
-        Ok(Tensor::f_from_slice(&flat)?
-            .f_view([inputs.len() as i64, 3, side, side])?
-            .f_to_device(self.device)?)
+        Ok(self
+            .staging
+            .upload(inputs, i64::from(self.preprocess.size))?)
     }
 
     /// Logits `[N, classes]` for a batch, without autograd.
@@ -218,7 +231,9 @@ impl Model {
         let _guard = tch::no_grad_guard();
         let x = self.batch(inputs)?;
         let a = self.net.features(&x, Layer::Layer4)?;
-        rows(&self.net.head(&a, Layer::Layer4)?)
+        let logits = self.net.head(&a, Layer::Layer4)?;
+        let host = self.staging.download(&[&logits])?;
+        Ok(rows(&host[0], self.net.arch().classes as usize))
     }
 
     /// Explains a batch of images in one forward pass per distinct layer, with one partial
@@ -266,44 +281,76 @@ impl Model {
             .f_detach()?
             .set_requires_grad(true);
         let logits = self.net.head(&acts, layer)?;
-        let logit_rows = rows(&logits.f_detach()?)?;
+        let classes = self.net.arch().classes;
+
+        // The classes to explain are chosen on the device, so that nothing has to come back
+        // before the backward passes: rank r is the requested class, or the r-th best.
+        let wanted: Vec<usize> = opts
+            .iter()
+            .map(|o| if o.class.is_some() { 1 } else { o.top_k })
+            .collect();
+        let ranks = wanted.iter().copied().max().unwrap_or(0).max(1);
+        let (_, best) = tch::no_grad(|| logits.f_topk(ranks as i64, 1, true, true))?;
+        let mut fixed = vec![-1i64; n * ranks];
+        let mut live = vec![0f32; n * ranks];
+        for (i, o) in opts.iter().enumerate() {
+            if let Some(c) = o.class {
+                fixed[i * ranks] = c;
+            }
+            live[i * ranks..i * ranks + wanted[i]].fill(1.0);
+        }
+        let shape = [n as i64, ranks as i64];
+        let fixed = Tensor::f_from_slice(&fixed)?
+            .f_view(shape)?
+            .f_to_device(self.device)?;
+        let live = Tensor::f_from_slice(&live)?
+            .f_view(shape)?
+            .f_to_device(self.device)?;
+        let chosen = fixed.f_where_self(&fixed.f_ge(0)?, &best)?;
+
+        let mut grads = Vec::with_capacity(ranks);
+        for rank in 0..ranks as i64 {
+            // One backward pass for the whole batch: in eval mode images do not interact, so
+            // the gradient of the sum of each image's target score is each image's gradient.
+            let one_hot = Tensor::f_zeros([n as i64, classes], (Kind::Float, self.device))?
+                .f_scatter(
+                    1,
+                    &chosen.f_narrow(1, rank, 1)?,
+                    &live.f_narrow(1, rank, 1)?,
+                )?;
+            let score = logits.f_mul(&one_hot)?.f_sum(Kind::Float)?;
+            let keep_graph = rank + 1 < ranks as i64;
+            grads.extend(Tensor::f_run_backward(
+                &[&score],
+                &[&acts],
+                keep_graph,
+                false,
+            )?);
+        }
+
+        let size = acts.size();
+        let (channels, h, w) = (size[1] as usize, size[2] as usize, size[3] as usize);
+        let plane = channels * h * w;
+        let detached = acts.f_detach()?;
+        let logits = logits.f_detach()?;
+        let mut wanted_back: Vec<&Tensor> = vec![&logits, &chosen, &detached];
+        wanted_back.extend(grads.iter());
+        let mut host = self.staging.download(&wanted_back)?.into_iter();
+        let mut next = || host.next().expect("one host copy per tensor downloaded");
+        let logit_rows = rows(&next(), classes as usize);
+        let chosen = next();
+        let acts_host = next();
 
         let predictions: Vec<Vec<Prediction>> = logit_rows
             .iter()
             .zip(opts)
             .map(|(l, o)| backend::top_predictions(l, o.top_k.max(MIN_PREDICTIONS), &self.labels))
             .collect();
-        let targets: Vec<Vec<i64>> = opts
-            .iter()
-            .zip(&predictions)
-            .map(|(o, p)| backend::targets(o, p))
-            .collect();
-
-        let size = acts.size();
-        let (channels, h, w) = (size[1] as usize, size[2] as usize, size[3] as usize);
-        let plane = channels * h * w;
-        let acts_host = to_host(&acts.f_detach()?)?;
         let mut explanations: Vec<Vec<Explanation>> = vec![Vec::new(); n];
-        let ranks = targets.iter().map(Vec::len).max().unwrap_or(0);
-        let classes = self.net.arch().classes;
         for rank in 0..ranks {
-            // One backward pass for the whole batch: in eval mode images do not interact, so
-            // the gradient of the sum of each image's target score is each image's gradient.
-            let mut one_hot = vec![0f32; n * classes as usize];
-            for (i, t) in targets.iter().enumerate() {
-                if let Some(&c) = t.get(rank) {
-                    one_hot[i * classes as usize + c as usize] = 1.0;
-                }
-            }
-            let one_hot = Tensor::f_from_slice(&one_hot)?
-                .f_view([n as i64, classes])?
-                .f_to_device(self.device)?;
-            let score = logits.f_mul(&one_hot)?.f_sum(Kind::Float)?;
-            let keep_graph = rank + 1 < ranks;
-            let grads = Tensor::f_run_backward(&[&score], &[&acts], keep_graph, false)?;
-            let grads_host = to_host(&grads[0])?;
-            for (i, t) in targets.iter().enumerate() {
-                let Some(&class) = t.get(rank) else { continue };
+            let grads_host = next();
+            for i in (0..n).filter(|&i| rank < wanted[i]) {
+                let class = chosen[i * ranks + rank] as i64;
                 let range = i * plane..(i + 1) * plane;
                 let method = opts[i].method;
                 let raw = cam::raw_map(
@@ -332,6 +379,19 @@ impl Model {
             })
             .collect())
     }
+
+    /// The batch sizes warm-up runs: on a GPU every power of two up to `max_batch` and
+    /// `max_batch` itself (cuDNN's benchmark mode tunes each shape once); on the CPU one image.
+    fn warm_up_sizes(&self, max_batch: usize) -> Vec<usize> {
+        if !self.device.is_cuda() {
+            return vec![1];
+        }
+        let mut sizes: Vec<usize> = std::iter::successors(Some(1usize), |n| Some(n * 2))
+            .take_while(|&n| n < max_batch)
+            .collect();
+        sizes.push(max_batch.max(1));
+        sizes
+    }
 }
 
 impl Backend for Model {
@@ -351,8 +411,37 @@ impl Backend for Model {
                 source: self.weights.source.clone(),
                 sha256: self.weights.sha256.clone(),
             },
-            libtorch: Some(LIBTORCH_VERSION.into()),
+            precision: self.precision,
+            libtorch: Some(self.libtorch.clone()),
         }
+    }
+
+    fn warm_up(&self, max_batch: usize) -> Result<(), BackendError> {
+        let started = std::time::Instant::now();
+        let blank = vec![0f32; self.preprocess.input_len()];
+        let sizes = self.warm_up_sizes(max_batch);
+        // layer4 runs every convolution forward; layer1 also every one backward.
+        let layers: &[Layer] = if self.device.is_cuda() {
+            &[Layer::Layer4, Layer::Layer1]
+        } else {
+            &[Layer::Layer4]
+        };
+        for &n in &sizes {
+            for &layer in layers {
+                let options = ExplainOptions {
+                    layer,
+                    ..ExplainOptions::default()
+                };
+                let items = vec![(blank.as_slice(), options); n];
+                self.explain_batch(&items)?;
+            }
+        }
+        tracing::info!(
+            batch_sizes = ?sizes,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "warm-up"
+        );
+        Ok(())
     }
 
     fn logits(&self, inputs: &[&[f32]]) -> Result<Vec<Vec<f32>>, BackendError> {
@@ -367,21 +456,9 @@ impl Backend for Model {
     }
 }
 
-fn to_host(t: &Tensor) -> Result<Vec<f32>, ModelError> {
-    let t = t
-        .f_to_device(Device::Cpu)?
-        .f_to_kind(Kind::Float)?
-        .f_contiguous()?
-        .f_view(-1)?;
-    Ok(Vec::<f32>::try_from(&t)?)
-}
-
-fn rows(t: &Tensor) -> Result<Vec<Vec<f32>>, ModelError> {
-    let cols = t.size()[1] as usize;
-    Ok(to_host(t)?
-        .chunks_exact(cols)
-        .map(<[f32]>::to_vec)
-        .collect())
+/// Rows of `cols` values.
+fn rows(flat: &[f32], cols: usize) -> Vec<Vec<f32>> {
+    flat.chunks_exact(cols).map(<[f32]>::to_vec).collect()
 }
 
 #[cfg(test)]

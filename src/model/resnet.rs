@@ -10,11 +10,16 @@
 //! convolution before it once at load time: `w' = w * g / sqrt(v + eps)`,
 //! `b' = beta - mean * g / sqrt(v + eps)`. That removes a full pass over every activation.
 //!
+//! In reduced precision (bf16, fp16) the folded weights are converted once at load time and
+//! stored channels-last, the layout oneDNN and cuDNN run reduced-precision convolutions fastest
+//! in; the input is converted as it enters the stem. The classifier stays f32: the pooled
+//! features are averaged into f32, so logits and probabilities are f32 in every precision.
+//!
 //! The forward pass is split at a [`Layer`]: [`ResNet::features`] runs the stem and the layers
 //! up to and including it, [`ResNet::head`] runs the rest. Grad-CAM runs `features` without
 //! autograd and `head` with it, so gradients flow only above the target layer.
 
-use crate::backend::Layer;
+use crate::backend::{Layer, Precision};
 use std::collections::HashMap;
 use tch::{Device, Kind, TchError, Tensor};
 
@@ -233,17 +238,28 @@ struct ConvBn {
     stride: i64,
     padding: i64,
     groups: i64,
+    /// On a GPU: let cuDNN pick its fastest algorithm per shape (benchmark mode).
+    cuda: bool,
 }
 
 impl ConvBn {
     fn forward(&self, x: &Tensor) -> Result<Tensor, TchError> {
-        x.f_conv2d(
+        // `conv2d` with its context flags spelled out: cuDNN's TF32 (a 10-bit mantissa, on by
+        // default in libtorch) is never allowed, so fp32 is fp32 on a GPU too; reduced
+        // precision is asked for with `--precision`, not slipped in.
+        x.f_internal_convolution(
             &self.weight,
             Some(&self.bias),
             [self.stride; 2],
             [self.padding; 2],
             [1, 1],
+            false,
+            [0, 0],
             self.groups,
+            self.cuda,
+            false,
+            true,
+            false,
         )
     }
 }
@@ -272,9 +288,28 @@ impl Residual {
     }
 }
 
+/// The libtorch kind of a precision.
+pub fn kind_of(precision: Precision) -> Kind {
+    match precision {
+        Precision::Fp32 => Kind::Float,
+        Precision::Bf16 => Kind::BFloat16,
+        Precision::Fp16 => Kind::Half,
+    }
+}
+
+/// The same values laid out channels-last (`NHWC` in memory, still indexed `NCHW`): libtorch
+/// tells the layout from the strides.
+fn channels_last(t: &Tensor) -> Result<Tensor, TchError> {
+    t.f_permute([0, 2, 3, 1])?
+        .f_contiguous()?
+        .f_permute([0, 3, 1, 2])
+}
+
 #[derive(Debug)]
 pub struct ResNet {
     arch: Arch,
+    /// The kind of the convolutions' weights and activations.
+    kind: Kind,
     stem: ConvBn,
     stages: Vec<Vec<Residual>>,
     fc_weight: Tensor,
@@ -288,7 +323,17 @@ impl ResNet {
         arch: Arch,
         sd: &HashMap<String, Tensor>,
         device: Device,
+        precision: Precision,
     ) -> Result<Self, TchError> {
+        let kind = kind_of(precision);
+        let place = |t: Tensor| -> Result<Tensor, TchError> {
+            let t = t.f_to_kind(kind)?.f_to_device(device)?;
+            if kind == Kind::Float {
+                t.f_contiguous()
+            } else {
+                channels_last(&t)
+            }
+        };
         let get = |name: &str| -> Result<Tensor, TchError> {
             sd.get(name)
                 .ok_or_else(|| TchError::TensorNameNotFound(name.to_string(), "state dict".into()))?
@@ -305,14 +350,12 @@ impl ResNet {
             let bias = beta.f_sub(&mean.f_mul(&scale)?)?;
             let padding = w.size()[3] / 2;
             Ok(ConvBn {
-                weight: weight
-                    .f_to_kind(Kind::Float)?
-                    .f_to_device(device)?
-                    .f_contiguous()?,
-                bias: bias.f_to_kind(Kind::Float)?.f_to_device(device)?,
+                weight: place(weight)?,
+                bias: bias.f_to_kind(kind)?.f_to_device(device)?,
                 stride,
                 padding,
                 groups,
+                cuda: device.is_cuda(),
             })
         };
         let _guard = tch::no_grad_guard();
@@ -362,6 +405,7 @@ impl ResNet {
             .f_to_device(device)?;
         Ok(Self {
             arch,
+            kind,
             stem,
             stages,
             fc_weight,
@@ -373,11 +417,22 @@ impl ResNet {
         &self.arch
     }
 
-    /// Stem and stages up to and including `upto`: `[N, C, H, W]` activations of that layer.
+    /// The kind the trunk's activations have.
+    pub fn kind(&self) -> Kind {
+        self.kind
+    }
+
+    /// Stem and stages up to and including `upto`: `[N, C, H, W]` activations of that layer,
+    /// of the network's kind. `x` is an f32 batch on the network's device.
     pub fn features(&self, x: &Tensor, upto: Layer) -> Result<Tensor, TchError> {
+        let x = if self.kind == Kind::Float {
+            x.shallow_clone()
+        } else {
+            channels_last(&x.f_to_kind(self.kind)?)?
+        };
         let mut x =
             self.stem
-                .forward(x)?
+                .forward(&x)?
                 .f_relu()?
                 .f_max_pool2d([3, 3], [2, 2], [1, 1], [1, 1], false)?;
         for stage in &self.stages[..=upto.index()] {

@@ -3,6 +3,7 @@
 //! writes the overlay PNGs (one per explained class) and a JSON document with predictions and
 //! maps, and, when asked, one summary record; `--resume` skips pictures already done.
 
+pub mod bench;
 mod inputs;
 mod outputs;
 mod pipeline;
@@ -203,6 +204,7 @@ pub fn run(args: ExplainConfig) -> Result<Outcome> {
                             "map_region": prepared.ready.region,
                             "model": description.model,
                             "device": description.device,
+                            "precision": description.precision,
                             "weights_sha256": description.weights.sha256,
                             "predictions": result.predictions,
                             "explanations": explanations,

@@ -43,6 +43,7 @@ async fn info_describes_the_backend_and_the_limits() {
         },
         "weights": { "source": "toy", "sha256": "0".repeat(64) },
         "device": "cpu",
+        "precision": "fp32",
         "versions": { "gradcam_serve": env!("CARGO_PKG_VERSION") },
         "limits": {
             "body_limit_bytes": 100000,

@@ -14,7 +14,7 @@
 
 use gradcam_serve::backend::{
     self, Backend, BackendError, Description, ExplainOptions, ExplainResult, Explanation, Fatal,
-    INPUT_LEN, Layer, Loader, MIN_PREDICTIONS, NUM_CLASSES, WeightsInfo,
+    INPUT_LEN, Layer, Loader, MIN_PREDICTIONS, NUM_CLASSES, Precision, WeightsInfo,
 };
 use gradcam_serve::cam;
 use gradcam_serve::input::INPUT_SIDE;
@@ -316,6 +316,7 @@ impl Backend for Toy {
                 source: "toy".into(),
                 sha256: "0".repeat(64),
             },
+            precision: Precision::Fp32,
             libtorch: None,
         }
     }
@@ -335,7 +336,7 @@ impl Backend for Toy {
         Ok(items.iter().map(|(x, o)| explain_one(x, *o)).collect())
     }
 
-    fn warm_up(&self) -> Result<(), BackendError> {
+    fn warm_up(&self, _max_batch: usize) -> Result<(), BackendError> {
         explain_one(&vec![0f32; INPUT_LEN], ExplainOptions::default());
         Ok(())
     }
