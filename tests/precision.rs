@@ -1,0 +1,244 @@
+//! Reduced precision measured against fp32, in process, on the CPU (where bf16 is what runs;
+//! fp16 is refused on the CPU and measured on a GPU by scripts/gpu-check.sh).
+//!
+//! Two sets of weights:
+//! - the seeded random ResNet-50 of the parity reference, on the four fixture photographs as
+//!   PyTorch preprocessed them, every layer and method;
+//! - the ResNet-18 trained from scratch by tests/trained.py, on its 200 held-out pictures.
+//!
+//! Each case explains fp32's top class in both precisions and compares the normalised maps
+//! (largest and mean absolute difference, on the 0..1 scale), the logits and the top-1 class.
+//! Top-1 must agree wherever fp32's top-1 logit leads the second by more than [`MARGIN`] of
+//! the logits' scale: bf16 keeps 8 bits of mantissa, so logits move by about 1% of their size
+//! (5% with random weights), and a lead smaller than that can flip honestly. Random weights exaggerate every difference: their logits are
+//! nearly tied (no class stands out), and their maps are made of many small, cancelling
+//! contributions. The tolerances below come from these measurements (`--no-capture` prints the
+//! tables; README gives them) with room for other CPUs' kernels.
+
+mod common;
+
+use common::REFERENCE;
+use gradcam_serve::backend::{Backend, ExplainOptions, Layer, Precision};
+use gradcam_serve::cam::Method;
+use gradcam_serve::input::Preprocess;
+use gradcam_serve::model::{LoadSpec, Model, weights};
+use std::path::Path;
+
+/// fp32's top-1 lead over the second class, as a fraction of the largest logit's magnitude,
+/// above which bf16 must agree on the top class: twice the largest logit error measured
+/// (0.047 of the scale with random weights, 0.008 with trained ones), rounded up. A smaller
+/// lead can be overturned by rounding alone.
+const MARGIN: f32 = 0.1;
+
+fn load(path: &Path, precision: Precision, preprocess: Preprocess) -> Model {
+    let w = weights::resolve(path.to_str().unwrap(), &std::env::temp_dir()).unwrap();
+    let spec = LoadSpec {
+        precision,
+        preprocess,
+        ..Default::default()
+    };
+    Model::load(w, tch::Device::Cpu, &spec).unwrap()
+}
+
+/// Differences between the two precisions over a set of cases.
+#[derive(Default)]
+struct Tally {
+    cases: usize,
+    max: f32,
+    sum_mean: f64,
+    /// Cases whose fp32 lead exceeds [`MARGIN`], and those among them where bf16 agrees.
+    clear: usize,
+    clear_agree: usize,
+    /// All cases where bf16 agrees on the top class.
+    agree: usize,
+    /// Largest logit difference, as a fraction of the largest logit's magnitude.
+    logit: f32,
+}
+
+impl Tally {
+    fn add(&mut self, a: &[f32], b: &[f32], margin: f32, same_top: bool, logit: f32) {
+        self.logit = self.logit.max(logit);
+        let diffs = a.iter().zip(b).map(|(x, y)| (x - y).abs());
+        let (max, sum) = diffs.fold((0f32, 0f64), |(m, s), d| (m.max(d), s + f64::from(d)));
+        self.cases += 1;
+        self.max = self.max.max(max);
+        self.sum_mean += sum / a.len() as f64;
+        self.agree += usize::from(same_top);
+        if margin > MARGIN {
+            self.clear += 1;
+            self.clear_agree += usize::from(same_top);
+        }
+    }
+
+    fn mean(&self) -> f64 {
+        self.sum_mean / self.cases.max(1) as f64
+    }
+
+    fn row(&self, what: &str) -> String {
+        format!(
+            "| {what} | {} | {:.4} | {:.5} | {:.4} | {}/{} | {}/{} |",
+            self.cases,
+            self.max,
+            self.mean(),
+            self.logit,
+            self.agree,
+            self.cases,
+            self.clear_agree,
+            self.clear
+        )
+    }
+}
+
+const HEADER: &str = "| weights, layer | cases | max map diff | mean map diff | max logit diff | top-1 agrees | top-1 agrees where lead > 0.1 |\n|---|---|---|---|---|---|---|";
+
+/// Explains `x`'s fp32 top class at `layer` with `method` in both precisions; adds the case.
+fn compare(
+    fp32: &Model,
+    bf16: &Model,
+    xs: &[&[f32]],
+    layer: Layer,
+    method: Method,
+    tally: &mut Tally,
+) {
+    let plain: Vec<(&[f32], ExplainOptions)> = xs
+        .iter()
+        .map(|x| {
+            let o = ExplainOptions {
+                layer,
+                method,
+                ..Default::default()
+            };
+            (*x, o)
+        })
+        .collect();
+    let a = fp32.explain(&plain).unwrap();
+    // The reduced model explains the class fp32 chose, so that the maps are comparable even
+    // where the top class flips.
+    let same_class: Vec<(&[f32], ExplainOptions)> = plain
+        .iter()
+        .zip(&a)
+        .map(|((x, o), r)| {
+            let o = ExplainOptions {
+                class: Some(r.explanations[0].class_index),
+                ..*o
+            };
+            (*x, o)
+        })
+        .collect();
+    let b = bf16.explain(&same_class).unwrap();
+    let logits_a = fp32.logits(xs).unwrap();
+    let logits_b = bf16.logits(xs).unwrap();
+    for (((ra, rb), la), lb) in a.iter().zip(&b).zip(&logits_a).zip(&logits_b) {
+        let p = &ra.predictions;
+        let (d, scale) = common::max_diff(lb, la);
+        let margin = (p[0].logit - p[1].logit) / scale;
+        let same_top = rb.predictions[0].index == p[0].index;
+        tally.add(
+            &ra.explanations[0].normalized,
+            &rb.explanations[0].normalized,
+            margin,
+            same_top,
+            d / scale,
+        );
+    }
+}
+
+#[test]
+fn bf16_matches_fp32_on_the_random_weight_reference() {
+    let dir = common::reference_dir();
+    let path = dir.join("weights.safetensors");
+    let fp32 = load(&path, Precision::Fp32, Preprocess::default());
+    let bf16 = load(&path, Precision::Bf16, Preprocess::default());
+    let inputs: Vec<Vec<f32>> = REFERENCE
+        .meta
+        .photos
+        .iter()
+        .map(|p| REFERENCE.vec(&format!("input.{}", p.name)))
+        .collect();
+    let xs: Vec<&[f32]> = inputs.iter().map(Vec::as_slice).collect();
+    let mut rows = vec![HEADER.to_string()];
+    let mut all = Tally::default();
+    let mut by_layer = Vec::new();
+    for layer in Layer::ALL {
+        let mut t = Tally::default();
+        for method in Method::ALL {
+            compare(&fp32, &bf16, &xs, layer, method, &mut t);
+            compare(&fp32, &bf16, &xs, layer, method, &mut all);
+        }
+        rows.push(t.row(&format!("random ResNet-50, {layer}, 5 methods")));
+        by_layer.push((layer, t));
+    }
+    let table = rows.join("\n");
+    println!("{table}");
+    for (layer, t) in &by_layer {
+        // Deeper layers' maps pass through fewer reduced-precision blocks on the way back.
+        let bound = if *layer == Layer::Layer4 { 0.08 } else { 0.6 };
+        assert!(
+            t.max <= bound,
+            "bf16 maps at {layer} differ from fp32 by up to {} (bound {bound})\n{table}",
+            t.max
+        );
+    }
+    assert!(
+        all.mean() <= 0.02,
+        "mean map difference {}\n{table}",
+        all.mean()
+    );
+    assert!(all.logit <= 0.08, "logits moved by {}\n{table}", all.logit);
+    assert_eq!(
+        all.clear_agree, all.clear,
+        "bf16 changed a clear top class\n{table}"
+    );
+}
+
+#[test]
+fn bf16_matches_fp32_on_the_trained_network() {
+    let dir = common::generated_dir("GRADCAM_TEST_TRAINED");
+    let held: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("heldout.json")).unwrap()).unwrap();
+    let preprocess = Preprocess {
+        size: held["input_size"].as_u64().unwrap() as u32,
+        ..Preprocess::default()
+    };
+    let path = dir.join("weights.safetensors");
+    let fp32 = load(&path, Precision::Fp32, preprocess);
+    let bf16 = load(&path, Precision::Bf16, preprocess);
+    let inputs: Vec<Vec<f32>> = held["pictures"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            let file = dir.join(p["file"].as_str().unwrap());
+            let img = image::open(&file).unwrap().to_rgb8();
+            preprocess.apply(&img).0
+        })
+        .collect();
+    let xs: Vec<&[f32]> = inputs.iter().map(Vec::as_slice).collect();
+    let mut rows = vec![HEADER.to_string()];
+    let mut by_layer = Vec::new();
+    for layer in Layer::ALL {
+        let mut t = Tally::default();
+        for chunk in xs.chunks(8) {
+            compare(&fp32, &bf16, chunk, layer, Method::GradCam, &mut t);
+        }
+        rows.push(t.row(&format!("trained ResNet-18, {layer}, gradcam")));
+        by_layer.push((layer, t));
+    }
+    let table = rows.join("\n");
+    println!("{table}");
+    for (layer, t) in &by_layer {
+        let bound = match layer {
+            Layer::Layer4 => 0.02,
+            Layer::Layer3 => 0.03,
+            _ => 0.3,
+        };
+        assert!(
+            t.max <= bound && t.mean() <= 0.01,
+            "bf16 maps at {layer}: max {} (bound {bound}), mean {}\n{table}",
+            t.max,
+            t.mean()
+        );
+        assert_eq!(t.clear_agree, t.clear, "{table}");
+        assert!(t.logit <= 0.02, "logits moved by {}\n{table}", t.logit);
+    }
+}
