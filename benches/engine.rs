@@ -80,9 +80,10 @@ fn precision(c: &mut Criterion) {
             // One more pass per batch size: oneDNN builds its bf16 kernels per shape.
             model.explain(&items).unwrap();
             group.throughput(Throughput::Elements(batch as u64));
-            group.bench_function(BenchmarkId::new(format!("explain_{precision}"), batch), |b| {
-                b.iter(|| model.explain(&items).unwrap())
-            });
+            group.bench_function(
+                BenchmarkId::new(format!("explain_{precision}"), batch),
+                |b| b.iter(|| model.explain(&items).unwrap()),
+            );
         }
     }
     group.finish();

@@ -12,9 +12,9 @@ pub use explain::{ExplainConfig, SummaryFormat};
 use keys::parse_api_key;
 pub use keys::{ApiKey, KEYED_PATHS_ALLOWED};
 
+use crate::backend::Precision;
 use crate::fetch::FetchConfig;
 use crate::fetch::addr::{AddressPolicy, Cidr};
-use crate::backend::Precision;
 use crate::input::{Preprocess, Resize};
 use clap::{Args, ValueEnum};
 use std::net::IpAddr;

@@ -27,6 +27,9 @@ pub enum Fault {
     TorchError,
     /// A real libtorch allocation failure: a tensor larger than any address space (`oom`).
     OutOfMemory,
+    /// The same failure, but only while the call carries more than this many images
+    /// (`oom-above=N`): memory that a large batch needs and a smaller one does not.
+    OutOfMemoryAbove(usize),
     /// A panic that the engine does not contain: the model thread itself ends (`die`).
     Die,
 }
@@ -51,8 +54,14 @@ impl std::str::FromStr for Fault {
             None if s == "die" => Ok(Fault::Die),
             Some(("sleep", v)) => ms(v).map(Fault::Sleep),
             Some(("panic", v)) => ms(v).map(|rebuild_delay| Fault::Panic { rebuild_delay }),
+            Some(("oom-above", v)) => v
+                .parse::<usize>()
+                .ok()
+                .filter(|n| (1..=1024).contains(n))
+                .map(Fault::OutOfMemoryAbove)
+                .ok_or_else(|| format!("{v:?} is not a batch size from 1 to 1024")),
             _ => Err(format!(
-                "unknown fault {s:?}; use sleep=MS, panic, panic=MS, error, oom or die"
+                "unknown fault {s:?}; use sleep=MS, panic, panic=MS, error, oom, oom-above=N or die"
             )),
         }
     }
@@ -70,6 +79,7 @@ pub fn attach(input: &mut Vec<f32>, fault: Fault) {
         Fault::TorchError => (2, Duration::ZERO),
         Fault::OutOfMemory => (3, Duration::ZERO),
         Fault::Die => (4, Duration::ZERO),
+        Fault::OutOfMemoryAbove(n) => (5, Duration::from_millis(n as u64)),
     };
     // Milliseconds up to 60000 are exact in an f32.
     input.extend([f32::from_bits(MARK), code as f32, ms.as_millis() as f32]);
@@ -90,6 +100,7 @@ fn detach(input: &[f32]) -> (&[f32], Option<Fault>) {
         1 => Fault::Panic { rebuild_delay: ms },
         2 => Fault::TorchError,
         3 => Fault::OutOfMemory,
+        5 => Fault::OutOfMemoryAbove(ms.as_millis() as usize),
         _ => Fault::Die,
     };
     (&input[..len], Some(fault))
@@ -119,20 +130,21 @@ impl FaultBackend {
     /// Strips the trailers and makes their faults happen, in input order.
     fn strip<'a>(
         &self,
-        inputs: impl Iterator<Item = &'a [f32]>,
+        inputs: impl ExactSizeIterator<Item = &'a [f32]>,
     ) -> Result<Vec<&'a [f32]>, BackendError> {
+        let batch = inputs.len();
         let mut clean = Vec::new();
         for x in inputs {
             let (x, fault) = detach(x);
             if let Some(f) = fault {
-                self.inject(f)?;
+                self.inject(f, batch)?;
             }
             clean.push(x);
         }
         Ok(clean)
     }
 
-    fn inject(&self, fault: Fault) -> Result<(), BackendError> {
+    fn inject(&self, fault: Fault, batch: usize) -> Result<(), BackendError> {
         use tch::{Kind, Tensor};
         let on = (Kind::Float, self.device);
         let torch = |e: tch::TchError| BackendError::from_message(e.to_string());
@@ -151,6 +163,10 @@ impl FaultBackend {
                 // policy.
                 let _ = Tensor::f_empty([1i64 << 46], on).map_err(torch)?;
             }
+            Fault::OutOfMemoryAbove(n) if batch > n => {
+                let _ = Tensor::f_empty([1i64 << 46], on).map_err(torch)?;
+            }
+            Fault::OutOfMemoryAbove(_) => {}
             Fault::Die => {
                 std::panic::panic_any(Fatal("injected fault: the model thread dies".into()))
             }
@@ -215,9 +231,14 @@ mod tests {
         assert_eq!("error".parse(), Ok(Fault::TorchError));
         assert_eq!("oom".parse(), Ok(Fault::OutOfMemory));
         assert_eq!("die".parse(), Ok(Fault::Die));
+        assert_eq!("oom-above=2".parse(), Ok(Fault::OutOfMemoryAbove(2)));
         for bad in ["", "sleep", "sleep=-1", "sleep=60001", "panic=x", "boom"] {
             let e = bad.parse::<Fault>().unwrap_err();
             assert!(e.contains("sleep=MS") || e.contains("milliseconds"), "{e}");
+        }
+        for bad in ["oom-above=0", "oom-above=x", "oom-above=1025"] {
+            let e = bad.parse::<Fault>().unwrap_err();
+            assert!(e.contains("batch size from 1 to 1024"), "{e}");
         }
     }
 

@@ -151,6 +151,40 @@ fn libtorch_errors_fail_only_their_own_request_in_a_batch() {
     assert!(log.contains("retrying its images one by one"), "{log}");
 }
 
+/// A batch that runs out of memory (a real libtorch allocation failure while the call carries
+/// more than two images) is retried as two halves, which fit: every request of the batch of
+/// four is answered, none alone, and the server stays ready.
+#[test]
+fn a_batch_that_runs_out_of_memory_is_split_in_halves() {
+    let server = Server::start(&["--max-batch-size", "4", "--max-batch-delay-ms", "3000"]);
+    let faults = [Some("oom-above=2"), None, None, None];
+    let answers: Vec<(u16, Option<String>, Value)> = std::thread::scope(|s| {
+        let hs: Vec<_> = faults
+            .iter()
+            .map(|f| {
+                let server = &server;
+                s.spawn(move || parts(explain(server, *f)))
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for (status, _, body) in &answers {
+        assert_eq!(*status, 200, "{NO_HOOK}: {body}");
+        assert_eq!(body["timings"]["batch_size"], 4, "{body}");
+    }
+    let log = server.log.lock().unwrap().join("\n");
+    assert_eq!(
+        log.matches("out of memory at batch 4: retrying as 2 and 2").count(),
+        1,
+        "{log}"
+    );
+    assert!(
+        !log.contains("out of memory at batch 2") && !log.contains("one by one"),
+        "the halves fitted: {log}"
+    );
+    assert_eq!(server.ready(), 200);
+}
+
 #[test]
 fn a_client_that_leaves_while_queued_never_reaches_the_model() {
     use std::io::Write;

@@ -13,7 +13,11 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 #[derive(Debug, Parser)]
-#[command(name = "gradcam-load", version, about = "Closed-loop HTTP load for gradcam-serve")]
+#[command(
+    name = "gradcam-load",
+    version,
+    about = "Closed-loop HTTP load for gradcam-serve"
+)]
 struct Args {
     /// Where to post, e.g. http://127.0.0.1:8080/explain?overlay=false
     #[arg(long)]

@@ -220,8 +220,9 @@ impl Worker {
         health
     }
 
-    /// Runs jobs of one kind together; on an error (not a panic) with more than one job, runs
-    /// each alone so that only the job that causes it fails.
+    /// Runs jobs of one kind together. When that runs out of memory, runs each half of the
+    /// batch the same way; on another error (not a panic) with more than one job, runs each
+    /// alone so that only the job that causes it fails.
     fn run_group(
         &self,
         backend: &dyn Backend,
@@ -239,6 +240,20 @@ impl Worker {
                 jobs.iter().map(|_| Err(e.clone())).collect()
             }
             Err(Failure::Error(e)) if jobs.len() == 1 => vec![Err(e)],
+            Err(Failure::Error(EngineError::OutOfMemory)) => {
+                // The batch did not fit: two halves may, and keep most of the batching's gain.
+                let (a, b) = jobs.split_at(jobs.len() / 2);
+                tracing::warn!(
+                    size = jobs.len(),
+                    "out of memory at batch {}: retrying as {} and {}",
+                    jobs.len(),
+                    a.len(),
+                    b.len()
+                );
+                let mut out = self.run_group(backend, a, health);
+                out.extend(self.run_group(backend, b, health));
+                out
+            }
             Err(Failure::Error(e)) => {
                 tracing::warn!(error = %e, size = jobs.len(), "batch failed: retrying its images one by one");
                 jobs.iter()

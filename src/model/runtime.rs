@@ -26,10 +26,7 @@ pub fn detect() -> LibtorchInfo {
         .unwrap_or((None, None));
     LibtorchInfo {
         version: version.unwrap_or_else(|| "unknown".into()),
-        directory: directory.map_or_else(
-            || "unknown".into(),
-            |d| d.display().to_string(),
-        ),
+        directory: directory.map_or_else(|| "unknown".into(), |d| d.display().to_string()),
         built_for: BUILT_FOR.into(),
         cuda,
     }
@@ -171,7 +168,9 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(
-            e.contains("2.13.0+cu130") && e.contains("/somewhere/torch/lib") && e.contains(BUILT_FOR),
+            e.contains("2.13.0+cu130")
+                && e.contains("/somewhere/torch/lib")
+                && e.contains(BUILT_FOR),
             "{e}"
         );
     }
@@ -182,7 +181,9 @@ mod tests {
         assert!(same_release(&info.version, BUILT_FOR), "{info:?}");
         assert!(info.directory.ends_with("lib"), "{info:?}");
         check(&info, Device::Cpu, Precision::Bf16).unwrap();
-        let e = check(&info, Device::Cpu, Precision::Fp16).unwrap_err().to_string();
+        let e = check(&info, Device::Cpu, Precision::Fp16)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("bf16"), "{e}");
     }
 }

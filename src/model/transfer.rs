@@ -51,9 +51,8 @@ impl Staging {
         // nothing else reads or writes now: the only reader is the copy below, and any earlier
         // copy from it has finished (the batch that made it downloaded its results, which waits
         // for the device, or `in_flight` made this call wait above).
-        let host = unsafe {
-            std::slice::from_raw_parts_mut(buffer.data_ptr().cast::<f32>(), n * len)
-        };
+        let host =
+            unsafe { std::slice::from_raw_parts_mut(buffer.data_ptr().cast::<f32>(), n * len) };
         for (dst, x) in host.chunks_exact_mut(len).zip(inputs) {
             dst.copy_from_slice(x);
         }
@@ -73,7 +72,10 @@ impl Staging {
                 .map(|t| Ok(Vec::<f32>::try_from(&flat(t)?)?))
                 .collect();
         }
-        let pieces = tensors.iter().map(|t| flat(t)).collect::<Result<Vec<_>, _>>()?;
+        let pieces = tensors
+            .iter()
+            .map(|t| flat(t))
+            .collect::<Result<Vec<_>, _>>()?;
         let all = Tensor::f_cat(&pieces, 0)?.f_to_device(Device::Cpu)?;
         self.in_flight.set(false);
         let all = Vec::<f32>::try_from(&all)?;

@@ -94,7 +94,9 @@ pub fn run(config: BenchConfig) -> Result<()> {
             model.explain(&items)?;
             let explain = measure(batch, config.seconds, || model.explain(&items).map(drop))?;
             model.logits(&inputs)?;
-            let forward = measure(batch, config.seconds / 2.0, || model.logits(&inputs).map(drop))?;
+            let forward = measure(batch, config.seconds / 2.0, || {
+                model.logits(&inputs).map(drop)
+            })?;
             Ok((explain, forward))
         };
         match run() {
@@ -152,7 +154,12 @@ mod tests {
         })
         .unwrap();
         assert_eq!((m.iterations, calls), (3, 3));
-        assert!(m.p50_ms >= 2.0 && m.p99_ms >= m.p50_ms, "{} {}", m.p50_ms, m.p99_ms);
+        assert!(
+            m.p50_ms >= 2.0 && m.p99_ms >= m.p50_ms,
+            "{} {}",
+            m.p50_ms,
+            m.p99_ms
+        );
         assert!(m.images_per_s > 0.0 && m.images_per_s < 4.0 * 3.0 / 0.006);
     }
 
