@@ -48,12 +48,26 @@ fi
 
 want="$(sha256sum "$here/requirements.txt" | cut -d' ' -f1)"
 stamp="$GRADCAM_VENV/.requirements.sha256"
-if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
-  exit 0
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+  python3 --version >/dev/null 2>&1 || { echo "setup: python3 (3.10 or newer) is required" >&2; exit 1; }
+  echo "setup: installing the Python environment into $GRADCAM_VENV (about 5 GB, once)" >&2
+  mkdir -p "$GRADCAM_CACHE"
+  [ -x "$GRADCAM_VENV/bin/python" ] || python3 -m venv "$GRADCAM_VENV"
+  "$GRADCAM_VENV/bin/pip" install --quiet --disable-pip-version-check -r "$here/requirements.txt"
+  echo "$want" > "$stamp"
 fi
-python3 --version >/dev/null 2>&1 || { echo "setup: python3 (3.10 or newer) is required" >&2; exit 1; }
-echo "setup: installing the Python environment into $GRADCAM_VENV (about 5 GB, once)" >&2
-mkdir -p "$GRADCAM_CACHE"
-[ -x "$GRADCAM_VENV/bin/python" ] || python3 -m venv "$GRADCAM_VENV"
-"$GRADCAM_VENV/bin/pip" install --quiet --disable-pip-version-check -r "$here/requirements.txt"
-echo "$want" > "$stamp"
+
+# The pure-Python wheels the device kit carries to a machine without network
+# (scripts/device-bundle.sh): pytorch-grad-cam, built into a wheel from its source archive,
+# and the two small packages its import needs that torch does not bring.
+wheels="$GRADCAM_CACHE/device-wheels"
+gradcam="$(sed -n 's/^grad-cam==//p' "$here/requirements.txt")"
+if ! compgen -G "$wheels/grad_cam-$gradcam-py3-none-any.whl" >/dev/null ||
+   ! compgen -G "$wheels/ttach-*.whl" >/dev/null || ! compgen -G "$wheels/tqdm-*.whl" >/dev/null; then
+  mkdir -p "$wheels"
+  version() { "$GRADCAM_VENV/bin/python" -c "import importlib.metadata as m; print(m.version('$1'))"; }
+  "$GRADCAM_VENV/bin/pip" wheel --quiet --disable-pip-version-check --no-deps --no-build-isolation \
+    -w "$wheels" "grad-cam==$gradcam"
+  "$GRADCAM_VENV/bin/pip" download --quiet --disable-pip-version-check --no-deps --only-binary=:all: \
+    -d "$wheels" "ttach==$(version ttach)" "tqdm==$(version tqdm)"
+fi

@@ -174,7 +174,8 @@ fn a_batch_that_runs_out_of_memory_is_split_in_halves() {
     }
     let log = server.log.lock().unwrap().join("\n");
     assert_eq!(
-        log.matches("out of memory at batch 4: retrying as 2 and 2").count(),
+        log.matches("out of memory at batch 4: retrying as 2 and 2")
+            .count(),
         1,
         "{log}"
     );
