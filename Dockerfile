@@ -33,9 +33,11 @@ RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates
     && groupadd --system --gid 10001 gradcam \
     && useradd --system --uid 10001 --gid 10001 --home-dir /cache --create-home gradcam \
     && chmod 0755 /tmp /var/tmp /run/lock
-# Only libtorch's shared libraries and the CUDA libraries they load, at the path the rpath names.
+# Only libtorch's shared libraries and the CUDA libraries they load, at the path the rpath names,
+# and torch's version.py, from which the binary tells the libtorch release it runs on.
 ARG SITE=/opt/gradcam/venv/lib/python3.11/site-packages
 COPY --from=build ${SITE}/torch/lib ${SITE}/torch/lib
+COPY --from=build ${SITE}/torch/version.py ${SITE}/torch/version.py
 COPY --from=build ${SITE}/nvidia ${SITE}/nvidia
 COPY --from=build /usr/local/bin/gradcam-serve /usr/local/bin/gradcam-serve
 USER gradcam

@@ -260,11 +260,16 @@ def assemble(binary, out):
             if src.startswith(builder_cache + "/"):
                 host = host_cache + src[len(builder_cache):].replace(
                     f"python{meta['python']}", f"python{host_python}")
-                if not os.path.isdir(host):
+                if os.path.isfile(host):
+                    os.makedirs(os.path.dirname(dest), exist_ok=True)
+                    shutil.copy2(host, dest)
+                    os.chown(dest, 0, 0)
+                elif not os.path.isdir(host):
                     raise SystemExit(
-                        f"runtime_image: COPY {src}: the build stage has no such directory (here"
-                        f" {host}); the build stage's Python is Debian's {meta['python']}")
-                copy_tree(host, dest)
+                        f"runtime_image: COPY {src}: the build stage has no such file or directory"
+                        f" (here {host}); the build stage's Python is Debian's {meta['python']}")
+                else:
+                    copy_tree(host, dest)
             elif os.path.basename(src) == "gradcam-serve":
                 os.makedirs(os.path.dirname(dest), exist_ok=True)
                 shutil.copy2(binary, dest)

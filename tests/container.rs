@@ -156,6 +156,15 @@ fn the_runtime_stage_has_its_libraries_its_user_and_nothing_else_writable() {
         );
     }
 
+    // The binary tells, in the image, which libtorch it loaded: the copied one, of the release
+    // it was built for (from the copied version.py).
+    let version = image.chroot(&["gradcam-serve", "--version"]);
+    let version = text(&version.stdout);
+    assert!(
+        version.contains("libtorch 2.11.0") && version.contains("built for 2.11.0"),
+        "{version}"
+    );
+
     // Nothing the user may write, except the volumes. /proc, /sys and /dev are the runtime's
     // own mounts in a container, not the image's.
     let volumes = image.strings("volumes");

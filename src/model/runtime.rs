@@ -4,9 +4,9 @@
 //! may find another (an rpath pointing elsewhere, `LD_LIBRARY_PATH`, a container's copy). The
 //! C++ API between libtorch releases is not stable, so another release is refused at start-up
 //! with what was found and what is needed, instead of failing deep inside the first request.
-//! The library's directory comes from the process's own mappings; its version from the
-//! `version.py` of the Python wheel it belongs to, or the `build-version` file of a standalone
-//! libtorch archive.
+//! The library's directory comes from the dynamic loader's list of loaded objects; its version
+//! from the `version.py` of the Python wheel it belongs to, or the `build-version` file of a
+//! standalone libtorch archive.
 
 use crate::backend::{LibtorchInfo, Precision};
 use std::path::{Path, PathBuf};
@@ -16,10 +16,10 @@ use tch::Device;
 /// another).
 pub const BUILT_FOR: &str = "2.11.0";
 
-/// The libtorch found in this process's mappings.
+/// The libtorch loaded into this process.
 pub fn detect() -> LibtorchInfo {
-    let maps = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
-    let directory = library_dir(&maps);
+    let loaded = loaded_objects();
+    let directory = library_dir(loaded.iter().map(String::as_str));
     let (version, cuda) = directory
         .as_deref()
         .map(read_version)
@@ -32,10 +32,38 @@ pub fn detect() -> LibtorchInfo {
     }
 }
 
-/// The directory of the `libtorch_cpu.so` mapped into this process.
-fn library_dir(maps: &str) -> Option<PathBuf> {
-    maps.lines()
-        .filter_map(|l| l.split_whitespace().nth(5))
+/// The path of every shared object loaded into this process, as the loader opened it.
+fn loaded_objects() -> Vec<String> {
+    unsafe extern "C" fn each(
+        info: *mut libc::dl_phdr_info,
+        _size: libc::size_t,
+        data: *mut libc::c_void,
+    ) -> libc::c_int {
+        // SAFETY: the loader passes a valid entry; `data` is the Vec handed in below, which
+        // outlives the iteration, and nothing else touches it meanwhile.
+        unsafe {
+            let names = &mut *data.cast::<Vec<String>>();
+            let name = (*info).dlpi_name;
+            if !name.is_null() {
+                let name = std::ffi::CStr::from_ptr(name).to_string_lossy();
+                if !name.is_empty() {
+                    names.push(name.into_owned());
+                }
+            }
+        }
+        0
+    }
+    let mut names: Vec<String> = Vec::new();
+    // SAFETY: `each` only reads the entries and appends to `names`.
+    unsafe {
+        libc::dl_iterate_phdr(Some(each), (&raw mut names).cast());
+    }
+    names
+}
+
+/// The directory of the loaded `libtorch_cpu.so`.
+fn library_dir<'a>(mut loaded: impl Iterator<Item = &'a str>) -> Option<PathBuf> {
+    loaded
         .find(|p| p.ends_with("/libtorch_cpu.so"))
         .and_then(|p| Path::new(p).parent().map(Path::to_path_buf))
 }
@@ -127,14 +155,23 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_library_directory_comes_from_the_mappings() {
-        let maps = "7f0000000000-7f0000001000 r-xp 00000000 08:01 123 /opt/venv/lib/python3.12/site-packages/torch/lib/libtorch_cpu.so\n\
-                    7f0000002000-7f0000003000 r--p 00000000 08:01 124 /usr/lib/x86_64-linux-gnu/libc.so.6\n";
+    fn the_library_directory_is_libtorch_cpus() {
+        let loaded = [
+            "/usr/lib/x86_64-linux-gnu/libc.so.6",
+            "/opt/venv/lib/python3.12/site-packages/torch/lib/libtorch_cpu.so",
+        ];
         assert_eq!(
-            library_dir(maps).unwrap(),
+            library_dir(loaded.into_iter()).unwrap(),
             Path::new("/opt/venv/lib/python3.12/site-packages/torch/lib")
         );
-        assert_eq!(library_dir("no libraries here"), None);
+        assert_eq!(library_dir(["/lib/libm.so.6"].into_iter()), None);
+        assert!(
+            loaded_objects()
+                .iter()
+                .any(|p| p.ends_with("/libtorch_cpu.so")),
+            "{:?}",
+            loaded_objects()
+        );
     }
 
     #[test]
