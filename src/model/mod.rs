@@ -4,6 +4,7 @@
 
 mod archive;
 pub mod checkpoint;
+mod conv;
 mod faithful;
 pub mod pickle;
 mod rebuild;

@@ -19,6 +19,7 @@
 //! up to and including it, [`ResNet::head`] runs the rest. Grad-CAM runs `features` without
 //! autograd and `head` with it, so gradients flow only above the target layer.
 
+use super::conv::{ConvBn, channels_last, kind_of};
 use crate::backend::{Layer, Precision};
 use std::collections::HashMap;
 use tch::{Device, Kind, TchError, Tensor};
@@ -230,40 +231,6 @@ pub fn ignorable(name: &str) -> bool {
     name.ends_with(".num_batches_tracked")
 }
 
-/// A convolution with its batch norm folded in.
-#[derive(Debug)]
-struct ConvBn {
-    weight: Tensor,
-    bias: Tensor,
-    stride: i64,
-    padding: i64,
-    groups: i64,
-    /// On a GPU: let cuDNN pick its fastest algorithm per shape (benchmark mode).
-    cuda: bool,
-}
-
-impl ConvBn {
-    fn forward(&self, x: &Tensor) -> Result<Tensor, TchError> {
-        // `conv2d` with its context flags spelled out: cuDNN's TF32 (a 10-bit mantissa, on by
-        // default in libtorch) is never allowed, so fp32 is fp32 on a GPU too; reduced
-        // precision is asked for with `--precision`, not slipped in.
-        x.f_internal_convolution(
-            &self.weight,
-            Some(&self.bias),
-            [self.stride; 2],
-            [self.padding; 2],
-            [1, 1],
-            false,
-            [0, 0],
-            self.groups,
-            self.cuda,
-            false,
-            true,
-            false,
-        )
-    }
-}
-
 #[derive(Debug)]
 struct Residual {
     /// The branch's convolutions, with a ReLU after each but the last.
@@ -286,23 +253,6 @@ impl Residual {
         };
         (y + shortcut).f_relu()
     }
-}
-
-/// The libtorch kind of a precision.
-pub fn kind_of(precision: Precision) -> Kind {
-    match precision {
-        Precision::Fp32 => Kind::Float,
-        Precision::Bf16 => Kind::BFloat16,
-        Precision::Fp16 => Kind::Half,
-    }
-}
-
-/// The same values laid out channels-last (`NHWC` in memory, still indexed `NCHW`): libtorch
-/// tells the layout from the strides.
-fn channels_last(t: &Tensor) -> Result<Tensor, TchError> {
-    t.f_permute([0, 2, 3, 1])?
-        .f_contiguous()?
-        .f_permute([0, 3, 1, 2])
 }
 
 #[derive(Debug)]

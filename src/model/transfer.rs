@@ -69,7 +69,7 @@ impl Staging {
         if !self.device.is_cuda() {
             return tensors
                 .iter()
-                .map(|t| Ok(Vec::<f32>::try_from(&flat(t)?)?))
+                .map(|t| Vec::<f32>::try_from(&flat(t)?))
                 .collect();
         }
         let pieces = tensors
