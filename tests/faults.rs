@@ -41,6 +41,17 @@ fn parts(res: reqwest::blocking::Response) -> (u16, Option<String>, Value) {
     (status, retry, res.json().unwrap_or(Value::Null))
 }
 
+/// Sends one request per fault at once; the answers in the same order.
+fn explain_together(server: &Server, faults: &[Option<&str>]) -> Vec<(u16, Option<String>, Value)> {
+    std::thread::scope(|s| {
+        let hs: Vec<_> = faults
+            .iter()
+            .map(|f| s.spawn(move || parts(explain(server, *f))))
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    })
+}
+
 fn heatmap(body: &Value) -> Vec<f64> {
     serde_json::from_value(body["explanations"][0]["heatmap"]["data"].clone()).unwrap()
 }
@@ -115,16 +126,7 @@ fn libtorch_errors_fail_only_their_own_request_in_a_batch() {
     // A long batch delay: the four requests are sure to share one batch (it closes at four).
     let server = Server::start(&["--max-batch-size", "4", "--max-batch-delay-ms", "3000"]);
     let faults = [Some("error"), Some("oom"), None, None];
-    let answers: Vec<(u16, Option<String>, Value)> = std::thread::scope(|s| {
-        let hs: Vec<_> = faults
-            .iter()
-            .map(|f| {
-                let server = &server;
-                s.spawn(move || parts(explain(server, *f)))
-            })
-            .collect();
-        hs.into_iter().map(|h| h.join().unwrap()).collect()
-    });
+    let answers = explain_together(&server, &faults);
     let (error, oom) = (&answers[0], &answers[1]);
     assert_eq!(error.0, 500, "{NO_HOOK}: {:?}", error.2);
     assert_eq!(error.2["type"], "internal");
@@ -158,16 +160,7 @@ fn libtorch_errors_fail_only_their_own_request_in_a_batch() {
 fn a_batch_that_runs_out_of_memory_is_split_in_halves() {
     let server = Server::start(&["--max-batch-size", "4", "--max-batch-delay-ms", "3000"]);
     let faults = [Some("oom-above=2"), None, None, None];
-    let answers: Vec<(u16, Option<String>, Value)> = std::thread::scope(|s| {
-        let hs: Vec<_> = faults
-            .iter()
-            .map(|f| {
-                let server = &server;
-                s.spawn(move || parts(explain(server, *f)))
-            })
-            .collect();
-        hs.into_iter().map(|h| h.join().unwrap()).collect()
-    });
+    let answers = explain_together(&server, &faults);
     for (status, _, body) in &answers {
         assert_eq!(*status, 200, "{NO_HOOK}: {body}");
         assert_eq!(body["timings"]["batch_size"], 4, "{body}");
