@@ -118,39 +118,71 @@ fn a_panic_fails_its_request_then_the_model_is_rebuilt_and_serves_again() {
     );
 }
 
-/// A libtorch error and an allocation failure inside a batch of four: only their own requests
-/// fail (500 and 503 with Retry-After); the other two images of the same batch are answered,
-/// and the server stays ready without a rebuild.
+/// A libtorch error, then an allocation failure, each inside a batch of four: only its own
+/// request fails (500, then 503 with Retry-After); the other three images of the same batch are
+/// answered, and the server stays ready without a rebuild. The two faults go in separate
+/// batches, because within one batch whichever comes first decides the recovery path.
 #[test]
 fn libtorch_errors_fail_only_their_own_request_in_a_batch() {
-    // A long batch delay: the four requests are sure to share one batch (it closes at four).
+    // A long batch delay: four requests sent together are sure to share one batch (it closes
+    // at four).
     let server = Server::start(&["--max-batch-size", "4", "--max-batch-delay-ms", "3000"]);
-    let faults = [Some("error"), Some("oom"), None, None];
-    let answers = explain_together(&server, &faults);
-    let (error, oom) = (&answers[0], &answers[1]);
+    let check_others = |answers: &[(u16, Option<String>, Value)]| {
+        for (status, _, body) in &answers[1..] {
+            assert_eq!(*status, 200, "{body}");
+            assert_eq!(
+                body["timings"]["batch_size"], 4,
+                "the good images shared the batch with the failing one"
+            );
+        }
+    };
+
+    // Another error: the batch is retried image by image, and only the faulty one fails.
+    let answers = explain_together(&server, &[Some("error"), None, None, None]);
+    let error = &answers[0];
     assert_eq!(error.0, 500, "{NO_HOOK}: {:?}", error.2);
     assert_eq!(error.2["type"], "internal");
+    check_others(&answers);
+    let log = server.log.lock().unwrap().join("\n");
+    assert_eq!(
+        log.matches("retrying its images one by one").count(),
+        1,
+        "{log}"
+    );
+
+    // Out of memory: the batch is halved until the failing image is alone.
+    let answers = explain_together(&server, &[Some("oom"), None, None, None]);
+    let oom = &answers[0];
     assert_eq!(
         (oom.0, oom.1.as_deref(), oom.2["type"].as_str()),
         (503, Some("1"), Some("out_of_memory")),
         "a real libtorch allocation failure is a 503: {:?}",
         oom.2
     );
-    for (status, _, body) in &answers[2..] {
-        assert_eq!(*status, 200, "{body}");
-        assert_eq!(
-            body["timings"]["batch_size"], 4,
-            "the good images shared the batch with the failing ones"
-        );
+    check_others(&answers);
+    let log = server.log.lock().unwrap().join("\n");
+    for step in [
+        "out of memory at batch 4: retrying as 2 and 2",
+        "out of memory at batch 2: retrying as 1 and 1",
+    ] {
+        assert_eq!(log.matches(step).count(), 1, "{step}: {log}");
     }
+    assert_eq!(
+        log.matches("retrying its images one by one").count(),
+        1,
+        "out of memory is not retried one by one: {log}"
+    );
+
     assert_eq!(server.ready(), 200);
     assert_eq!(parts(explain(&server, None)).0, 200);
     assert_eq!(
         server.metric("gradcam_model_rebuilds_total{result=\"ok\"}"),
         0.0
     );
-    let log = server.log.lock().unwrap().join("\n");
-    assert!(log.contains("retrying its images one by one"), "{log}");
+    assert_eq!(
+        server.metric("gradcam_requests_total{route=\"/explain\",status=\"200\"}"),
+        7.0
+    );
 }
 
 /// A batch that runs out of memory (a real libtorch allocation failure while the call carries
