@@ -3,9 +3,9 @@
 //! `torch-sys` tells its direct dependents where libtorch lives (`DEP_TCH_LIBTORCH_LIB`, from its
 //! `links = "tch"` key). We bake that directory into every binary we build (service, tests,
 //! benches) as an rpath, so nobody has to set `LD_LIBRARY_PATH`. When the libtorch in use is a
-//! CUDA build we also force `libtorch_cuda.so` into the link: it has no symbol that our code names
-//! directly, so `--as-needed` would drop it and `tch::Cuda::is_available()` would be false even on
-//! a GPU machine.
+//! CUDA build we also force `libtorch_cuda.so` into the link of every target that runs the model:
+//! it has no symbol that our code names directly, so `--as-needed` would drop it and
+//! `tch::Cuda::is_available()` would be false even on a GPU machine.
 
 use std::path::{Path, PathBuf};
 
@@ -18,7 +18,12 @@ fn main() {
     };
     println!("cargo:rustc-link-arg=-Wl,-rpath,{dir}");
     if Path::new(&dir).join("libtorch_cuda.so").exists() {
-        println!("cargo:rustc-link-arg=-Wl,--no-as-needed,-ltorch_cuda,--as-needed");
+        // Only what runs the model: the load generator (`gradcam-load`) needs no libtorch.
+        let arg = "-Wl,--no-as-needed,-ltorch_cuda,--as-needed";
+        println!("cargo:rustc-link-arg-bin=gradcam-serve={arg}");
+        for kind in ["tests", "benches", "examples"] {
+            println!("cargo:rustc-link-arg-{kind}={arg}");
+        }
     }
 }
 

@@ -16,8 +16,13 @@ use tch::Device;
 /// another).
 pub const BUILT_FOR: &str = "2.11.0";
 
-/// The libtorch loaded into this process.
+/// The libtorch loaded into this process (found once; it cannot change while the process runs).
 pub fn detect() -> LibtorchInfo {
+    static FOUND: std::sync::OnceLock<LibtorchInfo> = std::sync::OnceLock::new();
+    FOUND.get_or_init(find).clone()
+}
+
+fn find() -> LibtorchInfo {
     let loaded = loaded_objects();
     let directory = library_dir(loaded.iter().map(String::as_str));
     let (version, cuda) = directory

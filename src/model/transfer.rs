@@ -34,9 +34,12 @@ impl Staging {
         let len = (3 * side * side) as usize;
         let shape = [n as i64, 3, side, side];
         let Device::Cuda(index) = self.device else {
-            let mut flat = Vec::with_capacity(n * len);
-            inputs.iter().for_each(|x| flat.extend_from_slice(x));
-            return Tensor::f_from_slice(&flat)?.f_view(shape);
+            // On the CPU the images are written straight into the batch tensor.
+            let batch = Tensor::f_empty(shape, (Kind::Float, Device::Cpu))?;
+            // SAFETY: a new contiguous f32 tensor of exactly `n * len` elements, not yet
+            // shared with anything.
+            unsafe { fill(&batch, inputs, len) };
+            return Ok(batch);
         };
         if self.in_flight.replace(true) {
             tch::Cuda::synchronize(index as i64);
@@ -51,11 +54,7 @@ impl Staging {
         // nothing else reads or writes now: the only reader is the copy below, and any earlier
         // copy from it has finished (the batch that made it downloaded its results, which waits
         // for the device, or `in_flight` made this call wait above).
-        let host =
-            unsafe { std::slice::from_raw_parts_mut(buffer.data_ptr().cast::<f32>(), n * len) };
-        for (dst, x) in host.chunks_exact_mut(len).zip(inputs) {
-            dst.copy_from_slice(x);
-        }
+        unsafe { fill(buffer, inputs, len) };
         buffer
             .f_narrow(0, 0, (n * len) as i64)?
             .f_view(shape)?
@@ -78,14 +77,74 @@ impl Staging {
             .collect::<Result<Vec<_>, _>>()?;
         let all = Tensor::f_cat(&pieces, 0)?.f_to_device(Device::Cpu)?;
         self.in_flight.set(false);
-        let all = Vec::<f32>::try_from(&all)?;
-        let mut out = Vec::with_capacity(pieces.len());
-        let mut at = 0;
-        for p in &pieces {
-            let len = p.numel();
-            out.push(all[at..at + len].to_vec());
-            at += len;
-        }
-        Ok(out)
+        let lens: Vec<usize> = pieces.iter().map(Tensor::numel).collect();
+        split(&all, &lens)
+    }
+}
+
+/// Writes `inputs` (`len` values each) one after another at the start of `buffer`.
+///
+/// # Safety
+/// `buffer` is a contiguous f32 tensor in host memory with at least `inputs.len() * len`
+/// elements, which nothing else reads or writes while this runs.
+unsafe fn fill(buffer: &Tensor, inputs: &[&[f32]], len: usize) {
+    debug_assert!(buffer.numel() >= inputs.len() * len && buffer.kind() == Kind::Float);
+    let host = unsafe {
+        std::slice::from_raw_parts_mut(buffer.data_ptr().cast::<f32>(), inputs.len() * len)
+    };
+    for (dst, x) in host.chunks_exact_mut(len).zip(inputs) {
+        dst.copy_from_slice(x);
+    }
+}
+
+/// A 1-D host tensor cut into consecutive pieces of `lens` values, each copied out once.
+fn split(all: &Tensor, lens: &[usize]) -> Result<Vec<Vec<f32>>, TchError> {
+    let mut at = 0;
+    lens.iter()
+        .map(|&len| {
+            let piece = all.f_narrow(0, at, len as i64)?;
+            at += len as i64;
+            Vec::<f32>::try_from(&piece)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn images_are_written_into_the_batch_in_order() {
+        let (side, len) = (4i64, 48usize);
+        let a: Vec<f32> = (0..len).map(|i| i as f32).collect();
+        let b: Vec<f32> = (0..len).map(|i| -(i as f32) - 0.5).collect();
+        let batch = Staging::new(Device::Cpu).upload(&[&a, &b], side).unwrap();
+        assert_eq!(batch.size(), [2, 3, side, side]);
+        let back = Vec::<f32>::try_from(&batch.view(-1)).unwrap();
+        assert_eq!(back, [a, b].concat());
+    }
+
+    #[test]
+    fn one_host_buffer_is_cut_into_the_tensors_it_came_from() {
+        let x = Tensor::arange(6, (Kind::Float, Device::Cpu)).view([2, 3]);
+        let y = Tensor::from_slice(&[7.5f32]);
+        let z = Tensor::arange(4, (Kind::Double, Device::Cpu)) * -1.0;
+        let each = Staging::new(Device::Cpu).download(&[&x, &y, &z]).unwrap();
+        assert_eq!(
+            each,
+            [
+                vec![0., 1., 2., 3., 4., 5.],
+                vec![7.5],
+                vec![0., -1., -2., -3.]
+            ]
+        );
+        // The GPU's way: one buffer, then cut; the same pieces as one copy each.
+        let flat: Vec<Tensor> = [&x, &y, &z]
+            .iter()
+            .map(|t| t.to_kind(Kind::Float).view(-1))
+            .collect();
+        let all = Tensor::cat(&flat, 0);
+        assert_eq!(split(&all, &[6, 1, 4]).unwrap(), each);
+        assert!(split(&all, &[6, 1, 5]).is_err(), "past the end is an error");
     }
 }
