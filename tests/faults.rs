@@ -216,8 +216,8 @@ fn a_client_that_leaves_while_queued_never_reaches_the_model() {
     use std::io::Write;
     let server = Server::start(&["--max-batch-size", "1"]);
     std::thread::scope(|s| {
-        // A holds the model thread for 3 s.
-        let a = s.spawn(|| parts(explain(&server, Some("sleep=3000"))).0);
+        // A holds the model thread for 8 s: time enough for B's steps below on a busy machine.
+        let a = s.spawn(|| parts(explain(&server, Some("sleep=8000"))).0);
         server.wait_metric("gradcam_batch_size_count", 60, |n| n >= 1.0);
         // B sends a whole request, waits in the queue behind A, and hangs up.
         let body = std::fs::read(fixture("chelsea.png")).unwrap();

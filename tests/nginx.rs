@@ -59,7 +59,9 @@ fn start_nginx(a: &Server, b: &Server) -> Nginx {
     let replaced = conf
         .replace("gradcam-a:8080", &a.addr.to_string())
         .replace("gradcam-b:8080", &b.addr.to_string())
-        .replace("listen 8080;", &format!("listen 127.0.0.1:{port};"));
+        .replace("listen 8080;", &format!("listen 127.0.0.1:{port};"))
+        // One worker: each worker keeps its own round robin, and the test counts on one.
+        .replace("worker_processes auto;", "worker_processes 1;");
     assert_ne!(
         replaced, conf,
         "deploy/nginx.conf no longer names the replicas as expected"

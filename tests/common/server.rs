@@ -14,6 +14,8 @@ pub struct Server {
     pub addr: SocketAddr,
     /// Every log line so far (JSON), collected by a reader thread.
     pub log: Arc<Mutex<Vec<String>>>,
+    /// The reader thread: it ends when the process has exited and its last line is in `log`.
+    reader: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Server {
@@ -84,7 +86,7 @@ impl Server {
         let log = Arc::new(Mutex::new(Vec::new()));
         let (tx, rx) = std::sync::mpsc::channel();
         let thread_log = log.clone();
-        std::thread::spawn(move || {
+        let reader = std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
                     && v["fields"]["message"] == "ready"
@@ -104,7 +106,12 @@ impl Server {
                 );
             }
         };
-        Server { child, addr, log }
+        Server {
+            child,
+            addr,
+            log,
+            reader: Some(reader),
+        }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -165,11 +172,14 @@ impl Server {
         assert!(status.success());
     }
 
-    /// Waits up to a minute for the process to exit.
+    /// Waits up to a minute for the process to exit, then until `log` holds its last line.
     pub fn wait_exit(&mut self) -> std::process::ExitStatus {
         let start = Instant::now();
         loop {
             if let Some(s) = self.child.try_wait().unwrap() {
+                if let Some(reader) = self.reader.take() {
+                    reader.join().expect("the log reader thread");
+                }
                 return s;
             }
             assert!(
