@@ -39,7 +39,6 @@ import platform
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -870,10 +869,20 @@ def engine_ratios(rec):
 # e. The service over HTTP
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def ready_addr(log_path):
+    """The address in the server's JSON "ready" log line, once it is there."""
+    try:
+        text = log_path.read_text(errors="replace")
+    except OSError:
+        return None
+    for line in text.splitlines():
+        try:
+            fields = json.loads(line).get("fields", {})
+        except ValueError:
+            continue
+        if fields.get("message") == "ready":
+            return fields.get("addr")
+    return None
 
 
 def http_get(url, timeout=5.0):
@@ -964,12 +973,11 @@ class Sampler(threading.Thread):
 
 
 class Server:
-    """`gradcam-serve serve` on a free loopback port, until stop()."""
+    """`gradcam-serve serve` on a loopback port of its own choosing, until stop()."""
 
     def __init__(self, ctx, precision):
         self.ctx, self.precision = ctx, precision
-        self.port = free_port()
-        self.base = f"http://127.0.0.1:{self.port}"
+        self.base = None
         plan = ctx.plan
         # The queue and the pixel budget admit every client of the highest concurrency, so
         # that the runs measure throughput and latency rather than 429 and 503 answers.
@@ -981,7 +989,9 @@ class Server:
         self.proc = None
 
     def start(self):
-        argv = [self.ctx.binary(), "serve", "--host", "127.0.0.1", "--port", str(self.port),
+        # Port 0: the server binds a free port itself and names it in its "ready" line, so no
+        # other process can take the port between choosing and binding it.
+        argv = [self.ctx.binary(), "serve", "--host", "127.0.0.1", "--port", "0",
                 "--weights", str(self.ctx.weights), "--device", self.ctx.device,
                 "--precision", self.precision, "--drain-delay-ms", "0", "--log-format", "json",
                 *self.flags]
@@ -993,11 +1003,14 @@ class Server:
         while time.monotonic() - t < self.ctx.clock.timeout(150):
             if self.proc.poll() is not None:
                 raise RuntimeError(f"serve exited {self.proc.returncode}: {self.log_tail()}")
-            try:
-                if http_get(self.base + "/health/ready", 2)[0] == 200:
-                    return round(time.monotonic() - t, 1)
-            except OSError:
-                pass
+            addr = ready_addr(self.log)
+            if addr:
+                self.base = f"http://{addr}"
+                try:
+                    if http_get(self.base + "/health/ready", 2)[0] == 200:
+                        return round(time.monotonic() - t, 1)
+                except OSError:
+                    pass
             time.sleep(0.25)
         raise RuntimeError(f"serve was not ready in time: {self.log_tail()}")
 

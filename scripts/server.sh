@@ -1,20 +1,33 @@
 # Sourced by smoke.sh, load.sh and overload.sh: start_server LOG [SERVE ARGS...] starts the
-# release binary on a free loopback port with the weights in $GRADCAM_WEIGHTS (else the test
+# release binary on a loopback port of its choosing with the weights in $GRADCAM_WEIGHTS (else the test
 # weights from the cache), sets $pid and $base, and waits until it is ready (at most 120 s).
 # Returns 1, with the log on stderr, when the server exits or does not become ready.
 start_server() {
   local log="$1"
   shift
   local weights="${GRADCAM_WEIGHTS:-$(scripts/reference.sh)/weights.safetensors}"
-  local port
-  port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
-  base="http://127.0.0.1:$port"
-  "${CARGO_TARGET_DIR:-target}/release/gradcam-serve" serve --host 127.0.0.1 --port "$port" --weights "$weights" \
+  # Port 0: the server binds a free port itself and names it in its "ready" line, so no other
+  # process can take the port between choosing and binding it.
+  "${CARGO_TARGET_DIR:-target}/release/gradcam-serve" serve --host 127.0.0.1 --port 0 --weights "$weights" \
     --log-format json "$@" >"$log" 2>&1 &
   pid=$!
-  local _
+  local _ addr
   for _ in $(seq 1 240); do
-    curl -sf "$base/health/ready" >/dev/null && return 0
+    addr="$(python3 -c '
+import json, sys
+for line in open(sys.argv[1], errors="replace"):
+    try:
+        f = json.loads(line).get("fields", {})
+    except ValueError:
+        continue
+    if f.get("message") == "ready":
+        print(f.get("addr", ""))
+        break
+' "$log")"
+    if [ -n "$addr" ]; then
+      base="http://$addr"
+      curl -sf "$base/health/ready" >/dev/null && return 0
+    fi
     kill -0 "$pid" 2>/dev/null || break
     sleep 0.5
   done

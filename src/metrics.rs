@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
 /// Latency buckets in seconds, from 1 ms to 60 s.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -72,8 +72,9 @@ pub struct Metrics {
     auth_failures: Mutex<BTreeMap<&'static str, u64>>,
     stages: Mutex<BTreeMap<String, Histogram>>,
     batch_sizes: Mutex<Histogram>,
-    /// Images waiting for the model thread (set by the engine).
-    pub queue_depth: AtomicUsize,
+    /// Images waiting for the model thread (set by the engine). Signed: the model thread may
+    /// take a job an instant before the sender counts it, and reads clamp at zero.
+    pub queue_depth: AtomicI64,
     /// Decoded pixels requests hold of the budget now (set by the HTTP layer).
     pub inflight_pixels: AtomicU64,
     /// The budget of decoded pixels in flight.
@@ -110,7 +111,7 @@ impl Metrics {
             auth_failures: Mutex::default(),
             stages: Mutex::default(),
             batch_sizes: Mutex::new(Histogram::new(BATCH_BUCKETS)),
-            queue_depth: AtomicUsize::new(0),
+            queue_depth: AtomicI64::new(0),
             inflight_pixels: AtomicU64::new(0),
             inflight_pixels_limit: AtomicU64::new(0),
             rebuilds: Mutex::default(),
@@ -215,7 +216,7 @@ impl Metrics {
             &mut out,
             "gradcam_queue_depth",
             "Images waiting for the model.",
-            self.queue_depth.load(Ordering::Relaxed) as u64,
+            self.queue_depth.load(Ordering::Relaxed).max(0) as u64,
         );
         out.push_str(
             "# HELP gradcam_model_rebuilds_total Attempts to rebuild the model after a panic.\n",

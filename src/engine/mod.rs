@@ -147,17 +147,18 @@ impl Engine {
         };
         let guard = self.tx.read().unwrap_or_else(|e| e.into_inner());
         let tx = guard.as_ref().ok_or(EngineError::Stopped)?;
-        // Count before sending: the worker may take the job before try_send returns.
-        self.metrics.queue_depth.fetch_add(1, Ordering::SeqCst);
         match tx.try_send(job) {
-            Ok(()) => Ok(rx),
-            Err(e) => {
-                self.metrics.queue_depth.fetch_sub(1, Ordering::SeqCst);
-                Err(match e {
-                    TrySendError::Full(_) => EngineError::QueueFull,
-                    TrySendError::Disconnected(_) => EngineError::Stopped,
-                })
+            Ok(()) => {
+                // Counted once it is in the queue, so a depth of N means N jobs really are
+                // there; the model thread may already have taken (and uncounted) it, which
+                // the signed gauge absorbs.
+                self.metrics.queue_depth.fetch_add(1, Ordering::SeqCst);
+                Ok(rx)
             }
+            Err(e) => Err(match e {
+                TrySendError::Full(_) => EngineError::QueueFull,
+                TrySendError::Disconnected(_) => EngineError::Stopped,
+            }),
         }
     }
 
