@@ -137,7 +137,10 @@ fn the_device_check_runs_on_the_cpu_from_a_kit_of_this_build() {
         assert!(runs.len() >= 2, "{precision}: {md}");
         for run in runs {
             let load = &run["load"];
-            assert!(load["status"]["200"].as_u64().unwrap() > 0, "{run}");
+            // On a busy machine a run's answers may all come after its short window: they
+            // are counted apart, and some must have come.
+            let ok = |part: &str| load[part]["200"].as_u64().unwrap_or(0);
+            assert!(ok("status") + ok("late") > 0, "{run}");
             assert_eq!(load["transport_errors"], 0, "{run}");
             assert!(run["batch_sizes"]["mean"].as_f64().unwrap() >= 1.0, "{run}");
         }

@@ -67,29 +67,39 @@ pub fn score(
     let side = model.preprocess.size;
     let s = side as usize;
     let blurred = blur(x, side)?;
-    // (image, explanation) pairs to score, and their masked inputs: deleted then kept.
+    // (image, explanation) pairs to score, with their masks, sent to the device in one copy.
     let mut jobs = Vec::new();
-    let mut inputs = Vec::new();
+    let mut masks = Vec::new();
     for (i, opt) in opts.iter().enumerate() {
-        if !opt.faithfulness {
-            continue;
+        if opt.faithfulness {
+            for (j, e) in explanations[i].iter().enumerate() {
+                masks.extend(salient_mask(
+                    &e.normalized,
+                    e.heatmap.width,
+                    e.heatmap.height,
+                    s,
+                ));
+                jobs.push((i, j));
+            }
         }
+    }
+    let masks = Tensor::f_from_slice(&masks)?
+        .f_view([jobs.len() as i64, 1, side as i64, side as i64])?
+        .f_to_device(x.device())?;
+    // The masked inputs: deleted then kept.
+    let mut inputs = Vec::with_capacity(2 * jobs.len());
+    for (k, &(i, _)) in jobs.iter().enumerate() {
         let xi = x.f_get(i as i64)?;
         let bi = blurred.f_get(i as i64)?;
-        for (j, e) in explanations[i].iter().enumerate() {
-            let mask = salient_mask(&e.normalized, e.heatmap.width, e.heatmap.height, s);
-            let m = Tensor::f_from_slice(&mask)?
-                .f_view([1, side as i64, side as i64])?
-                .f_to_device(x.device())?;
-            let diff = bi.f_sub(&xi)?;
-            inputs.push(xi.f_add(&diff.f_mul(&m)?)?);
-            inputs.push(bi.f_sub(&diff.f_mul(&m)?)?);
-            jobs.push((i, j));
-        }
+        let diff = bi.f_sub(&xi)?;
+        let m = masks.f_get(k as i64)?;
+        inputs.push(xi.f_add(&diff.f_mul(&m)?)?);
+        inputs.push(bi.f_sub(&diff.f_mul(&m)?)?);
     }
     let chunk = opts.len().max(2) * 2;
     let mut probs = Vec::with_capacity(inputs.len());
     for part in inputs.chunks(chunk) {
+        model.tune_for(part.len());
         let batch = Tensor::f_stack(part, 0)?;
         let a = model.net.features(&batch, Layer::Layer4)?;
         let p = model

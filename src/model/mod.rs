@@ -21,6 +21,8 @@ use crate::cam;
 use crate::config::ModelConfig;
 use crate::input::Preprocess;
 use resnet::{Arch, ResNet};
+use std::cell::RefCell;
+use std::collections::BTreeSet;
 use std::path::Path;
 use tch::{Device, Kind, TchError, Tensor};
 pub use weights::{WeightsError, WeightsFile};
@@ -113,6 +115,8 @@ pub struct Model {
     libtorch: LibtorchInfo,
     /// Host-to-device staging of input batches.
     staging: transfer::Staging,
+    /// Batch sizes cuDNN has benchmarked its algorithms for (in warm-up, on a GPU).
+    tuned: RefCell<BTreeSet<usize>>,
 }
 
 /// The labels for a model with `classes` classes: from a file (which must name exactly that
@@ -182,9 +186,9 @@ impl Model {
             "model"
         );
         if device.is_cuda() {
-            // cuDNN picks the fastest algorithm for each convolution shape the first time it
-            // sees it; warm-up shows it every batch size the queue can form.
-            tch::Cuda::cudnn_set_benchmark(true);
+            // fp32 is IEEE fp32 in the backward convolutions too. (cuDNN's benchmark mode is
+            // turned on per batch size, for the sizes warm-up tunes: `Model::tune_for`.)
+            conv::strict_fp32_convolutions();
         }
         let net = ResNet::from_state_dict(arch, &sd.tensors, device, spec.precision)?;
         Ok(Self {
@@ -197,6 +201,7 @@ impl Model {
             precision: spec.precision,
             libtorch: runtime::detect(),
             staging: transfer::Staging::new(device),
+            tuned: RefCell::new(BTreeSet::new()),
         })
     }
 
@@ -212,8 +217,18 @@ impl Model {
         &self.weights
     }
 
+    /// On a GPU, lets cuDNN benchmark the passes of a batch of `n` only where warm-up tuned
+    /// that size: elsewhere it takes its heuristics' choice rather than time every algorithm
+    /// in the middle of serving.
+    pub(crate) fn tune_for(&self, n: usize) {
+        if self.device.is_cuda() {
+            conv::benchmark(self.tuned.borrow().contains(&n));
+        }
+    }
+
     /// Stacks preprocessed images (`[3, N, N]` each) into one f32 batch on the model's device.
     fn batch(&self, inputs: &[&[f32]]) -> Result<Tensor, ModelError> {
+        self.tune_for(inputs.len());
         let len = self.preprocess.input_len();
         if let Some((index, x)) = inputs.iter().enumerate().find(|(_, x)| x.len() != len) {
             return Err(ModelError::InputShape {
@@ -275,23 +290,15 @@ impl Model {
         layer: Layer,
     ) -> Result<Vec<ExplainResult>, ModelError> {
         let n = inputs.len();
-        let x = self.batch(inputs)?;
-        // Below the target layer nothing needs gradients: run it without autograd, then make
-        // its output the only leaf that requires a gradient. No parameter requires one.
-        let acts = tch::no_grad(|| self.net.features(&x, layer))?
-            .f_detach()?
-            .set_requires_grad(true);
-        let logits = self.net.head(&acts, layer)?;
-        let classes = self.net.arch().classes;
-
         // The classes to explain are chosen on the device, so that nothing has to come back
-        // before the backward passes: rank r is the requested class, or the r-th best.
+        // before the backward passes: rank r is the requested class, or the r-th best. What
+        // the requests fix goes to the device first, while the stream is still idle (a copy
+        // from ordinary host memory waits for the stream).
         let wanted: Vec<usize> = opts
             .iter()
             .map(|o| if o.class.is_some() { 1 } else { o.top_k })
             .collect();
         let ranks = wanted.iter().copied().max().unwrap_or(0).max(1);
-        let (_, best) = tch::no_grad(|| logits.f_topk(ranks as i64, 1, true, true))?;
         let mut fixed = vec![-1i64; n * ranks];
         let mut live = vec![0f32; n * ranks];
         for (i, o) in opts.iter().enumerate() {
@@ -307,6 +314,16 @@ impl Model {
         let live = Tensor::f_from_slice(&live)?
             .f_view(shape)?
             .f_to_device(self.device)?;
+
+        let x = self.batch(inputs)?;
+        // Below the target layer nothing needs gradients: run it without autograd, then make
+        // its output the only leaf that requires a gradient. No parameter requires one.
+        let acts = tch::no_grad(|| self.net.features(&x, layer))?
+            .f_detach()?
+            .set_requires_grad(true);
+        let logits = self.net.head(&acts, layer)?;
+        let classes = self.net.arch().classes;
+        let (_, best) = tch::no_grad(|| logits.f_topk(ranks as i64, 1, true, true))?;
         let chosen = fixed.f_where_self(&fixed.f_ge(0)?, &best)?;
 
         let mut grads = Vec::with_capacity(ranks);
@@ -380,19 +397,6 @@ impl Model {
             })
             .collect())
     }
-
-    /// The batch sizes warm-up runs: on a GPU every power of two up to `max_batch` and
-    /// `max_batch` itself (cuDNN's benchmark mode tunes each shape once); on the CPU one image.
-    fn warm_up_sizes(&self, max_batch: usize) -> Vec<usize> {
-        if !self.device.is_cuda() {
-            return vec![1];
-        }
-        let mut sizes: Vec<usize> = std::iter::successors(Some(1usize), |n| Some(n * 2))
-            .take_while(|&n| n < max_batch)
-            .collect();
-        sizes.push(max_batch.max(1));
-        sizes
-    }
 }
 
 impl Backend for Model {
@@ -420,7 +424,7 @@ impl Backend for Model {
     fn warm_up(&self, max_batch: usize) -> Result<(), BackendError> {
         let started = std::time::Instant::now();
         let blank = vec![0f32; self.preprocess.input_len()];
-        let sizes = self.warm_up_sizes(max_batch);
+        let sizes = conv::warm_up_sizes(self.device.is_cuda(), max_batch);
         // layer4 runs every convolution forward; layer1 also every one backward.
         let layers: &[Layer] = if self.device.is_cuda() {
             &[Layer::Layer4, Layer::Layer1]
@@ -428,6 +432,7 @@ impl Backend for Model {
             &[Layer::Layer4]
         };
         for &n in &sizes {
+            self.tuned.borrow_mut().insert(n);
             for &layer in layers {
                 let options = ExplainOptions {
                     layer,
