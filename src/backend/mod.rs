@@ -311,6 +311,22 @@ impl BackendError {
     }
 }
 
+/// Whether a runtime's error message says the GPU context is lost: CUDA's sticky errors (an
+/// illegal address, a failed launch, a device-side assert) poison the context, so every later
+/// call in the process fails the same way and only a new process recovers.
+pub fn device_lost(message: &str) -> bool {
+    const STICKY: [&str; 6] = [
+        "illegal memory access",
+        "illegal instruction",
+        "misaligned address",
+        "unspecified launch failure",
+        "device-side assert",
+        "uncorrectable ecc error",
+    ];
+    let lower = message.to_ascii_lowercase();
+    lower.contains("cuda error") && STICKY.iter().any(|m| lower.contains(m))
+}
+
 /// A panic payload that means the backend cannot go on at all: the engine lets its thread end
 /// (liveness turns false) instead of rebuilding. Any other panic fails only its batch.
 #[derive(Debug)]

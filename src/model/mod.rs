@@ -5,6 +5,7 @@
 mod archive;
 pub mod checkpoint;
 mod conv;
+mod error;
 mod faithful;
 pub mod pickle;
 mod rebuild;
@@ -20,11 +21,12 @@ use crate::backend::{
 use crate::cam;
 use crate::config::ModelConfig;
 use crate::input::Preprocess;
+pub use error::ModelError;
 use resnet::{Arch, ResNet};
 use std::cell::RefCell;
 use std::collections::BTreeSet;
 use std::path::Path;
-use tch::{Device, Kind, TchError, Tensor};
+use tch::{Device, Kind, Tensor};
 pub use weights::{WeightsError, WeightsFile};
 
 pub fn device_name(d: Device) -> String {
@@ -74,33 +76,6 @@ pub struct LoadSpec<'a> {
     pub preprocess: Preprocess,
     /// The number type of the trunk.
     pub precision: Precision,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum ModelError {
-    #[error(transparent)]
-    Weights(#[from] WeightsError),
-    #[error("libtorch: {0}")]
-    Torch(String),
-    #[error("input {index} has {len} values, expected 3x{side}x{side}")]
-    InputShape { index: usize, len: usize, side: u32 },
-    #[error("unknown architecture {0:?}; allowed: {family}", family = resnet::family_names())]
-    UnknownArch(String),
-    #[error("labels file {path}: {why}")]
-    Labels { path: String, why: String },
-}
-
-impl From<TchError> for ModelError {
-    fn from(e: TchError) -> Self {
-        let s = e.to_string();
-        ModelError::Torch(s.lines().next().unwrap_or(&s).to_string())
-    }
-}
-
-impl From<ModelError> for BackendError {
-    fn from(e: ModelError) -> Self {
-        BackendError::from_message(e.to_string())
-    }
 }
 
 /// A ResNet resident on one device.
@@ -465,25 +440,4 @@ impl Backend for Model {
 /// Rows of `cols` values.
 fn rows(flat: &[f32], cols: usize) -> Vec<Vec<f32>> {
     flat.chunks_exact(cols).map(<[f32]>::to_vec).collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn out_of_memory_is_recognised_from_cuda_and_cpu_messages() {
-        for msg in [
-            "CUDA out of memory. Tried to allocate 2.00 GiB",
-            "DefaultCPUAllocator: not enough memory: you tried to allocate 281474976710656 bytes.",
-            "DefaultCPUAllocator: can't allocate memory: you tried to allocate 281474976710656 bytes.",
-        ] {
-            let e = BackendError::from(ModelError::Torch(msg.into()));
-            assert!(matches!(e, BackendError::OutOfMemory(_)), "{msg}");
-        }
-        let e = BackendError::from(ModelError::Torch(
-            "mat1 and mat2 shapes cannot be multiplied (2x3 and 2x3)".into(),
-        ));
-        assert!(matches!(e, BackendError::Failed(_)));
-    }
 }
