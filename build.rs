@@ -19,10 +19,16 @@ fn main() {
     println!("cargo:rustc-link-arg=-Wl,-rpath,{dir}");
     if Path::new(&dir).join("libtorch_cuda.so").exists() {
         // Only what runs the model: the load generator (`gradcam-load`) needs no libtorch.
+        // Cargo refuses a per-kind argument for a kind of target the package lacks (the
+        // container build copies no tests or examples), so each is given only where its
+        // folder is there.
         let arg = "-Wl,--no-as-needed,-ltorch_cuda,--as-needed";
         println!("cargo:rustc-link-arg-bin=gradcam-serve={arg}");
+        let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap());
         for kind in ["tests", "benches", "examples"] {
-            println!("cargo:rustc-link-arg-{kind}={arg}");
+            if root.join(kind).is_dir() {
+                println!("cargo:rustc-link-arg-{kind}={arg}");
+            }
         }
     }
 }

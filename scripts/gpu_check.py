@@ -934,10 +934,11 @@ def ready_addr(log_path):
         return None
     for line in text.splitlines():
         try:
-            fields = json.loads(line).get("fields", {})
+            entry = json.loads(line)
         except ValueError:
             continue
-        if fields.get("message") == "ready":
+        fields = entry.get("fields") if isinstance(entry, dict) else None
+        if isinstance(fields, dict) and fields.get("message") == "ready":
             return fields.get("addr")
     return None
 

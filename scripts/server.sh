@@ -17,10 +17,11 @@ start_server() {
 import json, sys
 for line in open(sys.argv[1], errors="replace"):
     try:
-        f = json.loads(line).get("fields", {})
+        e = json.loads(line)
     except ValueError:
         continue
-    if f.get("message") == "ready":
+    f = e.get("fields") if isinstance(e, dict) else None
+    if isinstance(f, dict) and f.get("message") == "ready":
         print(f.get("addr", ""))
         break
 ' "$log")"

@@ -143,7 +143,7 @@ fn libtorch_errors_fail_only_their_own_request_in_a_batch() {
     assert_eq!(error.0, 500, "{NO_HOOK}: {:?}", error.2);
     assert_eq!(error.2["type"], "internal");
     check_others(&answers);
-    let log = server.log.lock().unwrap().join("\n");
+    let log = server.wait_log("retrying its images one by one");
     assert_eq!(
         log.matches("retrying its images one by one").count(),
         1,
@@ -160,7 +160,7 @@ fn libtorch_errors_fail_only_their_own_request_in_a_batch() {
         oom.2
     );
     check_others(&answers);
-    let log = server.log.lock().unwrap().join("\n");
+    let log = server.wait_log("out of memory at batch 2: retrying as 1 and 1");
     for step in [
         "out of memory at batch 4: retrying as 2 and 2",
         "out of memory at batch 2: retrying as 1 and 1",
@@ -197,7 +197,7 @@ fn a_batch_that_runs_out_of_memory_is_split_in_halves() {
         assert_eq!(*status, 200, "{NO_HOOK}: {body}");
         assert_eq!(body["timings"]["batch_size"], 4, "{body}");
     }
-    let log = server.log.lock().unwrap().join("\n");
+    let log = server.wait_log("out of memory at batch 4: retrying as 2 and 2");
     assert_eq!(
         log.matches("out of memory at batch 4: retrying as 2 and 2")
             .count(),

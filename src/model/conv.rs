@@ -93,8 +93,8 @@ impl ConvBn {
 /// global setting, on by default. tch has no binding for it, so libtorch's own
 /// `at::globalContext().setFloat32Precision(CUDA, CONV, IEEE)` is called by its symbol (the
 /// Itanium C++ ABI: a member function takes `this` first; the three enums are `int`s). The
-/// symbols are those of the libtorch release this build links; another release is refused at
-/// start-up before this runs.
+/// symbols are those of the libtorch release this build links (tch 0.24 accepts no other); a
+/// libtorch without them fails to load the binary at all.
 pub fn strict_fp32_convolutions() {
     // SAFETY: `globalContext` returns the process's one context, which lives as long as the
     // process; the setter writes one entry of its precision table (called only while one

@@ -88,6 +88,10 @@ impl Staging {
 /// `buffer` is a contiguous f32 tensor in host memory with at least `inputs.len() * len`
 /// elements, which nothing else reads or writes while this runs.
 unsafe fn fill(buffer: &Tensor, inputs: &[&[f32]], len: usize) {
+    if inputs.is_empty() || len == 0 {
+        // An empty tensor may have no storage at all (a null data pointer).
+        return;
+    }
     debug_assert!(buffer.numel() >= inputs.len() * len && buffer.kind() == Kind::Float);
     let host = unsafe {
         std::slice::from_raw_parts_mut(buffer.data_ptr().cast::<f32>(), inputs.len() * len)

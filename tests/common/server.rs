@@ -132,6 +132,23 @@ impl Server {
             .map_or(0.0, |v| v.parse().unwrap())
     }
 
+    /// The log once it contains `needle` (the reader thread may still be behind the answer
+    /// that followed the line), waiting at most a minute.
+    pub fn wait_log(&self, needle: &str) -> String {
+        let start = Instant::now();
+        loop {
+            let log = self.log.lock().unwrap().join("\n");
+            if log.contains(needle) {
+                return log;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "the log never said {needle:?}: {log}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     /// Polls `sample` until `ok` holds, for at most `secs` seconds.
     pub fn wait_metric(&self, sample: &str, secs: u64, ok: impl Fn(f64) -> bool) -> f64 {
         let start = Instant::now();
