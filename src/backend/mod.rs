@@ -287,14 +287,22 @@ pub struct Description {
 pub enum BackendError {
     #[error("out of memory: {0}")]
     OutOfMemory(String),
+    /// The GPU context is lost: every later call in this process would fail the same way, so
+    /// the engine ends its model thread (liveness fails and the instance is restarted).
+    #[error("the GPU context is lost, the process must restart: {0}")]
+    DeviceLost(String),
     #[error("{0}")]
     Failed(String),
 }
 
 impl BackendError {
     /// Classifies a runtime's error message: CUDA says "CUDA out of memory"; the CPU allocator
-    /// says "not enough memory" or "can't allocate memory".
+    /// says "not enough memory" or "can't allocate memory"; CUDA's sticky errors lose the
+    /// context ([`device_lost`]).
     pub fn from_message(message: String) -> Self {
+        if device_lost(&message) {
+            return BackendError::DeviceLost(message);
+        }
         let lower = message.to_ascii_lowercase();
         let oom = [
             "out of memory",
@@ -314,7 +322,7 @@ impl BackendError {
 /// Whether a runtime's error message says the GPU context is lost: CUDA's sticky errors (an
 /// illegal address, a failed launch, a device-side assert) poison the context, so every later
 /// call in the process fails the same way and only a new process recovers.
-pub fn device_lost(message: &str) -> bool {
+fn device_lost(message: &str) -> bool {
     const STICKY: [&str; 6] = [
         "illegal memory access",
         "illegal instruction",

@@ -273,6 +273,9 @@ fn attempt(backend: &dyn Backend, jobs: &[Job]) -> Result<Vec<Output>, Failure> 
         // Out of memory is the load's fault, not the request's: the caller may retry.
         Ok(Err(BackendError::OutOfMemory(_))) => Err(Failure::Error(EngineError::OutOfMemory)),
         Ok(Err(BackendError::Failed(m))) => Err(Failure::Error(EngineError::Model(m))),
+        // Neither a retry nor a rebuild in this process can help: the model thread ends, so
+        // that liveness fails and the instance is restarted.
+        Ok(Err(e @ BackendError::DeviceLost(_))) => std::panic::panic_any(Fatal(e.to_string())),
         Err(panic) if panic.is::<Fatal>() => std::panic::resume_unwind(panic),
         Err(panic) => Err(Failure::Panic(panic_message(&*panic))),
     }

@@ -149,9 +149,19 @@ async fn a_panic_is_500_then_not_ready_until_the_backend_is_rebuilt() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_model_thread_is_503_model_stopped_and_not_live() {
+    model_thread_ends_on(Act::Die).await;
+}
+
+/// A lost GPU context ends the model thread as a fatal panic does: no retry, no rebuild.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_gpu_context_ends_the_model_thread() {
+    model_thread_ends_on(Act::DeviceLost).await;
+}
+
+async fn model_thread_ends_on(act: Act) {
     let script = Script::default();
     let (app, state) = scripted_app(&[], &script);
-    script.push(Act::Die);
+    script.push(act);
     problem(
         "the request the model thread died on",
         &send(&app, explain_chelsea()).await,

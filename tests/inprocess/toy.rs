@@ -192,6 +192,8 @@ pub enum Act {
     Panic { rebuild: Option<Gate> },
     /// Panics with [`Fatal`]: the model thread ends.
     Die,
+    /// Fails as libtorch does when CUDA loses its context (a sticky error).
+    DeviceLost,
     /// Waits at the gate, then works normally.
     Hold(Gate),
 }
@@ -231,6 +233,9 @@ impl Script {
             None => Ok(()),
             Some(Act::Fail(m)) => Err(BackendError::Failed(m)),
             Some(Act::OutOfMemory) => Err(BackendError::OutOfMemory("toy allocation".into())),
+            Some(Act::DeviceLost) => Err(BackendError::from_message(
+                "CUDA error: an illegal memory access was encountered".into(),
+            )),
             Some(Act::Panic { rebuild }) => {
                 *self.0.rebuild_gate.lock().unwrap() = rebuild;
                 quiet_scripted_panics();
