@@ -58,6 +58,11 @@ pub struct ModelConfig {
     /// ImageNet's for 1000 classes, otherwise class_0, class_1, ...
     #[arg(long, env = "GRADCAM_LABELS", value_name = "FILE")]
     pub labels: Option<PathBuf>,
+    /// Threads libtorch uses for one batch on the CPU (its intra-op threads). 0: libtorch's
+    /// default, one per physical core. On a CPU-only host the model and the picture work
+    /// (--image-threads) share the cores; fewer here leaves more to decoding and rendering.
+    #[arg(long, env = "GRADCAM_TORCH_THREADS", default_value_t = 0)]
+    pub torch_threads: usize,
     /// Side of the square input the model was trained with (the map grows with it).
     #[arg(long, env = "GRADCAM_INPUT_SIZE", default_value_t = crate::input::DEFAULT_SIDE)]
     pub input_size: u32,
@@ -221,6 +226,12 @@ pub struct ServeConfig {
     /// `memory_busy` and Retry-After.
     #[arg(long, env = "GRADCAM_INFLIGHT_WAIT_MS", default_value_t = 2_000)]
     pub inflight_wait_ms: u64,
+    /// Requests that may decode, preprocess or render on the blocking pool at once (others
+    /// wait their turn, within their deadline). 0: one per core the process may use. The model
+    /// thread's libtorch work is not counted here (see --torch-threads); on a CPU-only host the
+    /// two share the cores, on a GPU host this is the whole of the host's part.
+    #[arg(long, env = "GRADCAM_IMAGE_THREADS", default_value_t = 0)]
+    pub image_threads: usize,
     /// Largest longer side of the overlay PNG; requests may ask for less.
     #[arg(long, env = "GRADCAM_MAX_OVERLAY_SIDE", default_value_t = 1024)]
     pub max_overlay_side: u32,
@@ -292,6 +303,15 @@ pub struct ServeConfig {
 }
 
 impl ServeConfig {
+    /// The number of requests that may work on pictures at once (`--image-threads`, or the
+    /// cores this process may use).
+    pub fn image_threads(&self) -> usize {
+        match self.image_threads {
+            0 => std::thread::available_parallelism().map_or(1, usize::from),
+            n => n,
+        }
+    }
+
     /// Settings from `serve`'s flags, the rest from `GRADCAM_*` variables and defaults: for
     /// embedding the server and for tests.
     pub fn from_args<I: IntoIterator<Item = S>, S: Into<std::ffi::OsString> + Clone>(

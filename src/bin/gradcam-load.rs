@@ -55,6 +55,8 @@ struct Tally {
     first_error: Option<String>,
     /// Answers that arrived after the window, by status.
     late: BTreeMap<u16, u64>,
+    /// Bytes of the answers' bodies counted in `latencies_us`.
+    answer_bytes: u64,
 }
 
 async fn client(
@@ -75,19 +77,20 @@ async fn client(
         let answer = match sent {
             Ok(r) => {
                 let status = r.status().as_u16();
-                r.bytes().await.map(|_| status)
+                r.bytes().await.map(|b| (status, b.len() as u64))
             }
             Err(e) => Err(e),
         };
         if Instant::now() > until {
-            if let Ok(status) = answer {
+            if let Ok((status, _)) = answer {
                 *t.late.entry(status).or_default() += 1;
             }
             break;
         }
         match answer {
-            Ok(status) => {
+            Ok((status, bytes)) => {
                 t.latencies_us.push(started.elapsed().as_micros() as u64);
+                t.answer_bytes += bytes;
                 *t.status.entry(status).or_default() += 1;
             }
             Err(e) => {
@@ -139,7 +142,9 @@ fn main() -> anyhow::Result<()> {
     let mut transport_errors = 0;
     let mut first_error = None;
     let mut late: BTreeMap<u16, u64> = BTreeMap::new();
+    let mut answer_bytes = 0;
     for t in tallies {
+        answer_bytes += t.answer_bytes;
         for (s, n) in t.late {
             *late.entry(s).or_default() += n;
         }
@@ -165,6 +170,7 @@ fn main() -> anyhow::Result<()> {
         "first_transport_error": first_error,
         "late": late.iter().map(|(s, n)| (s.to_string(), *n)).collect::<BTreeMap<_, _>>(),
         "throughput_per_s": answered as f64 / elapsed,
+        "mean_answer_bytes": answer_bytes as f64 / answered.max(1) as f64,
         "ok_per_s": ok as f64 / elapsed,
         "latency_ms": {
             "p50": quantile(&latencies, 0.5),

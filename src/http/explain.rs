@@ -3,40 +3,22 @@
 //! the blocking pool again; all under the request's deadline.
 
 use super::AppState;
-use super::bodies::{ExplainBody, ExplanationBody, ImageInfo, PredictBody, Timings};
+use super::answer::{Explained, json_answer, ms, overlay_answer, timing_headers};
+use super::bodies::{ImageInfo, PredictBody, Timings};
 use super::budget;
+use super::work::blocking;
 use super::input::{Incoming, Source};
 use super::options::{Pictures, RawOptions};
 use super::problem::ApiError;
-use crate::backend::{ExplainResult, Explanation};
 use crate::engine::{Done, Output, Task};
 use crate::input::{self, DecodeLimits, Preprocess};
+use crate::metrics::{Clock, StageTime};
 use crate::render::{self, PictureFormat};
 use axum::Json;
 use axum::extract::{FromRequest, Request, State};
-use axum::http::{HeaderMap, HeaderValue, header};
+use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
-use base64::Engine as _;
-use std::time::{Duration, Instant};
-
-/// Headers that carry [`Timings`] (milliseconds), on every answer of these routes.
-pub const TIMING_HEADERS: [&str; 3] = ["x-queue-time", "x-inference-time", "x-total-time"];
-
-fn ms(d: Duration) -> f64 {
-    (d.as_secs_f64() * 1e6).round() / 1e3
-}
-
-/// Runs CPU-heavy work on the blocking pool, never on the async runtime.
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> T + Send + 'static,
-) -> Result<T, ApiError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| ApiError::Internal(format!("blocking task failed: {e}")))
-}
-
-/// A decoded image, made ready for the model and the answer (see [`input::Ready`]).
-pub type Prepared = input::Ready;
+use std::time::Instant;
 
 /// The size of the overlay drawn from a `display`-sized picture, longer side `keep`.
 fn overlay_of(display: (u32, u32), keep: Option<u32>) -> Option<(u32, u32)> {
@@ -60,16 +42,20 @@ fn measure(
 }
 
 /// Decodes and makes the network's input, keeping the photograph only at the size of the
-/// overlay (`keep`, its longer side).
+/// overlay (`keep`, its longer side); with the time each half took.
 fn prepare(
     bytes: &[u8],
     limits: DecodeLimits,
     preprocess: &Preprocess,
     keep: Option<u32>,
-) -> Result<(Prepared, Vec<f32>), ApiError> {
+) -> Result<(input::Ready, Vec<f32>, StageTime, StageTime), ApiError> {
+    let clock = Clock::start();
     let opened = input::open(bytes, limits)?;
     let overlay = overlay_of(opened.display_size(), keep);
-    Ok(opened.ready(preprocess, overlay)?)
+    let decoded = opened.decode_for(preprocess, overlay)?;
+    let decode = clock.stop();
+    let ((ready, x), pre) = Clock::time(|| decoded.prepare(preprocess, overlay));
+    Ok((ready, x, decode, pre))
 }
 
 /// Fetches a URL's body, reserving its bytes in the budget as they arrive (all at once when
@@ -97,7 +83,7 @@ async fn fetch_within(
 
 /// What the model made of one image, with what the answer needs besides.
 struct Inferred<T> {
-    decoded: Prepared,
+    decoded: input::Ready,
     done: Done,
     timings: Timings,
     request: T,
@@ -141,9 +127,10 @@ async fn infer<T>(
     // bytes, held until decoding ends) first. Reading it costs a copy of the file for some
     // decoders, so it runs on the blocking pool too.
     let preprocess = state.engine.description().input;
-    let (bytes, width, height, pixels) = blocking(move || {
-        let (w, h, pixels) = measure(&bytes, limits, &preprocess, keep)?;
-        Ok::<_, ApiError>((bytes, w, h, pixels))
+    let (bytes, width, height, pixels, header) = blocking(state, move || {
+        let (measured, header) = Clock::time(|| measure(&bytes, limits, &preprocess, keep));
+        let (w, h, pixels) = measured?;
+        Ok::<_, ApiError>((bytes, w, h, pixels, header))
     })
     .await??;
     reservation
@@ -153,12 +140,19 @@ async fn infer<T>(
             pixels + budget::pixels_of_bytes(bytes.len() as u64),
         )
         .await?;
-    let (decoded, x) = blocking(move || prepare(&bytes, limits, &preprocess, keep)).await??;
+    let (decoded, x, mut decode, pre) =
+        blocking(state, move || prepare(&bytes, limits, &preprocess, keep)).await??;
+    decode += header;
+    state.metrics.stage_timed("decode_pixels", decode);
+    state.metrics.stage_timed("preprocess", pre);
     let kept = decoded
         .overlay_base
         .as_ref()
         .map_or(0, |b| u64::from(b.width()) * u64::from(b.height()));
     reservation.shrink(kept + u64::from(preprocess.size).pow(2));
+    // `decode` (for the answer's `decode_ms` and the metric of that name) is everything from
+    // the bytes to the network's input, budget waits included; its parts on their own are
+    // `decode_pixels` and `preprocess`.
     timings.decode_ms = ms(t.elapsed());
     state.metrics.stage("decode", t.elapsed().as_secs_f64());
     #[cfg(feature = "fault-injection")]
@@ -223,18 +217,6 @@ async fn with_deadline(
     r
 }
 
-fn timing_headers(res: &mut Response, t: &Timings) {
-    let h = res.headers_mut();
-    for (name, v) in TIMING_HEADERS
-        .iter()
-        .zip([t.queue_ms, t.inference_ms, t.total_ms])
-    {
-        if let Ok(value) = HeaderValue::from_str(&format!("{v:.3}")) {
-            h.insert(*name, value);
-        }
-    }
-}
-
 /// What the client accepts, among `offered` (see [`super::negotiate`]).
 fn negotiate(headers: &HeaderMap, offered: &[&'static str]) -> Result<&'static str, ApiError> {
     let accept = headers.get(header::ACCEPT).map(|v| v.to_str()).transpose();
@@ -289,149 +271,6 @@ pub async fn explain(State(state): State<AppState>, req: Request) -> Result<Resp
         }
     })
     .await
-}
-
-/// An explained image and what its answer needs.
-struct Explained {
-    decoded: Prepared,
-    result: ExplainResult,
-    timings: Timings,
-}
-
-/// `Accept: image/png` (or JPEG, WebP): the first class's overlay is the answer, and headers say
-/// which class, method and layer it shows.
-async fn overlay_answer(
-    state: &AppState,
-    explained: Explained,
-    o: render::OverlayOptions,
-    pictures: Pictures,
-    started: Instant,
-) -> Result<Response, ApiError> {
-    let Explained {
-        decoded,
-        result,
-        mut timings,
-    } = explained;
-    let t = Instant::now();
-    let drawn = blocking(move || {
-        let e = result
-            .explanations
-            .into_iter()
-            .next()
-            .ok_or_else(|| ApiError::Internal("no explanation".into()))?;
-        let picture = draw(&decoded, &e, &o, &pictures)?;
-        Ok::<_, ApiError>((e, picture))
-    })
-    .await?;
-    let (first, bytes) = drawn?;
-    timings.render_ms = Some(ms(t.elapsed()));
-    state.metrics.stage("render", t.elapsed().as_secs_f64());
-    timings.total_ms = ms(started.elapsed());
-    let media = pictures.format.media_type();
-    let mut res = ([(header::CONTENT_TYPE, media)], bytes).into_response();
-    let h = res.headers_mut();
-    h.insert("x-class-index", HeaderValue::from(first.class_index));
-    h.insert(
-        "x-class-label",
-        HeaderValue::from_str(&first.label).unwrap_or(HeaderValue::from_static("")),
-    );
-    h.insert("x-method", HeaderValue::from_static(first.method.name()));
-    h.insert("x-layer", HeaderValue::from_static(first.layer.name()));
-    timing_headers(&mut res, &timings);
-    Ok(res)
-}
-
-/// The JSON answer. Overlays, base64 and the (megabytes of) JSON are all built on the blocking
-/// pool.
-async fn json_answer(
-    state: &AppState,
-    explained: Explained,
-    overlay: Option<render::OverlayOptions>,
-    pictures: Pictures,
-    started: Instant,
-) -> Result<Response, ApiError> {
-    let Explained {
-        decoded,
-        result,
-        mut timings,
-    } = explained;
-    let t = Instant::now();
-    let engine = state.engine.clone();
-    let (json, timings) = blocking(move || {
-        let b64 = base64::engine::general_purpose::STANDARD;
-        let explanations = result
-            .explanations
-            .iter()
-            .map(|e| {
-                let mut body = ExplanationBody::new(e);
-                if let Some(o) = overlay {
-                    let picture = b64.encode(draw(&decoded, e, &o, &pictures)?);
-                    body.set_overlay(pictures.format, picture);
-                }
-                if pictures.heatmap_image {
-                    let size = pictures
-                        .heatmap_side
-                        .map(|side| render::overlay_size(decoded.width, decoded.height, side));
-                    let png = render::heatmap_png(
-                        &e.normalized,
-                        e.heatmap.width,
-                        e.heatmap.height,
-                        pictures.colormap,
-                        size,
-                    );
-                    body.heatmap_png = Some(b64.encode(png));
-                }
-                Ok(body)
-            })
-            .collect::<Result<Vec<_>, ApiError>>()?;
-        timings.render_ms = Some(ms(t.elapsed()));
-        timings.total_ms = ms(started.elapsed());
-        let d = engine.description();
-        let body = ExplainBody {
-            answer: PredictBody {
-                model: &d.model,
-                device: &d.device,
-                precision: d.precision,
-                image: ImageInfo::of(&decoded),
-                timings,
-                predictions: &result.predictions,
-            },
-            explanations,
-        };
-        serde_json::to_vec(&body)
-            .map(|json| (json, body.answer.timings))
-            .map_err(|e| ApiError::Internal(format!("the answer did not serialise: {e}")))
-    })
-    .await??;
-    state
-        .metrics
-        .stage("render", timings.render_ms.unwrap_or_default() / 1e3);
-    let mut res = ([(header::CONTENT_TYPE, "application/json")], json).into_response();
-    timing_headers(&mut res, &timings);
-    Ok(res)
-}
-
-/// The overlay of one explanation, encoded as `pictures` says.
-fn draw(
-    decoded: &Prepared,
-    e: &Explanation,
-    o: &render::OverlayOptions,
-    pictures: &Pictures,
-) -> Result<Vec<u8>, ApiError> {
-    let base = decoded
-        .overlay_base
-        .as_ref()
-        .ok_or_else(|| ApiError::Internal("no photograph kept for the overlay".into()))?;
-    let region = decoded.region.fraction_of(decoded.width, decoded.height);
-    let picture = render::overlay(
-        base,
-        &e.normalized,
-        e.heatmap.width,
-        e.heatmap.height,
-        o,
-        region.as_ref(),
-    );
-    Ok(render::encode(&picture, pictures.format, pictures.quality))
 }
 
 pub async fn predict(State(state): State<AppState>, req: Request) -> Result<Response, ApiError> {

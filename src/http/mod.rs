@@ -5,6 +5,7 @@
 //! hands them to the [`Engine`], and renders the answers (on the blocking pool again). Any
 //! backend behind the engine will do, which is how the in-process tests run without a model.
 
+mod answer;
 mod auth;
 mod bodies;
 mod budget;
@@ -16,6 +17,7 @@ mod ops;
 pub mod options;
 pub mod problem;
 mod ui;
+mod work;
 
 use crate::config::ServeConfig;
 use crate::engine::Engine;
@@ -33,7 +35,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::net::TcpListener;
 use tower_http::catch_panic::CatchPanicLayer;
-use tower_http::compression::CompressionLayer;
+use tower_http::compression::{CompressionLayer, CompressionLevel};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::trace::TraceLayer;
 
@@ -48,6 +50,8 @@ pub struct AppState {
     keys: auth::ApiKeys,
     /// Decoded pixels in flight, over all requests.
     budget: budget::PixelBudget,
+    /// Permits to decode, preprocess or render on the blocking pool (`--image-threads`).
+    image_work: Arc<tokio::sync::Semaphore>,
     /// Shutdown has begun: readiness is 503 (work is still served during the drain delay).
     draining: Arc<AtomicBool>,
     /// The drain delay is over: the listener is closed and new work is refused.
@@ -74,6 +78,7 @@ impl AppState {
             metrics.clone(),
         );
         let keys = auth::ApiKeys::new(config.api_keys(), &config.api_key_paths);
+        let image_work = Arc::new(tokio::sync::Semaphore::new(config.image_threads()));
         Self {
             config,
             engine,
@@ -81,6 +86,7 @@ impl AppState {
             fetcher,
             keys,
             budget,
+            image_work,
             draining: Arc::new(AtomicBool::new(false)),
             closing: Arc::new(AtomicBool::new(false)),
         }
@@ -152,8 +158,11 @@ pub fn app(state: AppState) -> Router {
             ApiError::Internal("a request handler panicked".into()).into_response()
         }))
         // JSON, YAML, HTML and text are compressed when the client accepts gzip or br; images
-        // (PNG, JPEG, WebP) and bodies under 32 bytes are sent as they are.
-        .layer(CompressionLayer::new())
+        // (PNG, JPEG, WebP) and bodies under 32 bytes are sent as they are. At the fastest
+        // level: a JSON answer is mostly base64 of an already compressed picture, whose only
+        // redundancy (6 bits in each 8) the entropy coder alone takes out, and compression runs
+        // on the async runtime's threads (see README's "Compact answers").
+        .layer(CompressionLayer::new().quality(CompressionLevel::Fastest))
         .layer(TraceLayer::new_for_http());
     let origins = state.config.cors();
     let router = if origins.is_empty() {
@@ -185,9 +194,9 @@ fn cors(origins: &[String]) -> CorsLayer {
 /// Every response header the documentation promises that a page on another origin could not
 /// read otherwise (CORS safelists only a few, such as Content-Type and Content-Length).
 pub const EXPOSED_HEADERS: [&str; 10] = [
-    explain::TIMING_HEADERS[0],
-    explain::TIMING_HEADERS[1],
-    explain::TIMING_HEADERS[2],
+    answer::TIMING_HEADERS[0],
+    answer::TIMING_HEADERS[1],
+    answer::TIMING_HEADERS[2],
     "x-class-index",
     "x-class-label",
     "x-method",

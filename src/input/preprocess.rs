@@ -1,7 +1,7 @@
 //! The preprocessing a model was trained with: the input size, how the picture is brought to
 //! it (squashed, or torchvision's classic resize-and-centre-crop), and the normalisation.
 
-use super::{DecodeError, Opened, REDUCED_MARGIN, resize_rgb};
+use super::{DecodeError, Decoded, Opened, REDUCED_MARGIN, resize_rgb};
 use image::{ImageFormat, RgbImage};
 use serde::Serialize;
 
@@ -226,22 +226,41 @@ impl<'a> Opened<'a> {
         preprocess: &Preprocess,
         overlay: Option<(u32, u32)>,
     ) -> Result<(Ready, Vec<f32>), DecodeError> {
-        let d = self
-            .for_network(preprocess)
-            .decode_reduced(overlay.unwrap_or((0, 0)))?;
-        let (x, region) = preprocess.apply(&d.image);
-        let region = region.scaled(d.image.dimensions(), (d.width, d.height));
-        let overlay_base = overlay.map(|(w, h)| resize_rgb(&d.image, w, h));
-        Ok((
-            Ready {
-                width: d.width,
-                height: d.height,
-                format: d.format,
-                region,
-                overlay_base,
-            },
-            x,
-        ))
+        Ok(self.decode_for(preprocess, overlay)?.prepare(preprocess, overlay))
+    }
+
+    /// The decoding half of [`Opened::ready`].
+    pub fn decode_for(
+        self,
+        preprocess: &Preprocess,
+        overlay: Option<(u32, u32)>,
+    ) -> Result<Decoded, DecodeError> {
+        self.for_network(preprocess)
+            .decode_reduced(overlay.unwrap_or((0, 0)))
+    }
+}
+
+impl Decoded {
+    /// The pixel half of [`Opened::ready`]: the network's input, and the photograph at the
+    /// overlay's size (moved, not copied, when it is already that size).
+    pub fn prepare(self, preprocess: &Preprocess, overlay: Option<(u32, u32)>) -> (Ready, Vec<f32>) {
+        let (x, region) = preprocess.apply(&self.image);
+        let region = region.scaled(self.image.dimensions(), (self.width, self.height));
+        let overlay_base = overlay.map(|(w, h)| {
+            if self.image.dimensions() == (w, h) {
+                self.image
+            } else {
+                resize_rgb(&self.image, w, h)
+            }
+        });
+        let ready = Ready {
+            width: self.width,
+            height: self.height,
+            format: self.format,
+            region,
+            overlay_base,
+        };
+        (ready, x)
     }
 }
 

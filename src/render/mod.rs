@@ -182,21 +182,48 @@ pub fn overlay(
         }
         return out;
     }
-    let heat = upsample_bilinear(map, map_w, map_h, w as usize, h as usize);
-    let a = alpha_256(opts.alpha);
-    // Each colour already weighted by alpha (plus the rounding half), once per request.
-    let tinted: Vec<[u32; 3]> = opts
-        .colormap
-        .lut()
-        .iter()
-        .map(|c| c.map(|v| u32::from(v) * a + 128))
+    tint(&base, map, map_w, map_h, opts)
+}
+
+/// The blend of [`overlay`] over a whole picture, one output row at a time: the map's value
+/// for each pixel of the row, its colour-table level, then `(1 - alpha) * pixel + alpha *
+/// colour` in 8.8 fixed point. The same arithmetic as [`upsample_bilinear`], [`level`] and
+/// [`blend`], without the picture-sized buffer of map values between them, and in loops the
+/// compiler turns into vector instructions (benches/render.rs: about 4x the pixel-at-a-time
+/// loop).
+fn tint(base: &RgbImage, map: &[f32], map_w: usize, map_h: usize, opts: &OverlayOptions) -> RgbImage {
+    let (w, h) = (base.width() as usize, base.height() as usize);
+    assert_eq!(map.len(), map_w * map_h, "map shape mismatch: this is a bug");
+    // The map's rows, each upsampled horizontally once (`map_h` rows of `w` values).
+    let xs = axis(map_w, w);
+    let rows: Vec<f32> = map
+        .chunks_exact(map_w)
+        .flat_map(|r| xs.iter().map(move |&(x0, x1, fx)| r[x0] + (r[x1] - r[x0]) * fx))
         .collect();
-    let mut out = RgbImage::new(w, h);
-    for ((dst, src), t) in out.pixels_mut().zip(base.pixels()).zip(heat) {
-        let tint = tinted[level(t)];
-        dst.0 = std::array::from_fn(|c| ((u32::from(src.0[c]) * (256 - a) + tint[c]) >> 8) as u8);
+    let a = alpha_256(opts.alpha) as u16;
+    let keep = 256 - a;
+    // Each colour already weighted by alpha, plus the rounding half: at most 255 * 256 + 128,
+    // and with the pixel's part at most 65 408, so 16 bits hold the sum.
+    let lut = opts.colormap.lut();
+    let tinted: [[u16; 3]; 256] = std::array::from_fn(|i| lut[i].map(|v| u16::from(v) * a + 128));
+    let mut out = vec![0u8; w * h * 3];
+    let mut levels = vec![0u8; w];
+    let mut tints = vec![0u16; w * 3];
+    let rows_out = out.chunks_exact_mut(w * 3).zip(base.as_raw().chunks_exact(w * 3));
+    for ((y0, y1, fy), (dst, src)) in axis(map_h, h).into_iter().zip(rows_out) {
+        let (upper, lower) = (&rows[y0 * w..][..w], &rows[y1 * w..][..w]);
+        for ((l, &p), &q) in levels.iter_mut().zip(upper).zip(lower) {
+            *l = level(p + (q - p) * fy) as u8;
+        }
+        for (t, &l) in tints.chunks_exact_mut(3).zip(&levels) {
+            t.copy_from_slice(&tinted[usize::from(l)]);
+        }
+        for ((d, &s), &t) in dst.iter_mut().zip(src).zip(&tints) {
+            *d = ((u16::from(s) * keep + t) >> 8) as u8;
+        }
     }
-    out
+    RgbImage::from_raw(w as u32, h as u32, out)
+        .expect("the buffer holds width * height pixels: this is a bug")
 }
 
 /// [`overlay`] encoded as PNG: what answers and output files carry.
@@ -210,21 +237,31 @@ pub fn overlay_png(
     encode_png(&overlay(image, map, map_w, map_h, opts, None))
 }
 
-/// Encodes as PNG, favouring speed over size: overlays are photographs, so heavy compression
-/// buys little and costs milliseconds per request (benches/render.rs, 1000x872 photo: 5.5 ms
-/// with `Fastest`, 7.3 ms with `Fast`).
+/// Encodes as PNG, favouring speed over size (see [`png_bytes`]).
 pub fn encode_png(image: &RgbImage) -> Vec<u8> {
-    let mut out = Vec::with_capacity(image.as_raw().len() / 2);
-    let mut encoder = png::Encoder::new(&mut out, image.width(), image.height());
-    encoder.set_color(png::ColorType::Rgb);
+    png_bytes(image.as_raw(), image.width(), image.height(), png::ColorType::Rgb)
+}
+
+/// The PNG compression of every picture we encode. Overlays are photographs, on which
+/// deflate gains little and costs most of the time a request spends outside the model;
+/// measured on the 1 MP photograph (benches/render.rs, see README's Performance): PNG_CHOICE.
+const PNG_COMPRESSION: png::Compression = png::Compression::Fastest;
+/// The row filter that goes with it (PNG_FILTER_CHOICE).
+const PNG_FILTER: png::Filter = png::Filter::Up;
+
+/// 8-bit pixels of `color` as PNG, at [`PNG_COMPRESSION`].
+fn png_bytes(pixels: &[u8], width: u32, height: u32, color: png::ColorType) -> Vec<u8> {
+    let mut out = Vec::with_capacity(pixels.len() / 2);
+    let mut encoder = png::Encoder::new(&mut out, width, height);
+    encoder.set_color(color);
     encoder.set_depth(png::BitDepth::Eight);
-    encoder.set_compression(png::Compression::Fastest);
-    encoder.set_filter(png::Filter::Sub);
+    encoder.set_compression(PNG_COMPRESSION);
+    encoder.set_filter(PNG_FILTER);
     let mut writer = encoder
         .write_header()
         .expect("writing to memory cannot fail: this is a bug");
     writer
-        .write_image_data(image.as_raw())
+        .write_image_data(pixels)
         .expect("the buffer matches the header: this is a bug");
     writer
         .finish()
@@ -301,6 +338,28 @@ mod tests {
         assert_eq!(overlay_size(640, 480, 1024), (640, 480));
         assert_eq!(overlay_size(4000, 3000, 1024), (1024, 768));
         assert_eq!(overlay_size(1, 10000, 1024), (1, 1024));
+    }
+
+    #[test]
+    fn overlay_equals_upsample_then_level_then_blend() {
+        // The fused rows of `tint` against the three steps it fuses, pixel by pixel, with
+        // values outside [0, 1], NaN, odd sizes and every alpha's extremes.
+        let img = RgbImage::from_fn(37, 23, |x, y| {
+            let v = x.wrapping_mul(2_654_435_761).wrapping_add(y * 40_503);
+            Rgb([v as u8, (v >> 8) as u8, (v >> 16) as u8])
+        });
+        let mut map: Vec<f32> = (0..15).map(|i| (i as f32 * 0.37).sin()).collect();
+        map[4] = f32::NAN;
+        map[7] = 3.0;
+        for (colormap, alpha) in [(Colormap::Jet, 0.4), (Colormap::Viridis, 0.0), (Colormap::Turbo, 1.0), (Colormap::Gray, 0.73)] {
+            let opts = OverlayOptions { colormap, alpha, max_side: 1024 };
+            let out = overlay(&img, &map, 5, 3, &opts, None);
+            let heat = upsample_bilinear(&map, 5, 3, 37, 23);
+            let lut = colormap.lut();
+            for ((p, q), t) in out.pixels().zip(img.pixels()).zip(heat) {
+                assert_eq!(p.0, blend(q.0, lut[level(t)], alpha), "{colormap} {alpha}");
+            }
+        }
     }
 
     #[test]

@@ -163,11 +163,23 @@ async fn metrics_count_requests_by_route_and_status_and_refusals_by_type() {
         ("gradcam_stage_seconds_count{stage=\"inference\"}", 3.0),
         ("gradcam_stage_seconds_count{stage=\"decode\"}", 3.0),
         ("gradcam_stage_seconds_count{stage=\"render\"}", 2.0),
+        // The parts: decoding and preprocessing for each answered request, the overlay, its
+        // encoding and the JSON for each explanation drawn.
+        ("gradcam_stage_seconds_count{stage=\"decode_pixels\"}", 3.0),
+        ("gradcam_stage_seconds_count{stage=\"preprocess\"}", 3.0),
+        ("gradcam_stage_seconds_count{stage=\"overlay\"}", 2.0),
+        ("gradcam_stage_seconds_count{stage=\"encode\"}", 2.0),
+        ("gradcam_stage_seconds_count{stage=\"serialize\"}", 2.0),
         ("gradcam_batch_size_count", 3.0),
         ("gradcam_queue_depth", 0.0),
         ("gradcam_model_info{model=\"toy\",device=\"cpu\"}", 1.0),
     ] {
         assert_eq!(metric(&text, series), n, "{series} in\n{text}");
+    }
+    // Their CPU time: some for each (a thread's clock counts nanoseconds).
+    for stage in ["decode_pixels", "preprocess", "overlay", "encode", "serialize"] {
+        let series = format!("gradcam_stage_cpu_seconds_total{{stage=\"{stage}\"}}");
+        assert!(metric(&text, &series) > 0.0, "{series} in\n{text}");
     }
     // The metrics request itself is counted too, once answered.
     let text = metrics_text(&app).await;
