@@ -22,11 +22,15 @@ out="${PIPELINE_OUT:-$(mktemp --suffix=.jsonl)}"
 : >"$out"
 echo "cpu: $(lscpu | sed -n 's/^Model name: *//p' | head -1), $(nproc) cores"
 
-GRADCAM_BENCH_PHOTO="$photo" cargo bench --bench render -- --noplot stages 2>&1 |
-  grep -E '^(stages|/|[a-z_/0-9]+ +time:)|time:' || true
-
-cargo build --release --quiet --bin gradcam-serve --bin gradcam-load
-bin="${CARGO_TARGET_DIR:-target}/release"
+# PIPELINE_BIN: a directory holding other builds of gradcam-serve and gradcam-load to measure
+# instead (an older release, for a before-and-after); the stage bench is then skipped.
+if [ -z "${PIPELINE_BIN:-}" ]; then
+  GRADCAM_BENCH_PHOTO="$photo" cargo bench --bench render -- --noplot stages 2>&1 |
+    grep -E '^(stages|/)|time:' || true
+  cargo build --release --quiet --bin gradcam-serve --bin gradcam-load
+fi
+bin="${PIPELINE_BIN:-${CARGO_TARGET_DIR:-target}/release}"
+export GRADCAM_SERVE_BIN="$bin/gradcam-serve"
 tmp="$(mktemp -d)"
 log="$tmp/server.log"
 pid=""
@@ -59,6 +63,27 @@ for line in sys.stdin:
 print(json.dumps({"cpu": cpu, "ok": ok}))'
 }
 
+sizes() { # each answer form's size as sent, plain and compressed, and its median time of 5
+  echo "| form | Accept-Encoding | bytes | median ms of 5 |"
+  echo "|---|---|---|---|"
+  local q enc accept
+  for q in "" "?overlay_format=webp" "?overlay_format=jpeg" "?overlay_format=jpeg&overlay_quality=60" \
+    "?overlay=false&heatmap_image=true" "?overlay=false" "#image/png" "#image/webp" "#image/jpeg"; do
+    accept="application/json"
+    case "$q" in "#"*) accept="${q#\#}"; q="" ;; esac
+    for enc in identity gzip br; do
+      [ "$accept" = application/json ] || [ "$enc" = identity ] || continue
+      for _ in 1 2 3 4 5; do
+        curl -s -o /dev/null -w '%{size_download} %{time_total}\n' -H "Accept-Encoding: $enc" \
+          -H "Accept: $accept" -H 'Content-Type: image/jpeg' --data-binary @"$photo" "$base/explain$q"
+      done | sort -k2 -n | sed -n 3p | {
+        read -r size t
+        echo "| \`$accept\`${q:+ \`$q\`} | $enc | $size | $(python3 -c "print(round($t * 1000, 1))") |"
+      }
+    done
+  done
+}
+
 for precision in fp32 bf16; do
   "$bin/gradcam-serve" bench --device cpu --weights "$weights" --precision "$precision" \
     --batches 1,8 --seconds "$secs" --json "$tmp/engine.json" >/dev/null 2>&1
@@ -87,6 +112,7 @@ PY
   load jpeg 16 "?overlay_format=jpeg"
   load none 1 "?overlay=false"
   load none 16 "?overlay=false"
+  [ "$precision" = bf16 ] && sizes
   kill "$pid"; wait "$pid" 2>/dev/null || true; pid=""
 done
 

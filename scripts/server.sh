@@ -1,6 +1,6 @@
 # Sourced by smoke.sh, load.sh and overload.sh: start_server LOG [SERVE ARGS...] starts the
 # release binary on a loopback port of its choosing with the weights in $GRADCAM_WEIGHTS (else the test
-# weights from the cache), sets $pid and $base, and waits until it is ready (at most 120 s).
+# weights from the cache; the binary in $GRADCAM_SERVE_BIN, else the release build), sets $pid and $base, and waits until it is ready (at most 120 s).
 # Returns 1, with the log on stderr, when the server exits or does not become ready.
 start_server() {
   local log="$1"
@@ -8,7 +8,7 @@ start_server() {
   local weights="${GRADCAM_WEIGHTS:-$(scripts/reference.sh)/weights.safetensors}"
   # Port 0: the server binds a free port itself and names it in its "ready" line, so no other
   # process can take the port between choosing and binding it.
-  "${CARGO_TARGET_DIR:-target}/release/gradcam-serve" serve --host 127.0.0.1 --port 0 --weights "$weights" \
+  "${GRADCAM_SERVE_BIN:-${CARGO_TARGET_DIR:-target}/release/gradcam-serve}" serve --host 127.0.0.1 --port 0 --weights "$weights" \
     --log-format json "$@" >"$log" 2>&1 &
   pid=$!
   local _ addr

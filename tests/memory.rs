@@ -168,8 +168,17 @@ fn a_burst_of_near_limit_images_is_served_within_a_memory_limit_that_kills_witho
     assert_eq!(explain_chelsea(&server), 200, "a normal request afterwards");
     drop(server);
 
-    // The same burst under the same limit, with a budget too large to bind.
-    let mut server = Server::start_limited(limit, &["--max-inflight-pixels", "1000000000000"]);
+    // The same burst under the same limit, with a budget too large to bind, and as many
+    // requests decoding at once as the burst has (as on a host with that many cores).
+    let mut server = Server::start_limited(
+        limit,
+        &[
+            "--max-inflight-pixels",
+            "1000000000000",
+            "--image-threads",
+            "64",
+        ],
+    );
     let answers = send_burst(&server);
     let status = exited_within(&mut server, Duration::from_secs(30));
     let broken = answers.iter().filter(|a| a.1 == 0).count();

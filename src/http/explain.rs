@@ -6,7 +6,7 @@ use super::AppState;
 use super::answer::{Explained, json_answer, ms, overlay_answer, timing_headers};
 use super::bodies::{ImageInfo, PredictBody, Timings};
 use super::budget;
-use super::work::blocking;
+use super::work;
 use super::input::{Incoming, Source};
 use super::options::{Pictures, RawOptions};
 use super::problem::ApiError;
@@ -125,9 +125,11 @@ async fn infer<T>(
     };
     // The header says how many pixels decoding will hold: reserve them (with the encoded
     // bytes, held until decoding ends) first. Reading it costs a copy of the file for some
-    // decoders, so it runs on the blocking pool too.
+    // decoders, so it runs on the blocking pool too. All of it in one turn at picture work,
+    // taken first: a request waiting for its turn holds none of the pixel budget.
     let preprocess = state.engine.description().input;
-    let (bytes, width, height, pixels, header) = blocking(state, move || {
+    let turn = work::turn(state).await?;
+    let (bytes, width, height, pixels, header) = work::on_pool(move || {
         let (measured, header) = Clock::time(|| measure(&bytes, limits, &preprocess, keep));
         let (w, h, pixels) = measured?;
         Ok::<_, ApiError>((bytes, w, h, pixels, header))
@@ -140,8 +142,11 @@ async fn infer<T>(
             pixels + budget::pixels_of_bytes(bytes.len() as u64),
         )
         .await?;
-    let (decoded, x, mut decode, pre) =
-        blocking(state, move || prepare(&bytes, limits, &preprocess, keep)).await??;
+    let (decoded, x, mut decode, pre) = work::on_pool(move || {
+        let _turn = turn;
+        prepare(&bytes, limits, &preprocess, keep)
+    })
+    .await??;
     decode += header;
     state.metrics.stage_timed("decode_pixels", decode);
     state.metrics.stage_timed("preprocess", pre);

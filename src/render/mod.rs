@@ -188,9 +188,8 @@ pub fn overlay(
 /// The blend of [`overlay`] over a whole picture, one output row at a time: the map's value
 /// for each pixel of the row, its colour-table level, then `(1 - alpha) * pixel + alpha *
 /// colour` in 8.8 fixed point. The same arithmetic as [`upsample_bilinear`], [`level`] and
-/// [`blend`], without the picture-sized buffer of map values between them, and in loops the
-/// compiler turns into vector instructions (benches/render.rs: about 4x the pixel-at-a-time
-/// loop).
+/// [`blend`], without the picture-sized buffer of map values between them, the blend in
+/// 16-bit lanes the compiler vectorises (see README's Performance for the stage's cost).
 fn tint(base: &RgbImage, map: &[f32], map_w: usize, map_h: usize, opts: &OverlayOptions) -> RgbImage {
     let (w, h) = (base.width() as usize, base.height() as usize);
     assert_eq!(map.len(), map_w * map_h, "map shape mismatch: this is a bug");
@@ -202,24 +201,23 @@ fn tint(base: &RgbImage, map: &[f32], map_w: usize, map_h: usize, opts: &Overlay
         .collect();
     let a = alpha_256(opts.alpha) as u16;
     let keep = 256 - a;
-    // Each colour already weighted by alpha, plus the rounding half: at most 255 * 256 + 128,
-    // and with the pixel's part at most 65 408, so 16 bits hold the sum.
     let lut = opts.colormap.lut();
-    let tinted: [[u16; 3]; 256] = std::array::from_fn(|i| lut[i].map(|v| u16::from(v) * a + 128));
     let mut out = vec![0u8; w * h * 3];
     let mut levels = vec![0u8; w];
-    let mut tints = vec![0u16; w * 3];
+    let mut colors = vec![0u8; w * 3];
     let rows_out = out.chunks_exact_mut(w * 3).zip(base.as_raw().chunks_exact(w * 3));
     for ((y0, y1, fy), (dst, src)) in axis(map_h, h).into_iter().zip(rows_out) {
         let (upper, lower) = (&rows[y0 * w..][..w], &rows[y1 * w..][..w]);
         for ((l, &p), &q) in levels.iter_mut().zip(upper).zip(lower) {
             *l = level(p + (q - p) * fy) as u8;
         }
-        for (t, &l) in tints.chunks_exact_mut(3).zip(&levels) {
-            t.copy_from_slice(&tinted[usize::from(l)]);
+        for (c, &l) in colors.chunks_exact_mut(3).zip(&levels) {
+            c.copy_from_slice(&lut[usize::from(l)]);
         }
-        for ((d, &s), &t) in dst.iter_mut().zip(src).zip(&tints) {
-            *d = ((u16::from(s) * keep + t) >> 8) as u8;
+        // At most 255 * 256 + 128 = 65 408: 16 bits hold it, and 16-bit lanes are the widest
+        // the vector units take for this.
+        for ((d, &s), &c) in dst.iter_mut().zip(src).zip(&colors) {
+            *d = ((u16::from(s) * keep + u16::from(c) * a + 128) >> 8) as u8;
         }
     }
     RgbImage::from_raw(w as u32, h as u32, out)
