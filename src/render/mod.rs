@@ -204,20 +204,27 @@ fn tint(base: &RgbImage, map: &[f32], map_w: usize, map_h: usize, opts: &Overlay
     let lut = opts.colormap.lut();
     let mut out = vec![0u8; w * h * 3];
     let mut levels = vec![0u8; w];
-    let mut colors = vec![0u8; w * 3];
+    let mut colors = vec![[0u8; 3]; w];
     let rows_out = out.chunks_exact_mut(w * 3).zip(base.as_raw().chunks_exact(w * 3));
     for ((y0, y1, fy), (dst, src)) in axis(map_h, h).into_iter().zip(rows_out) {
         let (upper, lower) = (&rows[y0 * w..][..w], &rows[y1 * w..][..w]);
         for ((l, &p), &q) in levels.iter_mut().zip(upper).zip(lower) {
-            *l = level(p + (q - p) * fy) as u8;
+            // As `level`, in a form the compiler vectorises: `max` and `min` return the number
+            // when the other operand is NaN, so NaN becomes level 0 there too.
+            *l = ((p + (q - p) * fy) * 255.0 + 0.5).max(0.0).min(255.0) as u8;
         }
-        for (c, &l) in colors.chunks_exact_mut(3).zip(&levels) {
-            c.copy_from_slice(&lut[usize::from(l)]);
+        for (c, &l) in colors.iter_mut().zip(&levels) {
+            *c = lut[usize::from(l)];
         }
-        // At most 255 * 256 + 128 = 65 408: 16 bits hold it, and 16-bit lanes are the widest
-        // the vector units take for this.
-        for ((d, &s), &c) in dst.iter_mut().zip(src).zip(&colors) {
-            *d = ((u16::from(s) * keep + u16::from(c) * a + 128) >> 8) as u8;
+        // At most 255 * 256 + 128 = 65 408, so 16-bit lanes hold it and the wrapping
+        // operations never wrap; they only spare the loop the release build's overflow checks,
+        // which would keep it from being vectorised.
+        for ((d, &s), &c) in dst.iter_mut().zip(src).zip(colors.as_flattened()) {
+            let sum = u16::from(s)
+                .wrapping_mul(keep)
+                .wrapping_add(u16::from(c).wrapping_mul(a))
+                .wrapping_add(128);
+            *d = (sum >> 8) as u8;
         }
     }
     RgbImage::from_raw(w as u32, h as u32, out)
