@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 
 /// Latency buckets in seconds, from 0.1 ms (the parts of decoding and rendering) to 60 s.
 const LATENCY_BUCKETS: &[f64] = &[
-    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0, 30.0, 60.0,
 ];
 const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0];
 
@@ -376,7 +377,10 @@ mod tests {
     fn clock_counts_the_threads_cpu_not_its_sleep() {
         let ((), slept) = Clock::time(|| std::thread::sleep(Duration::from_millis(40)));
         assert!(slept.wall >= Duration::from_millis(40), "{slept:?}");
-        assert!(slept.cpu < slept.wall / 2, "a sleeping thread uses no CPU: {slept:?}");
+        assert!(
+            slept.cpu < slept.wall / 2,
+            "a sleeping thread uses no CPU: {slept:?}"
+        );
         let (sum, busy) = Clock::time(|| {
             let started = Instant::now();
             let mut x = 0u64;
@@ -396,7 +400,13 @@ mod tests {
             .find(|l| l.starts_with("gradcam_stage_cpu_seconds_total{stage=\"encode\"}"))
             .expect("the counter is rendered");
         let total: f64 = line.rsplit(' ').next().unwrap().parse().unwrap();
-        assert!((total - (busy.cpu + slept.cpu).as_secs_f64()).abs() < 1e-9, "{line}");
-        assert!(text.contains("gradcam_stage_seconds_count{stage=\"encode\"} 2"), "{text}");
+        assert!(
+            (total - (busy.cpu + slept.cpu).as_secs_f64()).abs() < 1e-9,
+            "{line}"
+        );
+        assert!(
+            text.contains("gradcam_stage_seconds_count{stage=\"encode\"} 2"),
+            "{text}"
+        );
     }
 }

@@ -208,9 +208,7 @@ fn draw(
         )
     });
     time.overlay += took;
-    let (bytes, took) =
-        Clock::time(|| render::encode(&picture, pictures.format, pictures.quality));
+    let (bytes, took) = Clock::time(|| render::encode(&picture, pictures.format, pictures.quality));
     time.encode += took;
     Ok(bytes)
 }
-

@@ -163,7 +163,10 @@ impl ExplainBody<'_> {
             rest = &after[PLACEHOLDER_JSON.len()..];
         }
         out.extend_from_slice(rest);
-        debug_assert!(pictures.next().is_none(), "a picture was not placed: this is a bug");
+        debug_assert!(
+            pictures.next().is_none(),
+            "a picture was not placed: this is a bug"
+        );
         Ok(out)
     }
 }
@@ -312,7 +315,8 @@ mod tests {
         let tricky = ["\u{0}", "x\",\"overlay_png\":\"\u{0}", "plain"];
         let explanations: Vec<Explanation> = tricky.iter().map(|l| explanation(l)).collect();
         let pictures: [&[u8]; 5] = [b"first", b"", b"\x00\xff\x10second", b"heat", b"third!"];
-        let mut bodies: Vec<ExplanationBody> = explanations.iter().map(ExplanationBody::new).collect();
+        let mut bodies: Vec<ExplanationBody> =
+            explanations.iter().map(ExplanationBody::new).collect();
         bodies[0].set_overlay(PictureFormat::Png, pictures[0].to_vec());
         bodies[0].heatmap_png = Some(Picture(pictures[1].to_vec()));
         bodies[1].set_overlay(PictureFormat::Jpeg, pictures[2].to_vec());

@@ -226,7 +226,9 @@ impl<'a> Opened<'a> {
         preprocess: &Preprocess,
         overlay: Option<(u32, u32)>,
     ) -> Result<(Ready, Vec<f32>), DecodeError> {
-        Ok(self.decode_for(preprocess, overlay)?.prepare(preprocess, overlay))
+        Ok(self
+            .decode_for(preprocess, overlay)?
+            .prepare(preprocess, overlay))
     }
 
     /// The decoding half of [`Opened::ready`].
@@ -243,7 +245,11 @@ impl<'a> Opened<'a> {
 impl Decoded {
     /// The pixel half of [`Opened::ready`]: the network's input, and the photograph at the
     /// overlay's size (moved, not copied, when it is already that size).
-    pub fn prepare(self, preprocess: &Preprocess, overlay: Option<(u32, u32)>) -> (Ready, Vec<f32>) {
+    pub fn prepare(
+        self,
+        preprocess: &Preprocess,
+        overlay: Option<(u32, u32)>,
+    ) -> (Ready, Vec<f32>) {
         let (x, region) = preprocess.apply(&self.image);
         let region = region.scaled(self.image.dimensions(), (self.width, self.height));
         let overlay_base = overlay.map(|(w, h)| {

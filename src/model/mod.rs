@@ -56,7 +56,10 @@ pub fn load(config: &ModelConfig) -> anyhow::Result<Model> {
     if config.torch_threads > 0 {
         tch::set_num_threads(i32::try_from(config.torch_threads).unwrap_or(i32::MAX));
     }
-    tracing::info!(threads = tch::get_num_threads(), "libtorch intra-op threads");
+    tracing::info!(
+        threads = tch::get_num_threads(),
+        "libtorch intra-op threads"
+    );
     let file = weights::resolve(&config.weights, &config.cache_dir())?;
     tracing::info!(path = %file.path.display(), sha256 = %file.sha256, "weights");
     let spec = LoadSpec {

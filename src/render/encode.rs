@@ -104,7 +104,12 @@ pub fn heatmap_png(
     size: Option<(u32, u32)>,
 ) -> Vec<u8> {
     let image = heatmap_rgba(map, map_w, map_h, colormap, size);
-    super::png_bytes(image.as_raw(), image.width(), image.height(), png::ColorType::Rgba)
+    super::png_bytes(
+        image.as_raw(),
+        image.width(),
+        image.height(),
+        png::ColorType::Rgba,
+    )
 }
 
 #[cfg(test)]

@@ -177,7 +177,13 @@ async fn metrics_count_requests_by_route_and_status_and_refusals_by_type() {
         assert_eq!(metric(&text, series), n, "{series} in\n{text}");
     }
     // Their CPU time: some for each (a thread's clock counts nanoseconds).
-    for stage in ["decode_pixels", "preprocess", "overlay", "encode", "serialize"] {
+    for stage in [
+        "decode_pixels",
+        "preprocess",
+        "overlay",
+        "encode",
+        "serialize",
+    ] {
         let series = format!("gradcam_stage_cpu_seconds_total{{stage=\"{stage}\"}}");
         assert!(metric(&text, &series) > 0.0, "{series} in\n{text}");
     }
