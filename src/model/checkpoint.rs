@@ -1,12 +1,13 @@
-//! Finding the weights in a checkpoint: the state dict at the top level or under the key
-//! training code keeps it in, and the prefix its names carry.
+//! Reading a checkpoint's state dict into tensors: the file's [`format::Plan`] (every size,
+//! offset and view already checked), each storage read once, each tensor a view of its
+//! storage; then the prefix its names carry.
 
-use super::pickle::{TensorRef, Value};
-use super::weights::{Format, WeightsError, first_line, sniff};
+use super::format::{self, Dtype, Format, Plan, Refusal, Span, escape};
+use super::weights::{WeightsError, sniff};
 use std::collections::HashMap;
 use std::fs::File;
 use std::path::Path;
-use tch::Tensor;
+use tch::{Kind, Tensor};
 
 /// The tensors of a checkpoint's state dict, on the CPU, by name (prefix removed), and where
 /// they were found.
@@ -20,51 +21,35 @@ pub struct StateDict {
     pub prefix: String,
 }
 
-/// Keys under which training code keeps the model's weights, in the order they are tried.
-const STATE_DICT_KEYS: [&str; 3] = ["state_dict", "model_state_dict", "model"];
-
-/// Reads the state dict of a weights file: a bare state dict, or one held under `state_dict`
-/// or `model` (other entries, such as the epoch and the optimiser's state, are ignored), in a
-/// `.safetensors` file or a `torch.save` archive (`.pth`, `.pt`, `.ckpt`; told apart by
-/// content). Names lose `prefix` when it is given, or the one prefix in front of a whole
-/// ResNet (`module.` from DataParallel, `model.` from Lightning) when there is exactly one.
+/// Reads the state dict of a weights file: a bare state dict, or one held under `state_dict`,
+/// `model_state_dict` or `model` (other entries, such as the epoch and the optimiser's state,
+/// are ignored), in a `.safetensors` file or a `torch.save` archive (`.pth`, `.pt`, `.ckpt`;
+/// told apart by content). Names lose `prefix` when it is given, or the one prefix in front of
+/// a whole ResNet (`module.` from DataParallel, `model.` from Lightning) when there is exactly
+/// one.
 pub fn read_state_dict(path: &Path, prefix: Option<&str>) -> Result<StateDict, WeightsError> {
-    let read = |format: &'static str, reason: String| WeightsError::Read {
+    let kind = sniff(path)?;
+    let format = match kind {
+        Format::SafeTensors => "safetensors",
+        Format::TorchZip => "PyTorch zip",
+    };
+    let read = |reason: String| WeightsError::Read {
         path: path.to_path_buf(),
         format,
         reason,
     };
-    let (format, location, tensors) = match sniff(path)? {
-        Format::SafeTensors => {
-            let t = Tensor::read_safetensors(path)
-                .map_err(|e| read("safetensors", first_line(&e.to_string())))?;
-            ("safetensors", "top level".to_string(), t)
-        }
-        Format::TorchZip => {
-            let format = "PyTorch zip";
-            let file = File::open(path).map_err(|source| WeightsError::Io {
-                path: path.to_path_buf(),
-                source,
-            })?;
-            let mut archive = super::archive::Archive::new(std::io::BufReader::new(file))
-                .map_err(|e| read(format, e))?;
-            let root = archive.root().map_err(|e| read(format, e))?;
-            let (location, entries) =
-                find_state_dict(&root).map_err(|found| WeightsError::NoStateDict {
-                    path: path.to_path_buf(),
-                    found,
-                })?;
-            let mut storages = HashMap::new();
-            let mut tensors = Vec::with_capacity(entries.len());
-            for (name, t) in entries {
-                let tensor = archive
-                    .tensor(t, &mut storages)
-                    .map_err(|e| read(format, format!("{name}: {e}")))?;
-                tensors.push((name.to_string(), tensor));
-            }
-            (format, location, tensors)
-        }
-    };
+    let file = File::open(path).map_err(|source| WeightsError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let plan = format::plan(&file, kind).map_err(|r| match r {
+        Refusal::NoStateDict(found) => WeightsError::NoStateDict {
+            path: path.to_path_buf(),
+            found,
+        },
+        Refusal::Malformed(reason) => read(reason),
+    })?;
+    let tensors = materialise(&file, &plan).map_err(read)?;
     let names: Vec<&str> = tensors.iter().map(|(n, _)| n.as_str()).collect();
     let prefix = match prefix {
         Some(p) => {
@@ -90,66 +75,77 @@ pub fn read_state_dict(path: &Path, prefix: Option<&str>) -> Result<StateDict, W
         .collect();
     Ok(StateDict {
         tensors,
-        format,
-        location,
+        format: plan.format,
+        location: plan.location,
         prefix,
     })
 }
 
-/// Where a state dict was found, and its tensors by name.
-type Found<'a> = (String, Vec<(&'a str, &'a TensorRef)>);
+fn kind_of(d: Dtype) -> Kind {
+    match d {
+        Dtype::F64 => Kind::Double,
+        Dtype::F32 => Kind::Float,
+        Dtype::F16 => Kind::Half,
+        Dtype::BF16 => Kind::BFloat16,
+        Dtype::I64 => Kind::Int64,
+        Dtype::I32 => Kind::Int,
+        Dtype::I16 => Kind::Int16,
+        Dtype::I8 => Kind::Int8,
+        Dtype::U8 => Kind::Uint8,
+        Dtype::Bool => Kind::Bool,
+    }
+}
 
-/// The state dict inside a checkpoint's pickle, or a description of what is there instead.
-fn find_state_dict(root: &Value) -> Result<Found<'_>, String> {
-    fn tensors(v: &Value) -> Option<Vec<(&str, &TensorRef)>> {
-        let Value::Dict(entries) = v else {
-            return None;
-        };
-        let out: Option<Vec<_>> = entries
-            .iter()
-            .map(|(k, v)| match (k, v) {
-                (Value::Str(k), Value::Tensor(t)) => Some((k.as_str(), t)),
-                _ => None,
-            })
-            .collect();
-        out.filter(|o| !o.is_empty())
-    }
-    if let Some(t) = tensors(root) {
-        return Ok(("top level".into(), t));
-    }
-    if let Value::Dict(entries) = root {
-        for key in STATE_DICT_KEYS {
-            let found = entries
-                .iter()
-                .find(|(k, _)| k.as_str() == Some(key))
-                .and_then(|(_, v)| tensors(v));
-            if let Some(t) = found {
-                return Ok((key.to_string(), t));
-            }
+/// The plan's tensors, in its order: each storage read once (in pieces, into memory of its own
+/// size), each tensor a view of it. The plan proved every view in bounds and free of repeated
+/// elements, so no view is larger than its storage.
+fn materialise(file: &File, plan: &Plan) -> Result<Vec<(String, Tensor)>, String> {
+    let mut storages: Vec<Option<Tensor>> = plan.storages.iter().map(|_| None).collect();
+    let mut out = Vec::with_capacity(plan.tensors.len());
+    for t in &plan.tensors {
+        let span = &plan.storages[t.storage];
+        let kind = kind_of(span.dtype);
+        let torch = |e: tch::TchError| format!("tensor {}: {}", escape(&t.name), first_line(&e));
+        if t.size.contains(&0) {
+            let empty = Tensor::f_zeros(t.size.as_slice(), (kind, tch::Device::Cpu));
+            out.push((t.name.clone(), empty.map_err(torch)?));
+            continue;
         }
-        let keys: Vec<String> = entries
-            .iter()
-            .take(12)
-            .map(|(k, v)| match k.as_str() {
-                Some(k) => format!("{k} ({})", v.kind()),
-                None => k.kind(),
-            })
-            .collect();
-        return Err(format!(
-            "a dict whose entries are {}{}, with no state dict (a dict of tensors) at the top \
-             level or under {}",
-            keys.join(", "),
-            if entries.len() > 12 { ", ..." } else { "" },
-            STATE_DICT_KEYS.join(", ")
-        ));
+        let storage = match &mut storages[t.storage] {
+            Some(s) => s,
+            slot => slot.insert(read_storage(file, span)?),
+        };
+        let view = storage
+            .f_as_strided(t.size.as_slice(), t.stride.as_slice(), Some(t.offset))
+            .map_err(torch)?;
+        out.push((t.name.clone(), view));
     }
-    Err(match root {
-        Value::Object(class) => format!(
-            "a pickled {class} object (a whole model, saved with torch.save(model)); save \
-             model.state_dict() instead"
-        ),
-        other => format!("a {}", other.kind()),
-    })
+    Ok(out)
+}
+
+fn first_line(e: &tch::TchError) -> String {
+    super::weights::first_line(&e.to_string())
+}
+
+/// One storage as a one-dimensional tensor of its element type.
+fn read_storage(file: &File, span: &Span) -> Result<Tensor, String> {
+    let kind = kind_of(span.dtype);
+    let width = span.dtype.width();
+    let torch = |e: tch::TchError| format!("{}: {}", span.name, first_line(&e));
+    let numel = i64::try_from(span.numel()).map_err(|_| format!("{} is too large", span.name))?;
+    let storage = Tensor::f_empty([numel], (kind, tch::Device::Cpu)).map_err(torch)?;
+    let mut at = 0i64;
+    format::read_storage(file, span, |piece| {
+        let n = (piece.len() / width) as i64;
+        let src = Tensor::f_from_data_size(piece, &[n], kind).map_err(torch)?;
+        storage
+            .f_narrow(0, at, n)
+            .and_then(|mut dst| dst.f_copy_(&src))
+            .map_err(torch)?;
+        at += n;
+        Ok(())
+    })?;
+    Ok(storage)
 }
 
 /// The prefix in front of a whole ResNet's names: the `P` for which `P conv1.weight`,
@@ -181,7 +177,12 @@ fn detect_prefix(names: &[&str]) -> Result<String, String> {
 
 /// A few names, for messages.
 pub fn sample(names: &[&str]) -> String {
-    let mut s = names.iter().take(5).copied().collect::<Vec<_>>().join(", ");
+    let mut s = names
+        .iter()
+        .take(5)
+        .map(|n| escape(n))
+        .collect::<Vec<_>>()
+        .join(", ");
     if names.len() > 5 {
         s.push_str(&format!(" and {} more", names.len() - 5));
     }

@@ -2,13 +2,11 @@
 //! checkpoints as training code writes them, and the batched forward + partial backward pass
 //! that feeds the Grad-CAM family in [`crate::cam`].
 
-mod archive;
 pub mod checkpoint;
 mod conv;
 mod error;
 mod faithful;
-pub mod pickle;
-mod rebuild;
+mod format;
 pub mod resnet;
 pub mod runtime;
 mod transfer;

@@ -202,13 +202,8 @@ pub fn sha256_file(path: &Path) -> Result<String, WeightsError> {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Format {
-    SafeTensors,
-    TorchZip,
-}
-
-pub(super) fn sniff(path: &Path) -> Result<Format, WeightsError> {
+/// The format of a weights file, told by its first bytes.
+pub(super) fn sniff(path: &Path) -> Result<super::format::Format, WeightsError> {
     let io = |source| WeightsError::Io {
         path: path.to_path_buf(),
         source,
@@ -217,16 +212,7 @@ pub(super) fn sniff(path: &Path) -> Result<Format, WeightsError> {
     let mut f = File::open(path).map_err(io)?;
     let len = f.metadata().map_err(io)?.len();
     let n = f.read(&mut head).map_err(io)?;
-    if n >= 4 && head[..4] == *b"PK\x03\x04" {
-        return Ok(Format::TorchZip);
-    }
-    if n >= 9 {
-        let header = u64::from_le_bytes(head[..8].try_into().expect("8 bytes"));
-        if head[8] == b'{' && header + 8 <= len {
-            return Ok(Format::SafeTensors);
-        }
-    }
-    Err(WeightsError::UnknownFormat {
+    super::format::sniff(&head[..n], len).ok_or_else(|| WeightsError::UnknownFormat {
         path: path.to_path_buf(),
         found: describe_start(&head[..n]),
     })
