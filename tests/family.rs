@@ -11,6 +11,8 @@
 //! figures with `--no-capture`).
 
 mod common;
+#[path = "family/hostile.rs"]
+mod hostile;
 
 use common::server::{Server, client};
 use common::{REFERENCE, max_diff};

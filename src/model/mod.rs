@@ -135,10 +135,20 @@ impl Model {
     /// wrong.
     pub fn load(weights: WeightsFile, device: Device, spec: &LoadSpec) -> Result<Self, ModelError> {
         let sd = checkpoint::read_state_dict(&weights.path, spec.prefix)?;
-        let classes = sd.tensors.get("fc.weight").map(|t| t.size()[0]);
         let arch = match spec.arch {
-            Some(name) => Arch::named(name, classes.unwrap_or(1000))
-                .ok_or_else(|| ModelError::UnknownArch(name.to_string()))?,
+            Some(name) => {
+                // Without a classifier the layout check below names it missing.
+                let classes = match sd.tensors.get("fc.weight") {
+                    None => 1000,
+                    Some(_) => resnet::classes(&sd.tensors).map_err(|why| {
+                        WeightsError::Architecture {
+                            path: weights.path.clone(),
+                            why,
+                        }
+                    })?,
+                };
+                Arch::named(name, classes).ok_or_else(|| ModelError::UnknownArch(name.to_string()))?
+            }
             None => Arch::infer(&sd.tensors).map_err(|why| {
                 let mut names: Vec<&str> = sd.tensors.keys().map(String::as_str).collect();
                 names.sort_unstable();
@@ -162,7 +172,7 @@ impl Model {
             classes = arch.classes,
             format = sd.format,
             found = %sd.location,
-            prefix = %sd.prefix,
+            prefix = %format::escape(&sd.prefix),
             labels = %labels_source,
             "model"
         );

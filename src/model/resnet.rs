@@ -72,6 +72,22 @@ pub const FAMILY: [(&str, Block, [usize; 4], i64, i64); 10] = [
     ("wide_resnet101_2", Block::Bottleneck, [3, 4, 23, 3], 1, 128),
 ];
 
+/// The number of classes, from the classifier's weight: `[classes, features]`, both at least
+/// one.
+pub fn classes(sd: &HashMap<String, Tensor>) -> Result<i64, String> {
+    let fc = sd
+        .get("fc.weight")
+        .ok_or("there is no fc.weight (the classifier)")?
+        .size();
+    match fc.as_slice() {
+        &[classes, features] if classes >= 1 && features >= 1 => Ok(classes),
+        _ => Err(format!(
+            "fc.weight has the shape {fc:?}, but a classifier's weight is [classes, features] \
+             with at least one of each (0 classes cannot be served)"
+        )),
+    }
+}
+
 /// The names of [`FAMILY`], for messages and `--help`.
 pub fn family_names() -> String {
     FAMILY.map(|f| f.0).join(", ")
@@ -125,12 +141,11 @@ impl Arch {
                 return Err(format!("there is no layer{}.0.conv1.weight", s + 1));
             }
         }
-        let fc = shape("fc.weight").ok_or("there is no fc.weight (the classifier)")?;
-        let classes = fc[0];
+        let classes = classes(sd)?;
         let (groups, width_per_group) = match block {
             Block::Basic => (1, 64),
             Block::Bottleneck => {
-                let width = shape("layer1.0.conv1.weight").map(|s| s[0]);
+                let width = shape("layer1.0.conv1.weight").and_then(|s| s.first().copied());
                 let per_group = shape("layer1.0.conv2.weight").and_then(|s| s.get(1).copied());
                 match (width, per_group) {
                     (Some(w), Some(g)) if g > 0 && w % g == 0 => (w / g, g),

@@ -303,7 +303,10 @@ pub fn check_layout(
     let owned = |v: Vec<&str>| v.into_iter().map(String::from).collect::<Vec<_>>();
     let problems: Vec<String> = [
         list("missing", owned(missing)),
-        list("unexpected", owned(unexpected)),
+        list(
+            "unexpected",
+            unexpected.into_iter().map(super::format::escape).collect(),
+        ),
         list("mis-shaped", misshaped),
         list("not floating point", owned(not_float)),
     ]

@@ -22,7 +22,7 @@ pub(super) fn reduce(heap: &mut Heap, callable: Id, args: Id) -> Result<Id, Stri
             };
             let offset = match arg(1) {
                 Some(&Value::Int(o)) => o,
-                _ => return Err(format!("{name} without a storage offset")),
+                _ => return Err(format!("{name} without a storage offset that fits 64 bits")),
             };
             let (size, stride) = match (items.get(2), items.get(3)) {
                 (Some(&size), Some(&stride)) => (size, stride),

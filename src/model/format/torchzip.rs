@@ -202,6 +202,7 @@ fn find_state_dict(heap: &Heap, root: Id) -> Result<Found, String> {
         return Ok(("top level".into(), t));
     }
     match heap.get(root) {
+        Value::Dict(d) if d.entries.is_empty() => Err("an empty dict".into()),
         Value::Dict(d) => {
             for key in STATE_DICT_KEYS {
                 let found = d
@@ -231,8 +232,8 @@ fn find_state_dict(heap: &Heap, root: Id) -> Result<Found, String> {
             ))
         }
         Value::Object { .. } => Err(format!(
-            "a pickled {} (a whole model, saved with torch.save(model)); save \
-             model.state_dict() instead",
+            "a pickled {}, not a state dict (a whole model saved with torch.save(model) is \
+             one: save model.state_dict() instead)",
             heap.kind(root)
         )),
         _ => Err(format!("a {}", heap.kind(root))),

@@ -83,7 +83,7 @@ impl Heap {
     pub fn add(&mut self, v: Value) -> Result<Id, String> {
         if self.values.len() >= MAX_OBJECTS {
             return Err(format!(
-                "data.pkl creates more than {MAX_OBJECTS} objects, far more than any state dict"
+                "more than {MAX_OBJECTS} objects, far more than any state dict"
             ));
         }
         let depth = match &v {
@@ -134,7 +134,7 @@ impl Heap {
         let d = items.map(|i| self.depth[i as usize] + 1).max().unwrap_or(1);
         if d > MAX_DEPTH {
             return Err(format!(
-                "data.pkl nests containers deeper than {MAX_DEPTH} levels"
+                "containers nested deeper than {MAX_DEPTH} levels"
             ));
         }
         Ok(d)
