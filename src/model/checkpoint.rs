@@ -127,24 +127,26 @@ fn first_line(e: &tch::TchError) -> String {
     super::weights::first_line(&e.to_string())
 }
 
-/// One storage as a one-dimensional tensor of its element type.
+/// One storage as a one-dimensional tensor of its element type, read straight into its memory.
 fn read_storage(file: &File, span: &Span) -> Result<Tensor, String> {
-    let kind = kind_of(span.dtype);
-    let width = span.dtype.width();
     let torch = |e: tch::TchError| format!("{}: {}", span.name, first_line(&e));
     let numel = i64::try_from(span.numel()).map_err(|_| format!("{} is too large", span.name))?;
-    let storage = Tensor::f_empty([numel], (kind, tch::Device::Cpu)).map_err(torch)?;
-    let mut at = 0i64;
-    format::read_storage(file, span, |piece| {
-        let n = (piece.len() / width) as i64;
-        let src = Tensor::f_from_data_size(piece, &[n], kind).map_err(torch)?;
-        storage
-            .f_narrow(0, at, n)
-            .and_then(|mut dst| dst.f_copy_(&src))
-            .map_err(torch)?;
-        at += n;
-        Ok(())
-    })?;
+    let len = usize::try_from(span.len).map_err(|_| format!("{} is too large", span.name))?;
+    let storage =
+        Tensor::f_empty([numel], (kind_of(span.dtype), tch::Device::Cpu)).map_err(torch)?;
+    let ptr = storage.data_ptr().cast::<u8>();
+    if len > 0 && ptr.is_null() {
+        return Err(format!("{}: libtorch gave no memory", span.name));
+    }
+    let dst: &mut [u8] = if len == 0 {
+        &mut []
+    } else {
+        // SAFETY: `storage` was just allocated on the CPU as `numel` contiguous elements of
+        // `span.dtype`, which is `len` bytes starting at its (non-null) data pointer; nothing
+        // else refers to it yet, and `dst` is last used before `storage` is returned.
+        unsafe { std::slice::from_raw_parts_mut(ptr, len) }
+    };
+    format::read_storage(file, span, dst)?;
     Ok(storage)
 }
 

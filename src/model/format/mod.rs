@@ -10,7 +10,8 @@
 //!   and one entry per storage;
 //! - safetensors ([`safetensors`]): a JSON header and one buffer.
 //!
-//! The caller turns a plan into tensors, reading each storage once with [`read_storage`]. The
+//! The caller turns a plan into tensors, reading each storage once with [`read_storage`]
+//! straight into the tensor's memory. The
 //! module uses nothing outside itself, so the fuzz target compiles it alone.
 
 mod pickle;
@@ -38,9 +39,9 @@ pub const MAX_DIMS: usize = 64;
 pub const MAX_DIRECTORY_BYTES: u64 = 16 << 20;
 /// The largest safetensors header read.
 pub const MAX_HEADER_BYTES: u64 = 16 << 20;
-/// Storages are read in pieces of this size, so nothing but the tensors themselves grows with
-/// the file.
-pub const CHUNK_BYTES: usize = 4 << 20;
+/// Storages are read in pieces of this size (whole elements of any type), checksummed and
+/// swapped while in cache.
+pub const CHUNK_BYTES: usize = 1 << 20;
 
 /// Random access to the bytes of a weights file.
 pub trait Source {
@@ -167,29 +168,23 @@ pub fn plan<S: Source + ?Sized>(src: &S, format: Format) -> Result<Plan, Refusal
     }
 }
 
-/// Passes the storage's bytes to `sink` in pieces of whole elements, little-endian, checking
-/// the entry's CRC-32 on the way.
-pub fn read_storage<S: Source + ?Sized>(
-    src: &S,
-    span: &Span,
-    mut sink: impl FnMut(&[u8]) -> Result<(), String>,
-) -> Result<(), String> {
+/// Reads the storage's bytes into `dst` (exactly `span.len` bytes), in pieces, checking the
+/// entry's CRC-32 on the way and leaving the elements little-endian.
+pub fn read_storage<S: Source + ?Sized>(src: &S, span: &Span, dst: &mut [u8]) -> Result<(), String> {
+    if dst.len() as u64 != span.len {
+        return Err(format!("{}: {} bytes expected, room for {}", span.name, span.len, dst.len()));
+    }
     let width = span.dtype.width();
-    let chunk = CHUNK_BYTES - CHUNK_BYTES % width;
-    let mut buf = vec![0u8; usize::try_from(span.len).map_or(chunk, |n| n.min(chunk))];
     let mut crc = crc32fast::Hasher::new();
-    let mut done = 0u64;
-    while done < span.len {
-        let n = usize::try_from(span.len - done).map_or(chunk, |n| n.min(chunk));
-        let piece = &mut buf[..n];
+    let mut done = 0;
+    for piece in dst.chunks_mut(CHUNK_BYTES) {
         src.read_at(span.offset + done, piece)
             .map_err(|e| format!("{}: {e}", span.name))?;
         crc.update(piece);
         if span.big_endian && width > 1 {
             piece.chunks_exact_mut(width).for_each(<[u8]>::reverse);
         }
-        sink(piece)?;
-        done += n as u64;
+        done += piece.len() as u64;
     }
     match span.crc {
         Some(want) if crc.finalize() != want => Err(format!(
@@ -252,18 +247,14 @@ mod tests {
             crc: Some(crc32fast::hash(&data)),
             big_endian: true,
         };
-        let mut out = Vec::new();
-        read_storage(&data[..], &span, |b| {
-            out.extend_from_slice(b);
-            Ok(())
-        })
-        .unwrap();
+        let mut out = [0u8; 8];
+        read_storage(&data[..], &span, &mut out).unwrap();
         assert_eq!(out, [4, 3, 2, 1, 8, 7, 6, 5]);
         let damaged = Span {
             crc: Some(0),
             ..span
         };
-        let e = read_storage(&data[..], &damaged, |_| Ok(())).unwrap_err();
+        let e = read_storage(&data[..], &damaged, &mut out).unwrap_err();
         assert!(e.contains("CRC-32"), "{e}");
     }
 }
