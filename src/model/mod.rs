@@ -140,14 +140,15 @@ impl Model {
                 // Without a classifier the layout check below names it missing.
                 let classes = match sd.tensors.get("fc.weight") {
                     None => 1000,
-                    Some(_) => resnet::classes(&sd.tensors).map_err(|why| {
-                        WeightsError::Architecture {
+                    Some(_) => {
+                        resnet::classes(&sd.tensors).map_err(|why| WeightsError::Architecture {
                             path: weights.path.clone(),
                             why,
-                        }
-                    })?,
+                        })?
+                    }
                 };
-                Arch::named(name, classes).ok_or_else(|| ModelError::UnknownArch(name.to_string()))?
+                Arch::named(name, classes)
+                    .ok_or_else(|| ModelError::UnknownArch(name.to_string()))?
             }
             None => Arch::infer(&sd.tensors).map_err(|why| {
                 let mut names: Vec<&str> = sd.tensors.keys().map(String::as_str).collect();

@@ -226,7 +226,9 @@ fn tint(
         for ((l, &p), &q) in levels.iter_mut().zip(upper).zip(lower) {
             // As `level`, in a form the compiler vectorises: `max` and `min` return the number
             // when the other operand is NaN, so NaN becomes level 0 there too.
-            *l = ((p + (q - p) * fy) * 255.0 + 0.5).max(0.0).min(255.0) as u8;
+            #[allow(clippy::manual_clamp, reason = "clamp keeps NaN; this form vectorises")]
+            let level = ((p + (q - p) * fy) * 255.0 + 0.5).max(0.0).min(255.0) as u8;
+            *l = level;
         }
         for (c, &l) in colors.iter_mut().zip(&levels) {
             *c = lut[usize::from(l)];

@@ -24,6 +24,10 @@ struct Outcome {
 /// hang is a failure; no figure here is a speed limit).
 fn run(args: &[&str]) -> Outcome {
     let started = Instant::now();
+    #[allow(
+        clippy::zombie_processes,
+        reason = "reaped by wait4 below, which gives its rusage"
+    )]
     let mut child = Command::new(env!("CARGO_BIN_EXE_gradcam-serve"))
         .args(args)
         .env("RUST_LOG", "warn")
@@ -50,6 +54,7 @@ fn run(args: &[&str]) -> Outcome {
         }
         if started.elapsed() > Duration::from_secs(120) {
             let _ = child.kill();
+            let _ = child.wait();
             panic!("gradcam-serve {args:?} still runs after two minutes");
         }
         std::thread::sleep(Duration::from_millis(5));
@@ -88,7 +93,12 @@ fn refusal<'a>(o: &'a Outcome, file: &Path, what: &str) -> &'a str {
         "{what}: exit status 1 expected; stderr:\n{}",
         o.stderr
     );
-    for bad in ["panicked", "fatal runtime error", "stack backtrace", "RUST_BACKTRACE"] {
+    for bad in [
+        "panicked",
+        "fatal runtime error",
+        "stack backtrace",
+        "RUST_BACKTRACE",
+    ] {
         assert!(!o.stderr.contains(bad), "{what}: {bad}:\n{}", o.stderr);
     }
     let line = o
@@ -146,9 +156,20 @@ fn hostile_weights_files_are_refused_cleanly_in_bounded_memory() {
         let photo = photo.to_str().unwrap().to_string();
         let out = out.to_str().unwrap().to_string();
         let weights = ["--device", "cpu", "--weights", file.as_str()].map(String::from);
-        jobs.push((i, [&["explain".into()][..], &weights, &[photo, "--out".into(), out]].concat()));
+        jobs.push((
+            i,
+            [
+                &["explain".into()][..],
+                &weights,
+                &[photo, "--out".into(), out],
+            ]
+            .concat(),
+        ));
         if classes_seen.insert(entry["class"].as_str().unwrap()) {
-            jobs.push((i, [&["serve".into(), "--port".into(), "0".into()][..], &weights].concat()));
+            jobs.push((
+                i,
+                [&["serve".into(), "--port".into(), "0".into()][..], &weights].concat(),
+            ));
             let quick = ["bench", "--seconds", "0.1"].map(String::from);
             jobs.push((i, [&quick[..], &weights].concat()));
         }
@@ -171,7 +192,10 @@ fn hostile_weights_files_are_refused_cleanly_in_bounded_memory() {
     let mut done = done.into_inner().unwrap();
     done.sort_by_key(|d| d.0);
 
-    println!("{:<34} {:<16} {:<8} {:>7} {:>9}  message", "file", "class", "command", "ms", "peak MiB");
+    println!(
+        "{:<34} {:<16} {:<8} {:>7} {:>9}  message",
+        "file", "class", "command", "ms", "peak MiB"
+    );
     // Messages that do not say what was wrong, reported together at the end.
     let mut unexplained = Vec::new();
     for (_, i, command, o) in &done {

@@ -170,9 +170,18 @@ pub fn plan<S: Source + ?Sized>(src: &S, format: Format) -> Result<Plan, Refusal
 
 /// Reads the storage's bytes into `dst` (exactly `span.len` bytes), in pieces, checking the
 /// entry's CRC-32 on the way and leaving the elements little-endian.
-pub fn read_storage<S: Source + ?Sized>(src: &S, span: &Span, dst: &mut [u8]) -> Result<(), String> {
+pub fn read_storage<S: Source + ?Sized>(
+    src: &S,
+    span: &Span,
+    dst: &mut [u8],
+) -> Result<(), String> {
     if dst.len() as u64 != span.len {
-        return Err(format!("{}: {} bytes expected, room for {}", span.name, span.len, dst.len()));
+        return Err(format!(
+            "{}: {} bytes expected, room for {}",
+            span.name,
+            span.len,
+            dst.len()
+        ));
     }
     let width = span.dtype.width();
     let mut crc = crc32fast::Hasher::new();

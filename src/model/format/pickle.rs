@@ -134,7 +134,10 @@ impl Machine<'_> {
 
     /// Everything above the topmost mark, which is removed.
     fn pop_mark(&mut self) -> Result<Vec<Id>, PickleError> {
-        let m = self.marks.pop().ok_or_else(|| self.bad("no mark on the stack"))?;
+        let m = self
+            .marks
+            .pop()
+            .ok_or_else(|| self.bad("no mark on the stack"))?;
         Ok(self.stack.split_off(m))
     }
 
@@ -259,7 +262,9 @@ impl Machine<'_> {
                 b'a' => {
                     let v = self.pop()?;
                     let list = self.top()?;
-                    self.heap.extend(list, vec![v]).map_err(|why| self.bad(why))?;
+                    self.heap
+                        .extend(list, vec![v])
+                        .map_err(|why| self.bad(why))?;
                 }
                 b'e' | 0x90 => {
                     let items = self.pop_mark()?;
@@ -278,7 +283,9 @@ impl Machine<'_> {
                     let items = self.pop_mark()?;
                     let pairs = self.pairs(items)?;
                     let dict = self.top()?;
-                    self.heap.set_items(dict, pairs).map_err(|why| self.bad(why))?;
+                    self.heap
+                        .set_items(dict, pairs)
+                        .map_err(|why| self.bad(why))?;
                 }
                 b'q' => {
                     let i = self.u8()?;
@@ -319,8 +326,8 @@ impl Machine<'_> {
                 b'R' => {
                     let args = self.pop()?;
                     let callable = self.pop()?;
-                    let id = rebuild::reduce(self.heap, callable, args)
-                        .map_err(|why| self.bad(why))?;
+                    let id =
+                        rebuild::reduce(self.heap, callable, args).map_err(|why| self.bad(why))?;
                     self.stack.push(id);
                 }
                 0x81 | 0x92 => {
@@ -387,7 +394,11 @@ mod tests {
         let Value::Dict(d) = h.get(root) else {
             panic!("{:?}", h.get(root))
         };
-        let keys: Vec<_> = d.entries.iter().map(|&(k, _)| h.as_str(k).unwrap()).collect();
+        let keys: Vec<_> = d
+            .entries
+            .iter()
+            .map(|&(k, _)| h.as_str(k).unwrap())
+            .collect();
         assert_eq!(keys, ["a", "b", "c"]);
         let Value::List(a) = h.get(d.entries[0].1) else {
             panic!()
@@ -408,10 +419,7 @@ mod tests {
             Err(PickleError::Malformed { .. })
         ));
         // Popping below a mark is an underflow, as in Python.
-        assert!(matches!(
-            run(&[b'N', b'(', b'0', b'.']),
-            Err(PickleError::Malformed { .. })
-        ));
+        assert!(matches!(run(b"N(0."), Err(PickleError::Malformed { .. })));
         // A length beyond the pickle is refused before anything is read.
         let mut p = vec![0x8d];
         p.extend(u64::MAX.to_le_bytes());

@@ -54,7 +54,9 @@ pub(super) fn persistent(heap: &Heap, pid: Id) -> Result<Value, String> {
     match items.as_slice() {
         [tag, class, key, ..] if heap.as_str(*tag) == Some("storage") => {
             match (heap.get(*class), heap.get(*key)) {
-                (Value::Global { .. }, &Value::Str(key)) => Ok(Value::Storage { key, class: *class }),
+                (Value::Global { .. }, &Value::Str(key)) => {
+                    Ok(Value::Storage { key, class: *class })
+                }
                 _ => Err("a storage id without its type and key".into()),
             }
         }

@@ -78,7 +78,9 @@ pub fn plan<S: Source + ?Sized>(src: &S) -> Result<Plan, String> {
             ))
         })?;
         if info.shape.len() > MAX_DIMS {
-            return Err(fail(format!("its shape has more than {MAX_DIMS} dimensions")));
+            return Err(fail(format!(
+                "its shape has more than {MAX_DIMS} dimensions"
+            )));
         }
         let shape: Option<Vec<i64>> = info.shape.iter().map(|&d| i64::try_from(d).ok()).collect();
         let bytes = shape

@@ -45,7 +45,10 @@ pub fn plan<S: Source + ?Sized>(src: &S) -> Result<Plan, Refusal> {
     };
     let prefix = pkl.name.trim_end_matches("data.pkl");
     let by_name: HashMap<&str, &Entry> = entries.iter().map(|e| (e.name.as_str(), e)).collect();
-    let big_endian = byteorder(src, by_name.get(format!("{prefix}byteorder").as_str()).copied())?;
+    let big_endian = byteorder(
+        src,
+        by_name.get(format!("{prefix}byteorder").as_str()).copied(),
+    )?;
 
     if pkl.len > MAX_PICKLE_BYTES {
         return Err(Refusal::Malformed(format!(
@@ -97,7 +100,10 @@ pub fn plan<S: Source + ?Sized>(src: &S) -> Result<Plan, Refusal> {
             None => {
                 let entry_name = format!("{prefix}data/{}", heap.text(key));
                 let entry = by_name.get(entry_name.as_str()).ok_or_else(|| {
-                    fail(format!("its storage has no entry {} in the zip", escape(&entry_name)))
+                    fail(format!(
+                        "its storage has no entry {} in the zip",
+                        escape(&entry_name)
+                    ))
                 })?;
                 if entry.len % dtype.width() as u64 != 0 {
                     return Err(fail(format!(
@@ -119,9 +125,10 @@ pub fn plan<S: Source + ?Sized>(src: &S) -> Result<Plan, Refusal> {
                 storages.len() - 1
             }
         };
-        let size = ints(&heap, size).ok_or_else(|| fail("its size is not a tuple of integers".into()))?;
-        let stride =
-            ints(&heap, stride).ok_or_else(|| fail("its stride is not a tuple of integers".into()))?;
+        let size =
+            ints(&heap, size).ok_or_else(|| fail("its size is not a tuple of integers".into()))?;
+        let stride = ints(&heap, stride)
+            .ok_or_else(|| fail("its stride is not a tuple of integers".into()))?;
         view::check(&size, &stride, offset, storages[index].numel()).map_err(fail)?;
         tensors.push(Planned {
             name,
@@ -141,7 +148,9 @@ pub fn plan<S: Source + ?Sized>(src: &S) -> Result<Plan, Refusal> {
 
 /// A value that `find_state_dict` already proved to be of another kind.
 fn unreachable_kind<T>() -> Result<T, Refusal> {
-    Err(Refusal::Malformed("a tensor changed kind: this is a bug".into()))
+    Err(Refusal::Malformed(
+        "a tensor changed kind: this is a bug".into(),
+    ))
 }
 
 /// Whether the storages are big-endian, from the `byteorder` entry (little when absent).

@@ -28,11 +28,19 @@ pub enum Value {
     Tuple(Vec<Id>),
     Dict(Dict),
     /// A module-level name: a class or a function.
-    Global { module: Atom, name: Atom },
+    Global {
+        module: Atom,
+        name: Atom,
+    },
     /// An instance of anything this reader does not interpret, made by `class`.
-    Object { class: Id },
+    Object {
+        class: Id,
+    },
     /// A storage of the archive: the entry `data/<key>`, of the type `class` names.
-    Storage { key: Atom, class: Id },
+    Storage {
+        key: Atom,
+        class: Id,
+    },
     /// A view of a storage; `size` and `stride` are tuples checked when the tensor is used.
     Tensor {
         storage: Id,
@@ -133,9 +141,7 @@ impl Heap {
     fn depth_over(&self, items: impl Iterator<Item = Id>) -> Result<u32, String> {
         let d = items.map(|i| self.depth[i as usize] + 1).max().unwrap_or(1);
         if d > MAX_DEPTH {
-            return Err(format!(
-                "containers nested deeper than {MAX_DEPTH} levels"
-            ));
+            return Err(format!("containers nested deeper than {MAX_DEPTH} levels"));
         }
         Ok(d)
     }

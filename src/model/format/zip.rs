@@ -49,15 +49,21 @@ impl<'a> Fields<'a> {
     }
 
     fn u16(&mut self) -> Result<u16, String> {
-        Ok(u16::from_le_bytes(self.bytes(2)?.try_into().unwrap_or([0; 2])))
+        Ok(u16::from_le_bytes(
+            self.bytes(2)?.try_into().unwrap_or([0; 2]),
+        ))
     }
 
     fn u32(&mut self) -> Result<u32, String> {
-        Ok(u32::from_le_bytes(self.bytes(4)?.try_into().unwrap_or([0; 4])))
+        Ok(u32::from_le_bytes(
+            self.bytes(4)?.try_into().unwrap_or([0; 4]),
+        ))
     }
 
     fn u64(&mut self) -> Result<u64, String> {
-        Ok(u64::from_le_bytes(self.bytes(8)?.try_into().unwrap_or([0; 8])))
+        Ok(u64::from_le_bytes(
+            self.bytes(8)?.try_into().unwrap_or([0; 8]),
+        ))
     }
 }
 
@@ -70,7 +76,8 @@ fn read<S: Source + ?Sized>(src: &S, offset: u64, len: u64, what: &str) -> Resul
             src.size()
         ));
     }
-    let mut buf = vec![0u8; usize::try_from(len).map_err(|_| format!("the zip {what} is too large"))?];
+    let mut buf =
+        vec![0u8; usize::try_from(len).map_err(|_| format!("the zip {what} is too large"))?];
     src.read_at(offset, &mut buf)?;
     Ok(buf)
 }
@@ -112,7 +119,12 @@ fn directory<S: Source + ?Sized>(src: &S) -> Result<(Directory, u64), String> {
         return Ok((d, at));
     }
     // zip64: a locator just before the end record points at the zip64 end record.
-    let locator = read(src, at.checked_sub(20).ok_or("a truncated zip64 archive")?, 20, "zip64 locator")?;
+    let locator = read(
+        src,
+        at.checked_sub(20).ok_or("a truncated zip64 archive")?,
+        20,
+        "zip64 locator",
+    )?;
     let mut f = Fields::new(&locator);
     if f.u32()? != LOCATOR64 {
         return Err("a zip64 archive without its zip64 locator".into());
@@ -209,7 +221,8 @@ fn entry<'a, S: Source + ?Sized>(
     let extra = f.bytes(extra_len.into())?;
     f.bytes(comment_len.into())?;
     // zip64: the fields saturated at 0xffffffff follow in the extra field, in this order.
-    let (mut size, mut compressed, mut local) = (u64::from(usize_), u64::from(csize), u64::from(local));
+    let (mut size, mut compressed, mut local) =
+        (u64::from(usize_), u64::from(csize), u64::from(local));
     let mut x = Fields::new(extra);
     while x.at + 4 <= extra.len() {
         let (id, n) = (x.u16()?, x.u16()?);
@@ -218,7 +231,9 @@ fn entry<'a, S: Source + ?Sized>(
             let mut z = Fields::new(body);
             for field in [&mut size, &mut compressed, &mut local] {
                 if *field == u64::from(u32::MAX) {
-                    *field = z.u64().map_err(|_| format!("entry {shown}: a short zip64 field"))?;
+                    *field = z
+                        .u64()
+                        .map_err(|_| format!("entry {shown}: a short zip64 field"))?;
                 }
             }
         }
@@ -247,12 +262,16 @@ fn entry<'a, S: Source + ?Sized>(
     let header = read(src, local, 30, "local header")?;
     let mut h = Fields::new(&header);
     if h.u32()? != LOCAL {
-        return Err(format!("entry {shown} has no local header where the directory says"));
+        return Err(format!(
+            "entry {shown} has no local header where the directory says"
+        ));
     }
     h.bytes(22)?;
     let (n, m) = (u64::from(h.u16()?), u64::from(h.u16()?));
     if n != u64::from(name_len) || read(src, local + 30, n, "local header")? != raw_name {
-        return Err(format!("entry {shown} has another name in its local header"));
+        return Err(format!(
+            "entry {shown} has another name in its local header"
+        ));
     }
     let offset = local + 30 + n + m;
     if offset.checked_add(size).is_none_or(|e| e > data_end) {
