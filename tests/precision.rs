@@ -7,7 +7,10 @@
 //! - the ResNet-18 trained from scratch by tests/trained.py, on its 200 held-out pictures.
 //!
 //! Each case explains fp32's top class in both precisions and compares the normalised maps
-//! (largest and mean absolute difference, on the 0..1 scale), the logits and the top-1 class.
+//! (on the 0..1 scale: the 99th percentile of every cell's difference, pooled over the cases,
+//! and the mean; where the maps peak; the largest single difference is printed but not bounded,
+//! being one cell of thousands that moves with each machine's kernels and, for the trained
+//! network, with each machine's training of it), the logits and the top-1 class.
 //! Top-1 must agree wherever fp32's top-1 logit leads the second by more than [`MARGIN`] of
 //! the logits' scale: bf16 keeps 8 bits of mantissa, so logits move by about 1% of their size
 //! (5% with random weights), and a lead smaller than that can flip honestly. Random weights exaggerate every difference: their logits are
@@ -44,8 +47,14 @@ fn load(path: &Path, precision: Precision, preprocess: Preprocess) -> Model {
 #[derive(Default)]
 struct Tally {
     cases: usize,
+    /// The worst single cell: reported, never bounded (one cell of thousands, near a ReLU's
+    /// kink, moves with the CPU's kernels and with the trained weights of each machine).
     max: f32,
     sum_mean: f64,
+    /// Every cell's difference, pooled, for the percentile the tests bound.
+    diffs: Vec<f32>,
+    /// Cases whose maps peak in the same cell or a neighbouring one.
+    peak_agree: usize,
     /// Cases whose fp32 lead exceeds [`MARGIN`], and those among them where bf16 agrees.
     clear: usize,
     clear_agree: usize,
@@ -56,9 +65,17 @@ struct Tally {
 }
 
 impl Tally {
-    fn add(&mut self, a: &[f32], b: &[f32], margin: f32, same_top: bool, logit: f32) {
+    /// Adds one case: two normalised maps `width` cells wide.
+    fn add(&mut self, a: &[f32], b: &[f32], width: usize, margin: f32, same_top: bool, logit: f32) {
         self.logit = self.logit.max(logit);
+        let peak = |m: &[f32]| {
+            let i = (0..m.len()).fold(0, |best, i| if m[i] > m[best] { i } else { best });
+            ((i % width) as i64, (i / width) as i64)
+        };
+        let ((xa, ya), (xb, yb)) = (peak(a), peak(b));
+        self.peak_agree += usize::from((xa - xb).abs() <= 1 && (ya - yb).abs() <= 1);
         let diffs = a.iter().zip(b).map(|(x, y)| (x - y).abs());
+        self.diffs.extend(diffs.clone());
         let (max, sum) = diffs.fold((0f32, 0f64), |(m, s), d| (m.max(d), s + f64::from(d)));
         self.cases += 1;
         self.max = self.max.max(max);
@@ -74,12 +91,25 @@ impl Tally {
         self.sum_mean / self.cases.max(1) as f64
     }
 
+    /// The `q` quantile of every cell's difference, pooled over the cases.
+    fn quantile(&self, q: f64) -> f32 {
+        let mut d = self.diffs.clone();
+        if d.is_empty() {
+            return 0.0;
+        }
+        let k = ((d.len() - 1) as f64 * q).round() as usize;
+        *d.select_nth_unstable_by(k, f32::total_cmp).1
+    }
+
     fn row(&self, what: &str) -> String {
         format!(
-            "| {what} | {} | {:.4} | {:.5} | {:.4} | {}/{} | {}/{} |",
+            "| {what} | {} | {:.4} | {:.4} | {:.5} | {}/{} | {:.4} | {}/{} | {}/{} |",
             self.cases,
             self.max,
+            self.quantile(0.99),
             self.mean(),
+            self.peak_agree,
+            self.cases,
             self.logit,
             self.agree,
             self.cases,
@@ -89,7 +119,7 @@ impl Tally {
     }
 }
 
-const HEADER: &str = "| weights, layer | cases | max map diff | mean map diff | max logit diff | top-1 agrees | top-1 agrees where lead > 0.1 |\n|---|---|---|---|---|---|---|";
+const HEADER: &str = "| weights, layer | cases | max map diff | 99th percentile | mean map diff | peaks within a cell | max logit diff | top-1 agrees | top-1 agrees where lead > 0.1 |\n|---|---|---|---|---|---|---|---|---|";
 
 /// Explains `x`'s fp32 top class at `layer` with `method` in both precisions; adds the case.
 fn compare(
@@ -136,6 +166,7 @@ fn compare(
         tally.add(
             &ra.explanations[0].normalized,
             &rb.explanations[0].normalized,
+            ra.explanations[0].heatmap.width,
             margin,
             same_top,
             d / scale,
@@ -172,11 +203,13 @@ fn bf16_matches_fp32_on_the_random_weight_reference() {
     println!("{table}");
     for (layer, t) in &by_layer {
         // Deeper layers' maps pass through fewer reduced-precision blocks on the way back.
-        let bound = if *layer == Layer::Layer4 { 0.08 } else { 0.6 };
+        // Measured 99th percentiles (README): 0.030 at layer4, 0.020 to 0.066 deeper; the
+        // bounds are three times those.
+        let bound = if *layer == Layer::Layer4 { 0.1 } else { 0.2 };
+        let p99 = t.quantile(0.99);
         assert!(
-            t.max <= bound,
-            "bf16 maps at {layer} differ from fp32 by up to {} (bound {bound})\n{table}",
-            t.max
+            p99 <= bound,
+            "bf16 maps at {layer}: 99th percentile of the differences {p99} (bound {bound})\n{table}"
         );
     }
     assert!(
@@ -227,16 +260,25 @@ fn bf16_matches_fp32_on_the_trained_network() {
     let table = rows.join("\n");
     println!("{table}");
     for (layer, t) in &by_layer {
+        // Measured 99th percentiles (README): 0.0010 at layer4, 0.0029 at layer3, 0.0063 at
+        // layer2, 0.022 at layer1; the bounds leave four to twenty times that for other
+        // machines' kernels and their own training of the network. Peaks agreed within a
+        // cell in 194 to 200 of 200 cases; means were at most 0.0017.
         let bound = match layer {
-            Layer::Layer4 => 0.02,
-            Layer::Layer3 => 0.03,
-            _ => 0.3,
+            Layer::Layer4 | Layer::Layer3 => 0.02,
+            _ => 0.1,
         };
+        let p99 = t.quantile(0.99);
         assert!(
-            t.max <= bound && t.mean() <= 0.01,
-            "bf16 maps at {layer}: max {} (bound {bound}), mean {}\n{table}",
-            t.max,
+            p99 <= bound && t.mean() <= 0.01,
+            "bf16 maps at {layer}: 99th percentile {p99} (bound {bound}), mean {}\n{table}",
             t.mean()
+        );
+        assert!(
+            t.peak_agree * 10 >= t.cases * 9,
+            "bf16 maps at {layer} peak elsewhere in {} of {} cases\n{table}",
+            t.cases - t.peak_agree,
+            t.cases
         );
         assert_eq!(t.clear_agree, t.clear, "{table}");
         assert!(t.logit <= 0.02, "logits moved by {}\n{table}", t.logit);
