@@ -80,6 +80,42 @@ fn explain_writes_overlay_and_json_and_prints_top5() {
     std::fs::remove_dir_all(&out).unwrap();
 }
 
+/// `--class` is checked against the loaded model: a class in range is explained, one past the
+/// last is refused saying the real range.
+#[test]
+fn explain_explains_a_chosen_class_and_refuses_one_out_of_range() {
+    let out = tempdir("class");
+    let weights = reference_dir().join("weights.pth");
+    let run = |class: &str| {
+        bin()
+            .args(["explain", "--device", "cpu", "--class", class, "--weights"])
+            .arg(&weights)
+            .arg("--out")
+            .arg(&out)
+            .arg(fixture("chelsea.png"))
+            .env_remove("GRADCAM_WEIGHTS")
+            .output()
+            .unwrap()
+    };
+    let ok = run("3");
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let doc: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("chelsea.json")).unwrap()).unwrap();
+    assert_eq!(doc["explanations"][0]["class_index"], 3);
+    let refused = run("1000");
+    assert_eq!(refused.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("class 1000 is out of range; allowed: 0..=999"),
+        "{stderr}"
+    );
+    std::fs::remove_dir_all(&out).unwrap();
+}
+
 #[test]
 fn bad_option_is_refused_with_what_is_allowed() {
     let output = bin()

@@ -108,8 +108,9 @@ impl Default for ExplainOptions {
 impl ExplainOptions {
     /// Checks the options a client can get wrong against a model with `classes` classes; the
     /// message says what is allowed.
+    /// `usize::MAX` stands for a model not loaded yet: any class index is then in range.
     pub fn validate(&self, classes: usize) -> Result<(), String> {
-        let classes = classes as i64;
+        let classes = i64::try_from(classes).unwrap_or(i64::MAX);
         if let Some(c) = self.class
             && !(0..classes).contains(&c)
         {
