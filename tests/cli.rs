@@ -110,6 +110,10 @@ fn explain_explains_a_chosen_class_and_refuses_one_out_of_range() {
     assert_eq!(refused.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert!(
+        !stderr.contains('\x1b'),
+        "a redirected log has no colour codes: {stderr:?}"
+    );
+    assert!(
         stderr.contains("class 1000 is out of range; allowed: 0..=999"),
         "{stderr}"
     );
@@ -122,9 +126,16 @@ fn bad_option_is_refused_with_what_is_allowed() {
         .args(["explain", "--method", "scorecam", "x.jpg"])
         .output()
         .unwrap();
-    assert!(!output.status.success());
+    // 1, as every error: 2 means "some pictures skipped".
+    assert_eq!(output.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("layercam"), "{stderr}");
+    for args in [&["explain", "--no-such-flag", "x.jpg"][..], &["explain"]] {
+        let output = bin().args(args).output().unwrap();
+        assert_eq!(output.status.code(), Some(1), "{args:?}");
+    }
+    let help = bin().args(["explain", "--help"]).output().unwrap();
+    assert_eq!(help.status.code(), Some(0));
 }
 
 #[test]
