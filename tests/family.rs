@@ -452,6 +452,28 @@ fn the_server_serves_an_own_model_with_its_labels_and_preprocessing() {
     let p: serde_json::Value = a.json().unwrap();
     assert!(p["detail"].as_str().unwrap().contains("1..=7"), "{p}");
     assert_eq!(post("?class=6").status(), 200);
+    // /predict lists at most the model's classes, and the served document says so.
+    let a = client()
+        .post(server.url("/predict?top_k=8"))
+        .header("content-type", "image/png")
+        .body(photo.clone())
+        .send()
+        .unwrap();
+    assert_eq!(a.status(), 422);
+    let p: serde_json::Value = a.json().unwrap();
+    assert!(p["detail"].as_str().unwrap().contains("1..=7"), "{p}");
+    let doc = client()
+        .get(server.url("/openapi.yaml"))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    assert!(doc.contains("A resnet18 (7 classes)"), "{doc}");
+    assert!(
+        !doc.contains("ImageNet") && !doc.contains("maximum: 1000"),
+        "{doc}"
+    );
+    assert_eq!(doc.matches("maxItems: 7\n").count(), 1);
 }
 
 /// A labels file of the wrong length, or weights that do not fit `--arch`, stop the server at

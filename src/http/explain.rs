@@ -281,6 +281,7 @@ pub async fn explain(State(state): State<AppState>, req: Request) -> Result<Resp
 pub async fn predict(State(state): State<AppState>, req: Request) -> Result<Response, ApiError> {
     let started = Instant::now();
     negotiate(req.headers(), &["application/json"])?;
+    let classes = state.engine.description().classes;
     with_deadline(&state, started, async {
         let (
             Inferred {
@@ -293,7 +294,7 @@ pub async fn predict(State(state): State<AppState>, req: Request) -> Result<Resp
         ) = infer(&state, req, started, |options| {
             Ok((
                 Task::Predict {
-                    top_k: options.predict()?,
+                    top_k: options.predict(classes)?,
                 },
                 (),
                 None,

@@ -207,12 +207,13 @@ impl RawOptions {
         })
     }
 
-    /// `top_k` of `/predict` (default 5).
-    pub fn predict(&self) -> Result<usize, ApiError> {
-        let mut top_k = 5;
+    /// `top_k` of `/predict` (default 5, or every class of a smaller model), at most the
+    /// model's `classes`.
+    pub fn predict(&self, classes: usize) -> Result<usize, ApiError> {
+        let mut top_k = 5.min(classes);
         for (k, v) in &self.0 {
             match k.as_str() {
-                "top_k" => top_k = v.integer(k, 1..=MAX_PREDICT_TOP_K)?,
+                "top_k" => top_k = v.integer(k, 1..=MAX_PREDICT_TOP_K.min(classes))?,
                 _ => return Err(unknown(k, PREDICT_OPTIONS)),
             }
         }
@@ -338,10 +339,16 @@ mod tests {
             }
         }
         assert!(matches!(
-            raw(&[("method", "gradcam")]).predict(),
+            raw(&[("method", "gradcam")]).predict(1000),
             Err(ApiError::InvalidOption(_))
         ));
-        assert_eq!(raw(&[("top_k", "1000")]).predict().unwrap(), 1000);
+        assert_eq!(raw(&[("top_k", "1000")]).predict(1000).unwrap(), 1000);
+        // A 7-class model lists at most its 7 classes, and all of them by default below 5.
+        assert!(matches!(
+            raw(&[("top_k", "8")]).predict(7),
+            Err(ApiError::InvalidOption(m)) if m.contains("1..=7")
+        ));
+        assert_eq!(raw(&[]).predict(3).unwrap(), 3);
     }
 
     #[test]
