@@ -22,6 +22,12 @@ pub fn ms(d: Duration) -> f64 {
     (d.as_secs_f64() * 1e6).round() / 1e3
 }
 
+/// `/explain` answers JSON or a picture by `Accept`: a shared cache must key on it.
+fn vary_on_accept(res: &mut Response) {
+    res.headers_mut()
+        .append(header::VARY, HeaderValue::from_static("accept"));
+}
+
 pub fn timing_headers(res: &mut Response, t: &Timings) {
     let h = res.headers_mut();
     for (name, v) in TIMING_HEADERS
@@ -82,6 +88,7 @@ pub async fn overlay_answer(
     );
     h.insert("x-method", HeaderValue::from_static(first.method.name()));
     h.insert("x-layer", HeaderValue::from_static(first.layer.name()));
+    vary_on_accept(&mut res);
     timing_headers(&mut res, &timings);
     Ok(res)
 }
@@ -157,6 +164,7 @@ pub async fn json_answer(
         .metrics
         .stage("render", timings.render_ms.unwrap_or_default() / 1e3);
     let mut res = ([(header::CONTENT_TYPE, "application/json")], json).into_response();
+    vary_on_accept(&mut res);
     timing_headers(&mut res, &timings);
     Ok(res)
 }

@@ -218,6 +218,8 @@ async fn accept_png_answers_with_the_overlay_and_says_what_it_shows() {
         assert_eq!(a.header("x-class-label"), label, "{case}");
         assert_eq!(a.header("x-method"), o.method.name(), "{case}");
         assert_eq!(a.header("x-layer"), o.layer.name(), "{case}");
+        // JSON or a picture by Accept: caches must key on it.
+        assert_eq!(a.header("vary"), "accept", "{case}");
         assert_timing_headers(case, &a);
         assert!(
             a.body.as_ref() == drawn(&bytes, o, 0, &overlay).as_slice(),
