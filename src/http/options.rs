@@ -94,6 +94,17 @@ fn wrong_type(name: &str, want: &str, got: &serde_json::Value) -> ApiError {
     ApiError::InvalidOption(format!("{name} must be {want}, not {kind} ({got})"))
 }
 
+/// Plain decimal as README promises: an optional minus, digits, and (for numbers) one point
+/// with digits after it; no sign `+`, exponent, `inf`, `NaN` or spaces.
+fn plain_decimal(t: &str, fraction: bool) -> bool {
+    let digits = |p: &str| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit());
+    let t = t.strip_prefix('-').unwrap_or(t);
+    match t.split_once('.') {
+        None => digits(t),
+        Some((whole, part)) => fraction && digits(whole) && digits(part),
+    }
+}
+
 impl Value {
     /// A whole number in `range`: decimal text, or a JSON integer.
     fn integer<T>(&self, name: &str, range: std::ops::RangeInclusive<T>) -> Result<T, ApiError>
@@ -102,7 +113,12 @@ impl Value {
     {
         let allowed = format!("{}..={}", range.start(), range.end());
         let (x, shown) = match self {
-            Value::Text(t) => (t.parse::<T>().ok(), format!("{t:?}")),
+            Value::Text(t) => (
+                plain_decimal(t, false)
+                    .then(|| t.parse::<T>().ok())
+                    .flatten(),
+                format!("{t:?}"),
+            ),
             Value::Json(j) => {
                 let n = j
                     .as_i64()
@@ -119,7 +135,12 @@ impl Value {
     fn number(&self, name: &str, range: std::ops::RangeInclusive<f64>) -> Result<f64, ApiError> {
         let allowed = format!("{}..={}", range.start(), range.end());
         let (x, shown) = match self {
-            Value::Text(t) => (t.parse::<f64>().ok(), format!("{t:?}")),
+            Value::Text(t) => (
+                plain_decimal(t, true)
+                    .then(|| t.parse::<f64>().ok())
+                    .flatten(),
+                format!("{t:?}"),
+            ),
             Value::Json(j) => (
                 Some(j.as_f64().ok_or_else(|| wrong_type(name, "a number", j))?),
                 j.to_string(),
@@ -359,6 +380,14 @@ mod tests {
             ("layer", "layer4 "),
             ("top_k", " 2"),
             ("alpha", "0.5 "),
+            ("alpha", "0.5e0"),
+            ("alpha", "5e-1"),
+            ("alpha", "+0.5"),
+            ("alpha", ".5"),
+            ("alpha", "NaN"),
+            ("alpha", "inf"),
+            ("top_k", "+2"),
+            ("top_k", "2.0"),
             ("overlay", "true "),
         ] {
             assert!(
@@ -368,6 +397,10 @@ mod tests {
                 ),
                 "{name}={value:?}"
             );
+        }
+        for (alpha, want) in [("0.5", 0.5), ("1", 1.0), ("0", 0.0), ("0.25", 0.25)] {
+            let r = raw(&[("alpha", alpha)]).explain(1024, 1000).unwrap();
+            assert_eq!(r.overlay.map(|o| f64::from(o.alpha)), Some(want), "{alpha}");
         }
         let r = raw(&[
             ("method", "GradCAMpp"),
