@@ -22,6 +22,26 @@ pub fn ms(d: Duration) -> f64 {
     (d.as_secs_f64() * 1e6).round() / 1e3
 }
 
+/// A class name as a header value: as it is when it is printable ASCII; otherwise in RFC 8187's
+/// form, `UTF-8''` and the UTF-8 bytes percent-encoded (`caf%C3%A9`), which any client decodes
+/// exactly (`decodeURIComponent` after the prefix).
+pub fn label_header(label: &str) -> HeaderValue {
+    if label.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+        if let Ok(v) = HeaderValue::from_str(label) {
+            return v;
+        }
+    }
+    let mut out = String::from("UTF-8''");
+    for b in label.bytes() {
+        if b.is_ascii_alphanumeric() || b"!#$&+-.^_`|~".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    HeaderValue::from_str(&out).unwrap_or(HeaderValue::from_static(""))
+}
+
 /// `/explain` answers JSON or a picture by `Accept`: a shared cache must key on it.
 fn vary_on_accept(res: &mut Response) {
     res.headers_mut()
@@ -82,10 +102,7 @@ pub async fn overlay_answer(
     let mut res = ([(header::CONTENT_TYPE, media)], bytes).into_response();
     let h = res.headers_mut();
     h.insert("x-class-index", HeaderValue::from(first.class_index));
-    h.insert(
-        "x-class-label",
-        HeaderValue::from_str(&first.label).unwrap_or(HeaderValue::from_static("")),
-    );
+    h.insert("x-class-label", label_header(&first.label));
     h.insert("x-method", HeaderValue::from_static(first.method.name()));
     h.insert("x-layer", HeaderValue::from_static(first.layer.name()));
     vary_on_accept(&mut res);
@@ -219,4 +236,18 @@ fn draw(
     let (bytes, took) = Clock::time(|| render::encode(&picture, pictures.format, pictures.quality));
     time.encode += took;
     Ok(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::label_header;
+
+    #[test]
+    fn labels_are_sent_exactly_in_any_script() {
+        assert_eq!(label_header("tabby"), "tabby");
+        assert_eq!(label_header("tiger cat, 'x'"), "tiger cat, 'x'");
+        assert_eq!(label_header("café crème"), "UTF-8''caf%C3%A9%20cr%C3%A8me");
+        assert_eq!(label_header("猫"), "UTF-8''%E7%8C%AB");
+        assert_eq!(label_header("a\nb"), "UTF-8''a%0Ab");
+    }
 }
