@@ -69,12 +69,11 @@ fn run(args: &[&str]) -> Outcome {
     }
 }
 
-fn generate(dir: &Path, marker: &Path) -> Vec<serde_json::Value> {
+/// Runs tests/hostile_weights.py with `args`.
+fn generator(args: &[&std::ffi::OsStr]) {
     let out = Command::new("python3")
         .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/hostile_weights.py"))
-        .arg(dir)
-        .arg("--marker")
-        .arg(marker)
+        .args(args)
         .output()
         .expect("python3 runs tests/hostile_weights.py");
     assert!(
@@ -82,6 +81,11 @@ fn generate(dir: &Path, marker: &Path) -> Vec<serde_json::Value> {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// Writes the hostile files into `dir`; their manifest.
+fn generate(dir: &Path, marker: &Path) -> Vec<serde_json::Value> {
+    generator(&[dir.as_os_str(), "--marker".as_ref(), marker.as_os_str()]);
     serde_json::from_slice(&std::fs::read(dir.join("manifest.json")).unwrap()).unwrap()
 }
 
@@ -254,16 +258,7 @@ fn a_big_endian_checkpoint_loads_to_the_same_weights() {
     let src = super::ckpt("dataparallel.pth");
     let dst: PathBuf =
         std::env::temp_dir().join(format!("gradcam-big-endian-{}.pth", std::process::id()));
-    let out = Command::new("python3")
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/hostile_weights.py"))
-        .args(["--big-endian".as_ref(), src.as_os_str(), dst.as_os_str()])
-        .output()
-        .expect("python3 runs tests/hostile_weights.py");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    generator(&["--big-endian".as_ref(), src.as_os_str(), dst.as_os_str()]);
     let spec = gradcam_serve::model::LoadSpec::default();
     let x = super::chelsea();
     let little = super::load(&src, &spec).unwrap().logits(&[&x]).unwrap();
