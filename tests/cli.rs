@@ -134,6 +134,13 @@ fn bad_option_is_refused_with_what_is_allowed() {
         let output = bin().args(args).output().unwrap();
         assert_eq!(output.status.code(), Some(1), "{args:?}");
     }
+    let small = bin()
+        .args(["explain", "--max-side", "5", "x.jpg"])
+        .output()
+        .unwrap();
+    assert_eq!(small.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&small.stderr);
+    assert!(stderr.contains("allowed: 16 and more"), "{stderr}");
     let help = bin().args(["explain", "--help"]).output().unwrap();
     assert_eq!(help.status.code(), Some(0));
 }

@@ -57,7 +57,11 @@ pub fn run(args: ExplainConfig) -> Result<Outcome> {
         "--alpha {} is out of range; allowed: 0 to 1",
         args.alpha
     );
-    anyhow::ensure!(args.max_side >= 1, "--max-side must be at least 1");
+    anyhow::ensure!(
+        args.max_side >= 16,
+        "--max-side {} is out of range; allowed: 16 and more (as the server's overlay_max_side)",
+        args.max_side
+    );
     anyhow::ensure!(
         args.batch_size.is_none_or(|b| (1..=256).contains(&b)),
         "--batch-size must be 1 to 256"
