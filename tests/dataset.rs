@@ -375,6 +375,29 @@ fn lists_patterns_csv_summaries_and_strict_runs() {
         "{csv}"
     );
     assert!(rows.iter().any(|r| r.contains("bad.jpg,skipped")), "{csv}");
+    // Every member of the JSONL record, flattened: the top-5, the map's size, raw maximum,
+    // mean and peak, the files written (none here) and the error.
+    let header: Vec<&str> = rows[0].split(',').collect();
+    assert_eq!(header.len(), 28, "{csv}");
+    for column in [
+        "top5_label",
+        "map_width",
+        "map_raw_max",
+        "map_empty",
+        "files",
+        "error",
+    ] {
+        assert!(header.contains(&column), "{column}: {csv}");
+    }
+    let ok = rows.iter().find(|r| r.contains(",ok,")).unwrap();
+    let fields = csv_fields(ok);
+    assert_eq!(fields.len(), 28, "{ok}");
+    let at = |c: &str| fields[header.iter().position(|h| *h == c).unwrap()].as_str();
+    assert!(
+        !at("top5_label").is_empty() && at("map_width") == "7",
+        "{ok}"
+    );
+    assert!(at("map_raw_max").parse::<f32>().is_ok(), "{ok}");
     assert_eq!(
         tree(&out).keys().collect::<Vec<_>>(),
         ["s.csv"],
@@ -452,4 +475,23 @@ fn lists_patterns_csv_summaries_and_strict_runs() {
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("--summary"), "{}", stderr(&o));
     let _ = std::fs::remove_dir_all(&data);
+}
+
+/// The fields of one CSV row (RFC 4180 quoting: a quoted field may hold commas and `""`).
+fn csv_fields(row: &str) -> Vec<String> {
+    let (mut out, mut cur, mut quoted) = (Vec::new(), String::new(), false);
+    let mut chars = row.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' if quoted && chars.peek() == Some(&'"') => {
+                cur.push('"');
+                chars.next();
+            }
+            '"' => quoted = !quoted,
+            ',' if !quoted => out.push(std::mem::take(&mut cur)),
+            c => cur.push(c),
+        }
+    }
+    out.push(cur);
+    out
 }

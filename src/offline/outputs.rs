@@ -82,16 +82,36 @@ pub fn record(path: &Path, result: Result<(&ExplainResult, &[PathBuf]), &str>) -
     }
 }
 
-const CSV_COLUMNS: [&str; 10] = [
+/// The CSV summary's columns: everything the JSONL record holds, flattened (the top-5 as five
+/// triples, empty where a model has fewer classes; files joined with `;`).
+const CSV_COLUMNS: [&str; 28] = [
     "path",
     "status",
     "top1_index",
     "top1_label",
     "top1_probability",
+    "top2_index",
+    "top2_label",
+    "top2_probability",
+    "top3_index",
+    "top3_label",
+    "top3_probability",
+    "top4_index",
+    "top4_label",
+    "top4_probability",
+    "top5_index",
+    "top5_label",
+    "top5_probability",
     "class_index",
+    "label",
+    "map_width",
+    "map_height",
+    "map_raw_max",
     "map_mean",
     "map_peak_x",
     "map_peak_y",
+    "map_empty",
+    "files",
     "error",
 ];
 
@@ -113,24 +133,29 @@ pub fn line(format: SummaryFormat, record: &Value) -> String {
     match format {
         SummaryFormat::Jsonl => record.to_string(),
         SummaryFormat::Csv => {
-            let p = &record["predictions"][0];
             let m = &record["map"];
-            [
-                &record["path"],
-                &record["status"],
-                &p["index"],
-                &p["label"],
-                &p["probability"],
-                &record["class_index"],
-                &m["mean"],
-                &m["peak"]["x"],
-                &m["peak"]["y"],
-                &record["error"],
-            ]
-            .into_iter()
-            .map(csv_field)
-            .collect::<Vec<_>>()
-            .join(",")
+            let files = record["files"].as_array().map(|f| {
+                let names: Vec<&str> = f.iter().filter_map(Value::as_str).collect();
+                Value::String(names.join(";"))
+            });
+            let mut fields: Vec<&Value> = vec![&record["path"], &record["status"]];
+            for rank in 0..5 {
+                let p = &record["predictions"][rank];
+                fields.extend([&p["index"], &p["label"], &p["probability"]]);
+            }
+            fields.extend([&record["class_index"], &record["label"]]);
+            for k in ["width", "height", "raw_max", "mean"] {
+                fields.push(&m[k]);
+            }
+            fields.extend([&m["peak"]["x"], &m["peak"]["y"], &m["empty"]]);
+            fields.push(files.as_ref().unwrap_or(&Value::Null));
+            fields.push(&record["error"]);
+            debug_assert_eq!(fields.len(), CSV_COLUMNS.len());
+            fields
+                .into_iter()
+                .map(csv_field)
+                .collect::<Vec<_>>()
+                .join(",")
         }
     }
 }
