@@ -163,7 +163,9 @@ pub fn app(state: AppState) -> Router {
         // redundancy (6 bits in each 8) the entropy coder alone takes out, and compression runs
         // on the async runtime's threads (see README's "Compact answers").
         .layer(CompressionLayer::new().quality(CompressionLevel::Fastest))
-        .layer(TraceLayer::new_for_http());
+        // Failures are logged by `observe`, with the route and the problem type, at the level
+        // their cause deserves (the default logs every 5xx, expected overload too, at ERROR).
+        .layer(TraceLayer::new_for_http().on_failure(()));
     let origins = state.config.cors();
     let router = if origins.is_empty() {
         router
@@ -236,13 +238,26 @@ async fn observe(State(state): State<AppState>, req: Request, next: Next) -> Res
         .map_or("unmatched", |r| r.0.as_str())
         .to_string();
     state.metrics.request(&route, res.status().as_u16());
-    if let Some(p) = res.extensions().get::<ProblemType>() {
-        state.metrics.rejection(p.0);
+    if let Some(&ProblemType(problem)) = res.extensions().get::<ProblemType>() {
+        state.metrics.rejection(problem);
+        log_refusal(&route, res.status().as_u16(), problem);
     }
     if let Some(InternalDetail(detail)) = res.extensions_mut().remove() {
         tracing::error!(%route, %detail, "internal error");
     }
     res
+}
+
+/// Logs a refusal at the level its cause deserves: load (a full queue, a deadline, memory, a
+/// drain) is a warning an operator watches for, not an error; a model that stopped is an
+/// error; a client's mistake is debug. Internal errors are logged with their detail above.
+fn log_refusal(route: &str, status: u16, problem: &'static str) {
+    match (status, problem) {
+        (_, "model_stopped") => tracing::error!(route, status, problem, "refused"),
+        (_, "internal") => {}
+        (429 | 503 | 504, _) => tracing::warn!(route, status, problem, "refused"),
+        _ => tracing::debug!(route, status, problem, "refused"),
+    }
 }
 
 /// Serves `state`'s routes on `listener` until `shutdown` resolves. Then readiness turns 503 at

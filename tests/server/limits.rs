@@ -124,6 +124,20 @@ fn queued_work_past_its_deadline_is_refused_with_504() {
         "{statuses:?}"
     );
     assert_eq!(server.ready(), 200);
+    // Expected overload is a warning with the route and the problem type, never an error.
+    let log = server.wait_log("\"problem\":\"timeout\"");
+    let refused: Vec<serde_json::Value> = log
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .filter(|v: &serde_json::Value| v["fields"]["problem"] == "timeout")
+        .collect();
+    assert!(!refused.is_empty(), "{log}");
+    for v in &refused {
+        assert_eq!(v["level"], "WARN", "{v}");
+        assert_eq!(v["fields"]["route"], "/explain", "{v}");
+        assert_eq!(v["fields"]["status"], 504, "{v}");
+    }
+    assert!(!log.contains("\"level\":\"ERROR\""), "{log}");
 }
 
 /// Slow clients: 500 sockets that send half a request line and stall must not keep a normal
