@@ -245,6 +245,14 @@ async fn observe(State(state): State<AppState>, req: Request, next: Next) -> Res
     if let Some(InternalDetail(detail)) = res.extensions_mut().remove() {
         tracing::error!(%route, %detail, "internal error");
     }
+    if state.is_draining() {
+        // Clients leave this connection after the answer and open their next one where the
+        // balancer now sends them (HTTP/1; HTTP/2 has its own GOAWAY at the end).
+        res.headers_mut().insert(
+            axum::http::header::CONNECTION,
+            axum::http::HeaderValue::from_static("close"),
+        );
+    }
     res
 }
 

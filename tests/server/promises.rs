@@ -188,6 +188,11 @@ fn the_drain_delay_keeps_serving_while_readiness_says_503() {
     problem("readiness while draining", res, 503, "draining");
     let res = post_photo(&server, "/explain?overlay=false");
     assert_eq!(res.status(), 200, "a request inside the delay is served");
+    assert_eq!(
+        res.headers().get("connection").map(|v| v.to_str().unwrap()),
+        Some("close"),
+        "answers inside the delay tell clients to leave the connection"
+    );
     assert!(
         signalled.elapsed() < Duration::from_millis(9000),
         "the checks above must fall inside the 10 s delay (took {:?})",
