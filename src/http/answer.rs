@@ -26,10 +26,10 @@ pub fn ms(d: Duration) -> f64 {
 /// form, `UTF-8''` and the UTF-8 bytes percent-encoded (`caf%C3%A9`), which any client decodes
 /// exactly (`decodeURIComponent` after the prefix).
 pub fn label_header(label: &str) -> HeaderValue {
-    if label.bytes().all(|b| (0x20..0x7f).contains(&b)) {
-        if let Ok(v) = HeaderValue::from_str(label) {
-            return v;
-        }
+    if label.bytes().all(|b| (0x20..0x7f).contains(&b))
+        && let Ok(v) = HeaderValue::from_str(label)
+    {
+        return v;
     }
     let mut out = String::from("UTF-8''");
     for b in label.bytes() {

@@ -3,49 +3,13 @@
 //! neither a key's content nor its length shows in the time taken) and never logged.
 
 use super::AppState;
-use super::problem::ApiError;
+use super::problem::{ApiError, AuthFailure};
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::header;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
-
-/// Why a request was refused.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AuthFailure {
-    /// No `Authorization` header.
-    Missing,
-    /// An `Authorization` header that is not `Bearer` and a token.
-    Malformed,
-    /// A token that is no configured key.
-    Invalid,
-}
-
-impl AuthFailure {
-    /// The label of `gradcam_auth_failures_total`.
-    pub fn reason(self) -> &'static str {
-        match self {
-            AuthFailure::Missing => "missing",
-            AuthFailure::Malformed => "malformed",
-            AuthFailure::Invalid => "invalid",
-        }
-    }
-}
-
-impl std::fmt::Display for AuthFailure {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            AuthFailure::Missing => {
-                "this route needs an API key: send the header Authorization: Bearer KEY"
-            }
-            AuthFailure::Malformed => {
-                "the Authorization header must be the word Bearer, a space and the API key"
-            }
-            AuthFailure::Invalid => "the API key is not valid",
-        })
-    }
-}
 
 /// The configured keys (as digests) and the routes that need one.
 #[derive(Clone, Default)]

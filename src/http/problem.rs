@@ -4,7 +4,6 @@
 //! Nothing here logs: an internal error's detail rides along in the response's extensions, and
 //! the HTTP layer's middleware logs it and keeps it from the client.
 
-use super::auth::AuthFailure;
 use crate::engine::EngineError;
 use crate::fetch::FetchError;
 use crate::input::DecodeError;
@@ -311,3 +310,40 @@ pub struct ProblemType(pub &'static str);
 /// What an internal error was, for the log only.
 #[derive(Debug, Clone)]
 pub struct InternalDetail(pub String);
+
+/// Why a request was refused for its API key (the reason of a 401 problem; `super::auth`
+/// checks the keys).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthFailure {
+    /// No `Authorization` header.
+    Missing,
+    /// An `Authorization` header that is not `Bearer` and a token.
+    Malformed,
+    /// A token that is no configured key.
+    Invalid,
+}
+
+impl AuthFailure {
+    /// The label of `gradcam_auth_failures_total`.
+    pub fn reason(self) -> &'static str {
+        match self {
+            AuthFailure::Missing => "missing",
+            AuthFailure::Malformed => "malformed",
+            AuthFailure::Invalid => "invalid",
+        }
+    }
+}
+
+impl std::fmt::Display for AuthFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            AuthFailure::Missing => {
+                "this route needs an API key: send the header Authorization: Bearer KEY"
+            }
+            AuthFailure::Malformed => {
+                "the Authorization header must be the word Bearer, a space and the API key"
+            }
+            AuthFailure::Invalid => "the API key is not valid",
+        })
+    }
+}
