@@ -1,20 +1,20 @@
-//! Test builds only (cargo feature `fault-injection`): a [`Backend`] wrapper that makes real
-//! faults happen on the model thread, so that tests can drive the engine's recovery paths
-//! through the real server.
+//! Test builds only (cargo feature `fault-injection`): makes real faults happen on the model
+//! thread, so that tests can drive the engine's recovery paths through the real server.
 //!
-//! A request names its fault in the header `x-gradcam-fault` (see [`Fault`]'s syntax). The HTTP
-//! layer appends it to the request's preprocessed image as a short trailer ([`attach`]); the
-//! engine carries the image as it carries any other, and the wrapper ([`wrap`]) strips the
-//! trailer before the real backend sees the image, then does what it says. The fault thus
-//! travels with its image through batching and per-image retries, and nothing in the engine's
-//! API knows about it. Builds without the feature contain none of this.
+//! A request names its fault in the header `x-gradcam-fault` (see [`Fault`]'s syntax). The
+//! router's [`layer`] reads it and runs the request within it; the engine copies it ([`current`])
+//! into the request's job, a test-only field beside the image, and the model thread makes it
+//! happen ([`Injector::inject`]) inside the same guard as the backend call. The fault thus
+//! travels with its job through batching and per-image retries, the backend and the image know
+//! nothing of it, and builds without the feature contain none of this.
 
-use crate::backend::{
-    Backend, BackendError, Description, ExplainOptions, ExplainResult, Fatal, Loader,
-};
-use std::sync::atomic::{AtomicU64, Ordering};
+use crate::backend::{BackendError, Fatal};
+use crate::http::problem::ApiError;
+use axum::extract::Request;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use std::cell::Cell;
 use std::time::Duration;
-
 /// A fault injected into one request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fault {
@@ -67,142 +67,86 @@ impl std::str::FromStr for Fault {
     }
 }
 
-/// First value of the trailer: a NaN with a payload that no preprocessed image contains.
-const MARK: u32 = 0x7FC0_FA17;
-const TRAILER_LEN: usize = 3;
-
-/// Appends `fault` to a preprocessed image.
-pub fn attach(input: &mut Vec<f32>, fault: Fault) {
-    let (code, ms) = match fault {
-        Fault::Sleep(d) => (0, d),
-        Fault::Panic { rebuild_delay } => (1, rebuild_delay),
-        Fault::TorchError => (2, Duration::ZERO),
-        Fault::OutOfMemory => (3, Duration::ZERO),
-        Fault::Die => (4, Duration::ZERO),
-        Fault::OutOfMemoryAbove(n) => (5, Duration::from_millis(n as u64)),
-    };
-    // Milliseconds up to 60000 are exact in an f32.
-    input.extend([f32::from_bits(MARK), code as f32, ms.as_millis() as f32]);
+tokio::task_local! {
+    /// The fault of the request being handled.
+    static FAULT: Option<Fault>;
 }
 
-/// The image without its trailer, and the fault the trailer names.
-fn detach(input: &[f32]) -> (&[f32], Option<Fault>) {
-    // Whatever the input size, the trailer is the last three values.
-    let Some(len) = input.len().checked_sub(TRAILER_LEN) else {
-        return (input, None);
-    };
-    if input[len].to_bits() != MARK {
-        return (input, None);
+/// Route layer: reads `x-gradcam-fault` (400 when it is not a fault) and handles the request
+/// within it.
+pub async fn layer(req: Request, next: Next) -> Response {
+    let fault = req
+        .headers()
+        .get("x-gradcam-fault")
+        .map(|v| {
+            v.to_str()
+                .map_err(|_| "not text".to_string())
+                .and_then(str::parse)
+                .map_err(|e| ApiError::Malformed(format!("x-gradcam-fault: {e}")))
+        })
+        .transpose();
+    match fault {
+        Ok(fault) => FAULT.scope(fault, next.run(req)).await,
+        Err(e) => e.into_response(),
     }
-    let ms = Duration::from_millis(input[len + 2] as u64);
-    let fault = match input[len + 1] as u32 {
-        0 => Fault::Sleep(ms),
-        1 => Fault::Panic { rebuild_delay: ms },
-        2 => Fault::TorchError,
-        3 => Fault::OutOfMemory,
-        5 => Fault::OutOfMemoryAbove(ms.as_millis() as usize),
-        _ => Fault::Die,
-    };
-    (&input[..len], Some(fault))
 }
 
-/// How long the next build must take at least, set by a `panic=MS` fault.
-static REBUILD_DELAY_MS: AtomicU64 = AtomicU64::new(0);
-
-/// Wraps every backend `load` builds in the fault injector.
-pub fn wrap(load: Loader) -> Loader {
-    Box::new(move || {
-        let delay = REBUILD_DELAY_MS.swap(0, Ordering::SeqCst);
-        std::thread::sleep(Duration::from_millis(delay));
-        let inner = load()?;
-        let device =
-            crate::config::parse_device(&inner.describe().device).unwrap_or(tch::Device::Cpu);
-        Ok(Box::new(FaultBackend { inner, device }) as Box<dyn Backend>)
-    })
+/// The fault of the request this task handles, if any (read when its job is queued).
+pub fn current() -> Option<Fault> {
+    FAULT.try_with(|f| *f).ok().flatten()
 }
 
-struct FaultBackend {
-    inner: Box<dyn Backend>,
-    device: tch::Device,
+/// The model thread's side: makes the faults of a group of jobs happen, and remembers how long
+/// the next rebuild must take (set by `panic=MS`).
+#[derive(Debug, Default)]
+pub struct Injector {
+    rebuild_delay: Cell<Duration>,
 }
 
-impl FaultBackend {
-    /// Strips the trailers and makes their faults happen, in input order.
-    fn strip<'a>(
+impl Injector {
+    /// Makes `faults` happen, in job order, before a backend call of `batch` images on
+    /// `device`: a sleep, a panic, or a real libtorch error.
+    pub fn inject(
         &self,
-        inputs: impl ExactSizeIterator<Item = &'a [f32]>,
-    ) -> Result<Vec<&'a [f32]>, BackendError> {
-        let batch = inputs.len();
-        let mut clean = Vec::new();
-        for x in inputs {
-            let (x, fault) = detach(x);
-            if let Some(f) = fault {
-                self.inject(f, batch)?;
-            }
-            clean.push(x);
-        }
-        Ok(clean)
-    }
-
-    fn inject(&self, fault: Fault, batch: usize) -> Result<(), BackendError> {
+        faults: impl Iterator<Item = Fault>,
+        batch: usize,
+        device: &str,
+    ) -> Result<(), BackendError> {
         use tch::{Kind, Tensor};
-        let on = (Kind::Float, self.device);
+        let device = crate::config::parse_device(device).unwrap_or(tch::Device::Cpu);
+        let on = (Kind::Float, device);
         let torch = |e: tch::TchError| BackendError::from_message(e.to_string());
-        match fault {
-            Fault::Sleep(d) => std::thread::sleep(d),
-            Fault::Panic { rebuild_delay } => {
-                REBUILD_DELAY_MS.store(rebuild_delay.as_millis() as u64, Ordering::SeqCst);
-                panic!("injected fault");
-            }
-            Fault::TorchError => {
-                let a = Tensor::f_zeros([2, 3], on).map_err(torch)?;
-                let _ = a.f_matmul(&a).map_err(torch)?;
-            }
-            Fault::OutOfMemory => {
-                // 2^48 bytes: more than a 47-bit user address space, whatever the overcommit
-                // policy.
-                let _ = Tensor::f_empty([1i64 << 46], on).map_err(torch)?;
-            }
-            Fault::OutOfMemoryAbove(n) if batch > n => {
-                let _ = Tensor::f_empty([1i64 << 46], on).map_err(torch)?;
-            }
-            Fault::OutOfMemoryAbove(_) => {}
-            Fault::Die => {
-                std::panic::panic_any(Fatal("injected fault: the model thread dies".into()))
+        for fault in faults {
+            match fault {
+                Fault::Sleep(d) => std::thread::sleep(d),
+                Fault::Panic { rebuild_delay } => {
+                    self.rebuild_delay.set(rebuild_delay);
+                    panic!("injected fault");
+                }
+                Fault::TorchError => {
+                    let a = Tensor::f_zeros([2, 3], on).map_err(torch)?;
+                    let _ = a.f_matmul(&a).map_err(torch)?;
+                }
+                Fault::OutOfMemory => {
+                    // 2^48 bytes: more than a 47-bit user address space, whatever the
+                    // overcommit policy.
+                    let _ = Tensor::f_empty([1i64 << 46], on).map_err(torch)?;
+                }
+                Fault::OutOfMemoryAbove(n) if batch > n => {
+                    let _ = Tensor::f_empty([1i64 << 46], on).map_err(torch)?;
+                }
+                Fault::OutOfMemoryAbove(_) => {}
+                Fault::Die => {
+                    std::panic::panic_any(Fatal("injected fault: the model thread dies".into()))
+                }
             }
         }
         Ok(())
     }
-}
 
-impl Backend for FaultBackend {
-    fn describe(&self) -> Description {
-        self.inner.describe()
-    }
-
-    fn labels(&self) -> crate::backend::Labels {
-        self.inner.labels()
-    }
-
-    fn logits(&self, inputs: &[&[f32]]) -> Result<Vec<Vec<f32>>, BackendError> {
-        let clean = self.strip(inputs.iter().copied())?;
-        self.inner.logits(&clean)
-    }
-
-    fn explain(
-        &self,
-        items: &[(&[f32], ExplainOptions)],
-    ) -> Result<Vec<ExplainResult>, BackendError> {
-        let clean = self.strip(items.iter().map(|(x, _)| *x))?;
-        let items: Vec<(&[f32], ExplainOptions)> = clean
-            .into_iter()
-            .zip(items.iter().map(|(_, o)| *o))
-            .collect();
-        self.inner.explain(&items)
-    }
-
-    fn warm_up(&self, max_batch: usize) -> Result<(), BackendError> {
-        self.inner.warm_up(max_batch)
+    /// Holds a rebuild for as long as the last `panic=MS` asked.
+    pub fn before_rebuild(&self) {
+        std::thread::sleep(self.rebuild_delay.take());
     }
 }
 
@@ -239,27 +183,6 @@ mod tests {
         for bad in ["oom-above=0", "oom-above=x", "oom-above=1025"] {
             let e = bad.parse::<Fault>().unwrap_err();
             assert!(e.contains("batch size from 1 to 1024"), "{e}");
-        }
-    }
-
-    #[test]
-    fn a_fault_travels_with_its_image_and_is_stripped_before_the_backend() {
-        let image: Vec<f32> = (0..crate::backend::INPUT_LEN)
-            .map(|i| i as f32 * 1e-3)
-            .collect();
-        assert_eq!(detach(&image), (&image[..], None));
-        for fault in [
-            Fault::Sleep(Duration::from_millis(60_000)),
-            Fault::Panic {
-                rebuild_delay: Duration::from_millis(3000),
-            },
-            Fault::TorchError,
-            Fault::OutOfMemory,
-            Fault::Die,
-        ] {
-            let mut tagged = image.clone();
-            attach(&mut tagged, fault);
-            assert_eq!(detach(&tagged), (&image[..], Some(fault)));
         }
     }
 }

@@ -28,8 +28,9 @@
 //!   [`offline`]: `explain` on image files without the server.
 //! - [`cli`]: the `gradcam-serve` command line; nothing else depends on it.
 //!
-//! `fault` (cargo feature `fault-injection`, tests only) wraps the real backend so that tests
-//! can make faults happen on the model thread.
+//! `fault` (cargo feature `fault-injection`, tests only) lets a request carry a fault beside
+//! its job, which the model thread makes happen, so that tests drive the engine's recovery
+//! through the real server.
 
 pub mod backend;
 pub mod cam;

@@ -31,13 +31,10 @@ pub async fn run(
     Ok(())
 }
 
-/// Builds the libtorch ResNet (wrapped in the fault injector in test builds).
+/// Builds the libtorch ResNet.
 fn model_loader(config: &ServeConfig) -> Loader {
     let model = config.model.clone();
-    let load: Loader = Box::new(move || Ok(Box::new(crate::model::load(&model)?) as _));
-    #[cfg(feature = "fault-injection")]
-    let load = crate::fault::wrap(load);
-    load
+    Box::new(move || Ok(Box::new(crate::model::load(&model)?) as _))
 }
 
 /// Starts the engine (loading and warming up the backend on its thread) without blocking the

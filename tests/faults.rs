@@ -321,16 +321,21 @@ fn sigterm_under_heavy_load_answers_every_accepted_request_then_exits_zero() {
     assert!(log.contains("draining") && log.contains("stopped"), "{log}");
 }
 
-/// A model thread that dies outright (a panic outside the per-batch guard, which only a bug
-/// could cause) is reported by liveness, so that an orchestrator restarts the instance; new
-/// requests get 503 `model_stopped` at once instead of hanging; SIGTERM still exits 0.
+/// A model thread that cannot go on (a backend's fatal panic, as a lost device is) ends through
+/// its normal drain: the request it ended on gets 503 `model_stopped`, liveness fails so that
+/// an orchestrator restarts the instance, new requests get 503 `model_stopped` at once instead
+/// of hanging; SIGTERM still exits 0.
 #[test]
 fn a_dead_model_thread_fails_liveness_and_refuses_work() {
     let mut server = Server::start(&[]);
     let live = |server: &Server| parts(client().get(server.url("/health/live")).send().unwrap());
     assert_eq!(live(&server).0, 200);
     let (status, _, body) = parts(explain(&server, Some("die")));
-    assert_eq!(status, 500, "{NO_HOOK}: {body}");
+    assert_eq!(
+        (status, body["type"].as_str()),
+        (503, Some("model_stopped")),
+        "{NO_HOOK}: {body}"
+    );
     let started = Instant::now();
     let (status, _, body) = loop {
         let answer = live(&server);

@@ -2,8 +2,8 @@
 //!
 //! The engine (queue, batching, deadlines, fault recovery) talks to a [`Backend`]: it hands over
 //! batches of preprocessed images and gets back logits or explanations. The libtorch ResNet (in
-//! the `model` module) is one implementation; in-process tests use a small deterministic one,
-//! and the test build wraps the real one in a fault injector. Nothing here knows about
+//! the `model` module) is one implementation; in-process tests use a small deterministic one.
+//! Nothing here knows about
 //! libtorch or HTTP: these are the request and result types both sides share.
 
 mod labels;

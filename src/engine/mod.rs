@@ -9,7 +9,10 @@
 //! Faults stay inside their request: a backend error in a batch of several images is retried
 //! image by image, so only the image that causes it fails (an out-of-memory batch is split the
 //! same way). A panic fails its batch with a 500, and the backend is rebuilt before the next
-//! batch; readiness is false meanwhile.
+//! batch; readiness is false meanwhile. A lost device (or a [`Fatal`](crate::backend::Fatal)
+//! panic) cannot be recovered in this process: the model thread answers its batch and
+//! everything still queued with [`EngineError::Lost`] (503 `model_stopped`) and ends, so that
+//! liveness fails and the instance is restarted.
 
 mod worker;
 
@@ -61,6 +64,9 @@ pub enum EngineError {
     OutOfMemory,
     #[error("model failure: {0}")]
     Model(String),
+    /// The model thread has ended for good (a lost device): only a new process can serve.
+    #[error("the model thread has stopped: {0}")]
+    Lost(String),
 }
 
 /// A queued image with its reply channel. The tracing span travels with it, so that the model
@@ -72,6 +78,9 @@ struct Job {
     enqueued: Instant,
     span: tracing::Span,
     reply: oneshot::Sender<Result<Done, EngineError>>,
+    /// Test builds: the fault the request asked for, made to happen by the model thread.
+    #[cfg(feature = "fault-injection")]
+    fault: Option<crate::fault::Fault>,
 }
 
 /// Batching settings.
@@ -144,6 +153,8 @@ impl Engine {
             enqueued: Instant::now(),
             span: tracing::Span::current(),
             reply,
+            #[cfg(feature = "fault-injection")]
+            fault: crate::fault::current(),
         };
         let guard = self.tx.read().unwrap_or_else(|e| e.into_inner());
         let tx = guard.as_ref().ok_or(EngineError::Stopped)?;

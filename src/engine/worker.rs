@@ -1,5 +1,6 @@
 //! The model thread: builds the backend, batches queued jobs, runs them, answers each, and
-//! recovers from faults (per-image retry after an error, rebuild after a panic).
+//! recovers from faults (per-image retry after an error, rebuild after a panic, the end of the
+//! thread through the normal drain when the device is lost).
 
 use super::{BatchConfig, Done, EngineError, Job, Output, Status, Task};
 use crate::backend::{self, Backend, BackendError, Description, ExplainOptions, Fatal, Loader};
@@ -25,6 +26,8 @@ pub(super) fn spawn(
         config,
         metrics,
         status,
+        #[cfg(feature = "fault-injection")]
+        faults: crate::fault::Injector::default(),
     };
     let thread = std::thread::Builder::new()
         .name("model".into())
@@ -65,20 +68,36 @@ struct Worker {
     config: BatchConfig,
     metrics: Arc<Metrics>,
     status: Arc<Status>,
+    /// Test builds: makes the faults that jobs carry happen.
+    #[cfg(feature = "fault-injection")]
+    faults: crate::fault::Injector,
 }
 
 /// How a batch left the backend.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 enum Health {
     Fine,
     /// A panic happened: rebuild the backend before the next batch.
     Broken,
+    /// The device is lost (or the backend panicked with [`Fatal`]): nothing in this process
+    /// can serve again, so the thread ends.
+    Lost(String),
+}
+
+impl Health {
+    /// Records a worse state; a lost device is never downgraded to a rebuild.
+    fn worsen(&mut self, to: Health) {
+        if !matches!(self, Health::Lost(_)) {
+            *self = to;
+        }
+    }
 }
 
 /// Why one attempt at a group of jobs failed.
 enum Failure {
     Error(EngineError),
     Panic(String),
+    Lost(String),
 }
 
 impl Worker {
@@ -98,23 +117,34 @@ impl Worker {
     }
 
     fn run(&self, mut backend: Box<dyn Backend>, rx: &mpsc::Receiver<Job>) {
+        let mut end = EngineError::Stopped;
         while let Some(batch) = self.next_batch(rx) {
             if batch.is_empty() {
                 continue;
             }
-            if self.run_batch(&*backend, batch) == Health::Broken {
-                drop(backend);
-                match self.rebuild() {
-                    Some(b) => backend = b,
-                    None => break,
+            match self.run_batch(&*backend, batch) {
+                Health::Fine => {}
+                Health::Broken => {
+                    drop(backend);
+                    match self.rebuild() {
+                        Some(b) => backend = b,
+                        None => break,
+                    }
+                    self.status.healthy.store(true, Ordering::SeqCst);
                 }
-                self.status.healthy.store(true, Ordering::SeqCst);
+                Health::Lost(reason) => {
+                    tracing::error!(%reason, "the model cannot go on in this process: the model thread ends, restart the instance");
+                    // New requests are refused from now on; what is queued is answered below.
+                    self.status.alive.store(false, Ordering::SeqCst);
+                    end = EngineError::Lost(reason);
+                    break;
+                }
             }
         }
         // Whatever is still queued when the thread stops is answered, not dropped. (Readiness
         // turns false as the thread ends, through its `ClearOnDrop`.)
         while let Ok(job) = rx.try_recv() {
-            self.take(job).reply.send(Err(EngineError::Stopped)).ok();
+            self.take(job).reply.send(Err(end.clone())).ok();
         }
     }
 
@@ -157,6 +187,8 @@ impl Worker {
     /// engine is stopping (then `None`). Readiness is false throughout.
     fn rebuild(&self) -> Option<Box<dyn Backend>> {
         tracing::warn!("rebuilding the model after a panic");
+        #[cfg(feature = "fault-injection")]
+        self.faults.before_rebuild();
         let mut backoff = Duration::from_secs(1);
         loop {
             match self.build() {
@@ -229,15 +261,28 @@ impl Worker {
         jobs: &[Job],
         health: &mut Health,
     ) -> Vec<Result<Output, EngineError>> {
+        if let Health::Lost(reason) = health {
+            // Nothing more reaches a lost device.
+            return jobs
+                .iter()
+                .map(|_| Err(EngineError::Lost(reason.clone())))
+                .collect();
+        }
         if jobs.is_empty() {
             return Vec::new();
         }
-        match attempt(backend, jobs) {
+        match self.attempt(backend, jobs) {
             Ok(outputs) => outputs.into_iter().map(Ok).collect(),
             Err(Failure::Panic(msg)) => {
-                *health = Health::Broken;
+                health.worsen(Health::Broken);
                 let e = EngineError::Model(format!("panic in the model thread: {msg}"));
                 jobs.iter().map(|_| Err(e.clone())).collect()
+            }
+            Err(Failure::Lost(reason)) => {
+                health.worsen(Health::Lost(reason.clone()));
+                jobs.iter()
+                    .map(|_| Err(EngineError::Lost(reason.clone())))
+                    .collect()
             }
             Err(Failure::Error(e)) if jobs.len() == 1 => vec![Err(e)],
             Err(Failure::Error(EngineError::OutOfMemory)) => {
@@ -262,22 +307,31 @@ impl Worker {
             }
         }
     }
-}
 
-/// One try at a group of jobs of the same kind, with backend errors and panics caught. A
-/// [`Fatal`] panic is let through: it ends the model thread.
-fn attempt(backend: &dyn Backend, jobs: &[Job]) -> Result<Vec<Output>, Failure> {
-    let result = std::panic::catch_unwind(AssertUnwindSafe(|| call(backend, jobs)));
-    match result {
-        Ok(Ok(v)) => Ok(v),
-        // Out of memory is the load's fault, not the request's: the caller may retry.
-        Ok(Err(BackendError::OutOfMemory(_))) => Err(Failure::Error(EngineError::OutOfMemory)),
-        Ok(Err(BackendError::Failed(m))) => Err(Failure::Error(EngineError::Model(m))),
-        // Neither a retry nor a rebuild in this process can help: the model thread ends, so
-        // that liveness fails and the instance is restarted.
-        Ok(Err(e @ BackendError::DeviceLost(_))) => std::panic::panic_any(Fatal(e.to_string())),
-        Err(panic) if panic.is::<Fatal>() => std::panic::resume_unwind(panic),
-        Err(panic) => Err(Failure::Panic(panic_message(&*panic))),
+    /// One try at a group of jobs of the same kind, with backend errors and panics caught and
+    /// told apart: a lost device, or a [`Fatal`] panic, is [`Failure::Lost`].
+    fn attempt(&self, backend: &dyn Backend, jobs: &[Job]) -> Result<Vec<Output>, Failure> {
+        let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            #[cfg(feature = "fault-injection")]
+            self.faults.inject(
+                jobs.iter().filter_map(|j| j.fault),
+                jobs.len(),
+                &backend.describe().device,
+            )?;
+            call(backend, jobs)
+        }));
+        match result {
+            Ok(Ok(v)) => Ok(v),
+            // Out of memory is the load's fault, not the request's: the caller may retry.
+            Ok(Err(BackendError::OutOfMemory(_))) => Err(Failure::Error(EngineError::OutOfMemory)),
+            Ok(Err(BackendError::Failed(m))) => Err(Failure::Error(EngineError::Model(m))),
+            // Neither a retry nor a rebuild in this process can help.
+            Ok(Err(e @ BackendError::DeviceLost(_))) => Err(Failure::Lost(e.to_string())),
+            Err(panic) => match panic.downcast::<Fatal>() {
+                Ok(fatal) => Err(Failure::Lost(fatal.0)),
+                Err(panic) => Err(Failure::Panic(panic_message(&*panic))),
+            },
+        }
     }
 }
 
@@ -317,6 +371,5 @@ fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
     p.downcast_ref::<&str>()
         .map(|s| s.to_string())
         .or_else(|| p.downcast_ref::<String>().cloned())
-        .or_else(|| p.downcast_ref::<Fatal>().map(|f| f.0.clone()))
         .unwrap_or_else(|| "panic".into())
 }

@@ -101,8 +101,6 @@ async fn infer<T>(
 ) -> Result<(Inferred<T>, budget::Reservation), ApiError> {
     state.serving()?;
     let deadline = started + state.config.request_timeout();
-    #[cfg(feature = "fault-injection")]
-    let fault = injected_fault(req.headers())?;
     let incoming = Incoming::from_request(req, state).await?;
     let (task, request, keep) = parse(&incoming.options)?;
     let mut timings = Timings::default();
@@ -160,21 +158,18 @@ async fn infer<T>(
     // `decode_pixels` and `preprocess`.
     timings.decode_ms = ms(t.elapsed());
     state.metrics.stage("decode", t.elapsed().as_secs_f64());
-    #[cfg(feature = "fault-injection")]
-    let x = {
-        let mut x = x;
-        if let Some(f) = fault {
-            crate::fault::attach(&mut x, f);
-        }
-        x
-    };
 
     let reply = state.engine.submit(x, task, deadline)?;
     // If the client goes away, this future is dropped with the receiver, and the model thread
     // skips the job.
-    let done = reply
-        .await
-        .map_err(|_| ApiError::Internal("the model thread dropped a job".into()))??;
+    let done = reply.await.map_err(|_| {
+        // A job sent as the model thread ended for good is dropped with its queue.
+        if state.engine.is_alive() {
+            ApiError::Internal("the model thread dropped a job".into())
+        } else {
+            ApiError::ModelStopped
+        }
+    })??;
     timings.queue_ms = ms(done.queue);
     timings.inference_ms = ms(done.inference);
     timings.batch_size = done.batch_size;
@@ -191,20 +186,6 @@ async fn infer<T>(
         },
         reservation,
     ))
-}
-
-/// The test build's fault hook: header `x-gradcam-fault` (see [`crate::fault::Fault`]).
-#[cfg(feature = "fault-injection")]
-fn injected_fault(headers: &HeaderMap) -> Result<Option<crate::fault::Fault>, ApiError> {
-    headers
-        .get("x-gradcam-fault")
-        .map(|v| {
-            v.to_str()
-                .map_err(|_| "not text".to_string())
-                .and_then(str::parse)
-                .map_err(|e| ApiError::Malformed(format!("x-gradcam-fault: {e}")))
-        })
-        .transpose()
 }
 
 /// Applies the whole-request deadline to a handler body.

@@ -143,6 +143,9 @@ pub fn app(state: AppState) -> Router {
         .route("/info", get(ops::info))
         .route("/labels", get(ops::labels))
         .route("/openapi.yaml", get(ops::openapi));
+    // Test builds: the fault a request names travels beside its job (see `crate::fault`).
+    #[cfg(feature = "fault-injection")]
+    let router = router.route_layer(middleware::from_fn(crate::fault::layer));
     let router = ui::routes(router, state.config.ui)
         .route_layer(middleware::from_fn_with_state(state.clone(), auth::guard))
         .route_layer(middleware::from_fn(tag_route))

@@ -249,6 +249,8 @@ impl From<EngineError> for ApiError {
             EngineError::Stopped => ApiError::Draining,
             EngineError::OutOfMemory => ApiError::OutOfMemory,
             EngineError::Model(m) => ApiError::Internal(m),
+            // The reason is in the model thread's log; the client learns where to go.
+            EngineError::Lost(_) => ApiError::ModelStopped,
         }
     }
 }

@@ -162,12 +162,14 @@ async fn model_thread_ends_on(act: Act) {
     let script = Script::default();
     let (app, state) = scripted_app(&[], &script);
     script.push(act);
-    problem(
-        "the request the model thread died on",
-        &send(&app, explain_chelsea()).await,
-        500,
-        "internal",
+    let a = send(&app, explain_chelsea()).await;
+    let p = problem(
+        "the request the model thread ended on",
+        &a,
+        503,
+        "model_stopped",
     );
+    assert!(detail(&p).contains("restart"), "{p}");
     let engine = state.engine.clone();
     until("the model thread to end", || !engine.is_alive()).await;
     for (case, req) in [
@@ -186,6 +188,53 @@ async fn model_thread_ends_on(act: Act) {
         );
     }
     assert_eq!(script.calls(), 1, "nothing reaches a dead model thread");
+}
+
+/// A lost device ends the model thread through its normal drain: the jobs queued behind the
+/// batch that lost it are answered 503 `model_stopped` (go elsewhere), none is dropped (which
+/// would be a 500), and none reaches the device again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_queued_behind_a_lost_device_are_503_model_stopped() {
+    let script = Script::default();
+    let (app, state) = scripted_app(&["--max-batch-size", "1"], &script);
+    let gate = Gate::default();
+    script.push(Act::Hold(gate.clone()));
+    script.push(Act::DeviceLost);
+    let held = spawn(&app, explain_chelsea());
+    until("the model thread to hold the first request", || {
+        script.calls() == 1
+    })
+    .await;
+    let queued: Vec<_> = (0..3)
+        .map(|i| {
+            spawn(
+                &app,
+                if i % 2 == 0 {
+                    explain_chelsea()
+                } else {
+                    predict_coffee()
+                },
+            )
+        })
+        .collect();
+    let metrics = state.metrics.clone();
+    until("three requests to wait in the queue", || {
+        metrics.queue_depth.load(Ordering::SeqCst) == 3
+    })
+    .await;
+    gate.open();
+    assert_eq!(held.await.unwrap().status, 200, "the batch before the loss");
+    for (i, q) in queued.into_iter().enumerate() {
+        let a = q.await.unwrap();
+        let p = problem(&format!("queued request {i}"), &a, 503, "model_stopped");
+        assert!(detail(&p).contains("restart"), "{i}: {p}");
+    }
+    assert!(!state.engine.is_alive());
+    assert_eq!(
+        script.calls(),
+        2,
+        "nothing reaches a lost device after the loss"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
