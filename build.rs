@@ -24,7 +24,9 @@ fn main() {
         // folder is there.
         let arg = "-Wl,--no-as-needed,-ltorch_cuda,--as-needed";
         println!("cargo:rustc-link-arg-bin=gradcam-serve={arg}");
-        let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap());
+        let root = PathBuf::from(
+            std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"),
+        );
         for kind in ["tests", "benches", "examples"] {
             if root.join(kind).is_dir() {
                 println!("cargo:rustc-link-arg-{kind}={arg}");
@@ -40,7 +42,8 @@ fn main() {
 /// get it.
 fn embed_api_reference() {
     println!("cargo::rustc-check-cfg=cfg(swagger_ui)");
-    let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap());
+    let root =
+        PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
     let pin = root.join("scripts/web/package.json");
     println!("cargo:rerun-if-changed={}", pin.display());
     println!("cargo:rerun-if-env-changed=GRADCAM_CACHE");
@@ -73,7 +76,8 @@ fn embed_api_reference() {
         );
         return;
     }
-    let out = PathBuf::from(std::env::var("OUT_DIR").unwrap());
+    let out =
+        PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR for build scripts"));
     for f in files {
         println!("cargo:rerun-if-changed={}", dir.join(f).display());
         std::fs::copy(dir.join(f), out.join(f)).expect("copying swagger-ui-dist into OUT_DIR");

@@ -3,6 +3,8 @@
 //! group); and explain for three depths of the ResNet family. Run with `scripts/bench.sh` (which sets up libtorch and the test
 //! weights). Throughput is in images per second.
 
+#![allow(clippy::unwrap_used)] // a test fails on an unexpected error by panicking
+
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use gradcam_serve::backend::{Backend, ExplainOptions, Layer, Precision};
 use gradcam_serve::cam::Method;

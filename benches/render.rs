@@ -7,6 +7,8 @@
 //! server. Run with `scripts/pipeline_bench.sh` (the photo: `GRADCAM_BENCH_PHOTO`, by default
 //! scikit-image's hubble_deep_field.jpg from the project's Python environment, else a fixture).
 
+#![allow(clippy::unwrap_used)] // a test fails on an unexpected error by panicking
+
 use criterion::{Criterion, criterion_group, criterion_main};
 use gradcam_serve::input::{self, DecodeLimits, Preprocess};
 use gradcam_serve::render::{self, OverlayOptions, PictureFormat};

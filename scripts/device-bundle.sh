@@ -3,7 +3,10 @@
 # Rust and no network needs to check the release build there (scripts/gpu-check.sh, run from the
 # kit, reports parity, engine throughput and the service against PyTorch on that machine):
 #   bin/gradcam-serve, bin/gradcam-load   the release binaries, debug info stripped
-#   gpu-check.sh, gpu_check.py            the check
+#   gpu-check.sh, gpu_check.py            the check: its start and its entry point,
+#   device_check/                         its steps and what they share, one module each,
+#   torchref.py                           and the PyTorch side it shares with the reference
+#                                         scripts (tests/torchref.py)
 #   photos/                               scikit-image's sample photographs (parity)
 #   load/load-224.jpg, load/load-1mp.jpg  the service's load-test pictures
 #   wheels/                               pytorch-grad-cam and the two small pure-Python
@@ -51,7 +54,9 @@ for b in gradcam-serve gradcam-load; do
   objcopy --strip-debug "$prebuilt/$b" "$tmp/bin/$b" 2>/dev/null ||
     strip --strip-debug -o "$tmp/bin/$b" "$prebuilt/$b"
 done
-cp scripts/gpu-check.sh scripts/gpu_check.py "$tmp/"
+cp scripts/gpu-check.sh scripts/gpu_check.py tests/torchref.py "$tmp/"
+mkdir -p "$tmp/device_check"
+cp scripts/device_check/*.py "$tmp/device_check/"
 chmod +x "$tmp/gpu-check.sh"
 
 # Photographs for parity, and the load test's two JPEGs made from them: a 224x224 crop (the
@@ -78,7 +83,7 @@ PY
 # pytorch-grad-cam is published as a source archive only: it is built into a wheel here (pure
 # Python), so that the device installs it without setuptools. Its import needs ttach and tqdm
 # (both pure Python, about 90 KB); matplotlib, scipy and scikit-learn it imports only for
-# helpers the check never calls, and gpu_check.py stands in for them where they are missing.
+# helpers the check never calls, and torchref.py stands in for them where they are missing.
 # The versions are the pinned grad-cam and the ttach and tqdm of the environment the check is
 # tried in here; the wheels are kept in the cache, so that a later kit needs no network.
 wheels="$GRADCAM_CACHE/device-wheels"

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The device check, run from the kit that scripts/device-bundle.sh assembles (device-kit/): puts
 # the libtorch of this machine's PyTorch on the binaries' library path, installs the carried
-# wheels (pytorch-grad-cam, ttach, tqdm) into a temporary directory, and runs gpu_check.py:
+# wheels (pytorch-grad-cam, ttach, tqdm) into a temporary directory, and runs gpu_check.py
+# (with its modules, device_check/ and torchref.py, beside it in the kit):
 # parity, engine throughput and the service against PyTorch, reported in OUT/gpu-report.md and
 # OUT/gpu-report.json. Ends within 8 minutes on a GPU, 4 with --small on a 2-core CPU.
 # Usage: device-kit/gpu-check.sh [--device cuda|cpu] [--small] [--out DIR]
@@ -57,6 +58,9 @@ if ! "$python" -m pip install --quiet --disable-pip-version-check --no-index --n
   done
 fi
 export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}"
+# The check's modules (device_check/, torchref.py) are imported from the kit: no bytecode is
+# written there, so that the kit stays as it was assembled.
+export PYTHONDONTWRITEBYTECODE=1
 
 status=0
 "$python" "$kit/gpu_check.py" --kit "$kit" --bin "$bin" --out "$out" --started "$started" \

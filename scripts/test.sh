@@ -11,6 +11,10 @@ GRADCAM_TEST_FAMILY="$(scripts/reference.sh family)"
 GRADCAM_TEST_TRAINED="$(scripts/reference.sh trained)"
 export GRADCAM_TEST_REFERENCE GRADCAM_TEST_FAMILY GRADCAM_TEST_TRAINED
 
+# The code as written: formatted, and clean under the lints Cargo.toml's [lints] table names.
+cargo fmt --check
+cargo clippy --release --all-targets --features fault-injection -- -D warnings
+
 # Release builds, with the test-only fault hook on (smoke.sh below then checks the shipped build).
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --release --features fault-injection --no-fail-fast "$@"

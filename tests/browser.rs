@@ -5,6 +5,8 @@
 //! origin calls `/explain` for the overlay PNG and reads `x-class-label`; a second server with
 //! API keys shows its 401 on the page until the key is typed in.
 
+#![allow(clippy::unwrap_used)] // a test fails on an unexpected error by panicking
+
 mod common;
 
 use common::origin::Origin;

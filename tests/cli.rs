@@ -1,5 +1,7 @@
 //! The `gradcam-serve explain` command and weight-file checks, run as a user would.
 
+#![allow(clippy::unwrap_used)] // a test fails on an unexpected error by panicking
+
 mod common;
 
 use common::{REFERENCE, fixture, reference_dir};

@@ -14,6 +14,8 @@
 //!
 //! Needs root (chroot, namespaces), as CI runs; fails, not skips, without it.
 
+#![allow(clippy::unwrap_used)] // a test fails on an unexpected error by panicking
+
 mod common;
 #[path = "common/image.rs"]
 mod image;

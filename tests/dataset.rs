@@ -2,6 +2,8 @@
 //! hundred generated pictures (nested folders, duplicate base names, a corrupt file, a file
 //! that is not an image), lists, patterns, `--strict`, and an interrupted run resumed.
 
+#![allow(clippy::unwrap_used)] // a test fails on an unexpected error by panicking
+
 mod common;
 
 use common::{encode_jpeg, encode_png, fixture, reference_dir};

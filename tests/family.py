@@ -16,31 +16,21 @@ torchvision's Resize(329) + CenterCrop(288), with the input tensor of the latter
 Usage: python tests/family.py OUT_DIR
 """
 
-import hashlib
 import json
 import sys
-from pathlib import Path
 
 import timm
 import torch
 import torchvision
 from PIL import Image
-from pytorch_grad_cam import GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM, XGradCAM
-from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from safetensors.torch import save_file
 from torchvision import transforms
 
+import torchref
+from torchref import FIXTURES, MEAN, STD
+
 SEED = 20261130
-FIXTURES = Path(__file__).resolve().parent / "fixtures"
 PHOTO = "chelsea.png"
-MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
-METHODS = {
-    "gradcam": GradCAM,
-    "hirescam": HiResCAM,
-    "gradcam++": GradCAMPlusPlus,
-    "xgradcam": XGradCAM,
-    "layercam": LayerCAM,
-}
 # Each member: its second map (method, layer), so that every method and layer is covered.
 FAMILY = {
     "resnet18": ("hirescam", "layer1"),
@@ -66,19 +56,12 @@ class TrainingSettings:
 
 
 def randomise(model, seed, classes):
-    """Every batch-norm statistic and parameter seeded; each residual branch's last batch norm
-    small, so that activations stay in a sane range through deep stacks, as in trained nets."""
+    """Every batch-norm statistic and parameter seeded (torchref.randomise_batch_norms: each
+    residual branch's last batch norm small, so that activations stay in a sane range through
+    deep stacks, as in trained nets), then rounded to float16."""
     g = torch.Generator().manual_seed(seed)
-    last_bn = {"bn3"} if hasattr(model.layer1[0], "bn3") else {"bn2"}
+    torchref.randomise_batch_norms(model, g)
     with torch.no_grad():
-        for name, m in model.named_modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                n = m.num_features
-                scale = 0.2 if name.split(".")[-1] in last_bn else 1.0
-                m.weight.copy_(scale * (0.5 + torch.rand(n, generator=g)))
-                m.bias.copy_(0.1 * torch.randn(n, generator=g))
-                m.running_mean.copy_(0.1 * torch.randn(n, generator=g))
-                m.running_var.copy_(0.5 + torch.rand(n, generator=g))
         model.fc.weight.copy_(torch.randn(model.fc.weight.shape, generator=g) / 8)
         model.fc.bias.copy_(0.05 * torch.randn(classes, generator=g))
         # float16 values, held as float32: what the file stores is exactly what runs here.
@@ -88,51 +71,29 @@ def randomise(model, seed, classes):
     return model.eval()
 
 
-def raw_cam(model, layer, x, target, method):
-    cam = METHODS[method](model=model, target_layers=[layer])
-    targets = [ClassifierOutputTarget(target)]
-    cam(input_tensor=x, targets=targets)
-    acts = cam.activations_and_grads.activations[0].cpu().numpy()
-    grads = cam.activations_and_grads.gradients[0].cpu().numpy()
-    raw = cam.get_cam_image(x, layer, targets, acts, grads, False)[0]
-    cam.activations_and_grads.release()
-    return torch.from_numpy(raw.astype("float32")).contiguous()
-
-
-def half_state(model):
-    return {
-        k: (v.half() if v.is_floating_point() else v).contiguous()
-        for k, v in model.state_dict().items()
-    }
-
-
 def explain_into(tensors, key, model, x, method, layer):
+    """The logits, GradCAM's raw map at layer4 and `method`'s at `layer`, for the top class."""
     with torch.no_grad():
         logits = model(x)
     top = int(logits[0].argmax())
     tensors[f"{key}.logits"] = logits.contiguous()
-    tensors[f"{key}.gradcam.layer4"] = raw_cam(model, model.layer4, x, top, "gradcam")
-    tensors[f"{key}.{method}.{layer}"] = raw_cam(model, getattr(model, layer), x, top, method)
+    tensors[f"{key}.gradcam.layer4"] = torchref.raw_cams(model, model.layer4, x, top,
+                                                         ["gradcam"])["gradcam"]
+    tensors[f"{key}.{method}.{layer}"] = torchref.raw_cams(model, getattr(model, layer), x, top,
+                                                           [method])[method]
     return top
 
 
 def main():
-    out = Path(sys.argv[1])
-    (out / "family").mkdir(parents=True, exist_ok=True)
-    (out / "timm").mkdir(exist_ok=True)
-    (out / "ckpt").mkdir(exist_ok=True)
-    torch.set_num_threads(max(1, torch.get_num_threads()))
+    out = torchref.begin(subdirs=("family", "timm", "ckpt"))
     photo = Image.open(FIXTURES / PHOTO).convert("RGB")
-    squash = transforms.Compose([
-        transforms.Resize((224, 224)), transforms.ToTensor(), transforms.Normalize(MEAN, STD),
-    ])
-    x = squash(photo).unsqueeze(0)
+    x = torchref.squash(224)(photo).unsqueeze(0)
     tensors, meta = {}, {"photo": PHOTO, "family": {}, "timm": {}}
 
     for i, (arch, (method, layer)) in enumerate(FAMILY.items()):
         torch.manual_seed(SEED + i)
         model = randomise(getattr(torchvision.models, arch)(), SEED + 100 + i, 1000)
-        save_file(half_state(model), str(out / "family" / f"{arch}.safetensors"))
+        torchref.save_safetensors(model, out / "family" / f"{arch}.safetensors", torch.float16)
         top = explain_into(tensors, f"family.{arch}", model, x, method, layer)
         meta["family"][arch] = {"method": method, "layer": layer, "top": top}
         print(f"family: {arch} top {top}", file=sys.stderr)
@@ -142,7 +103,7 @@ def main():
         torch.manual_seed(SEED + 50 + i)
         model = timm.create_model(arch, pretrained=False, num_classes=1000)
         model = randomise(model, SEED + 150 + i, 1000)
-        save_file(half_state(model), str(out / "timm" / f"{arch}.safetensors"))
+        torchref.save_safetensors(model, out / "timm" / f"{arch}.safetensors", torch.float16)
         top = explain_into(tensors, f"timm.{arch}", model, x, method, "layer3")
         meta["timm"][arch] = {"method": method, "layer": "layer3", "top": top}
 
@@ -150,7 +111,7 @@ def main():
     torch.manual_seed(SEED + 200)
     model = randomise(torchvision.models.resnet18(num_classes=7), SEED + 201, 7)
     sd = model.state_dict()
-    save_file(half_state(model), str(out / "ckpt" / "resnet18_7.safetensors"))
+    torchref.save_safetensors(model, out / "ckpt" / "resnet18_7.safetensors", torch.float16)
     # An optimiser with real state: one step on a copy, so that the model stays as it is.
     shadow = torchvision.models.resnet18(num_classes=7)
     shadow.load_state_dict(sd)
@@ -193,8 +154,7 @@ def main():
 
     save_file(tensors, str(out / "family.safetensors"))
     (out / "family.json").write_text(json.dumps(meta, indent=1))
-    digest = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()
-    (out / "stamp").write_text(digest)
+    torchref.write_stamp(out, __file__)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,8 @@
 //! members cross more blocks still, so those maps are held to 1e-2 (measured: see the printed
 //! figures with `--no-capture`).
 
+#![allow(clippy::unwrap_used)] // a test fails on an unexpected error by panicking
+
 mod common;
 #[path = "family/hostile.rs"]
 mod hostile;

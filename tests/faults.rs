@@ -3,6 +3,8 @@
 //! `x-gradcam-fault` makes the model thread sleep, panic, or run into a real libtorch error or a
 //! real allocation failure while it works on that request.
 
+#![allow(clippy::unwrap_used)] // a test fails on an unexpected error by panicking
+
 mod common;
 
 use common::fixture;

@@ -2,6 +2,8 @@
 //! mixed or changing answers, oversized and slow bodies. A canary origin on another loopback
 //! address counts connections and must stay at zero.
 
+#![allow(clippy::unwrap_used)] // a test fails on an unexpected error by panicking
+
 mod common;
 
 use common::origin::Origin;

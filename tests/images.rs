@@ -1,5 +1,7 @@
 //! Decoding and preprocessing of real photographs and edge cases.
 
+#![allow(clippy::unwrap_used)] // a test fails on an unexpected error by panicking
+
 mod common;
 
 use common::{MODEL, REFERENCE, fixture, huge_jpeg, huge_png, synthetic};

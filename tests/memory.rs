@@ -8,6 +8,8 @@
 //! The limit is the server's own address space after start-up and one request (libtorch maps
 //! about 3 GB), plus [`HEADROOM`].
 
+#![allow(clippy::unwrap_used)] // a test fails on an unexpected error by panicking
+
 mod common;
 
 use common::server::{Server, client};

@@ -3,6 +3,8 @@
 //! the maps, measured against decoding at full size, on real photographs enlarged to 12 MP.
 //! The figures are printed (`--no-capture`).
 
+#![allow(clippy::unwrap_used)] // a test fails on an unexpected error by panicking
+
 mod common;
 
 use common::{MODEL, encode_jpeg, fixture};

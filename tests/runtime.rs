@@ -2,6 +2,8 @@
 //! start-up log, `/info` and every answer; and a libtorch, device or precision that cannot
 //! serve refused at start-up with what was found and what is needed.
 
+#![allow(clippy::unwrap_used)] // a test fails on an unexpected error by panicking
+
 mod common;
 
 use common::server::{Server, client, post_fixture};

@@ -35,36 +35,33 @@ Writes into OUT_DIR:
                         rate of the picture's centre and of a random point), per picture the
                         prediction, logits and every map's arg-max point (picture pixels),
                         training figures (epochs, steps, final train loss, seconds);
-- stamp                 the hash of this script, written last.
+- stamp                 the hash of this script and of tests/torchref.py, written last.
 
 Usage: python tests/trained.py OUT_DIR
 """
 
-import hashlib
 import json
 import math
 import os
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 import torchvision
 from PIL import Image, ImageDraw
-from pytorch_grad_cam import GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM, XGradCAM
-from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from safetensors.torch import save_file
-from torchvision import transforms
 
+import torchref
+from torchref import MEAN, STD
+
+METHODS, ClassifierOutputTarget, _ = torchref.grad_cam()  # pytorch-grad-cam's, by name
 WALL_START = time.time()  # wall_seconds counts from here: the imports are left out
 SEED = 20260611
 TRAIN_SPLIT, HELDOUT_SPLIT = 1, 2
 CLASSES = ["circle", "ring", "triangle", "cross", "star"]
 SIDE = 160  # picture side, pixels
 N = 128  # network input side (layer4 map: N / 32 = 4)
-MEAN = [0.485, 0.456, 0.406]
-STD = [0.229, 0.224, 0.225]
 SIZE_RANGE = (0.38, 0.50)  # target's width and height, fraction of the side
 HELDOUT = 200
 EPOCHS = 4
@@ -73,13 +70,6 @@ BATCH = 32
 LR = 2e-3
 WEIGHT_DECAY = 5e-4
 CURRICULUM = 0.3  # fraction of the training steps over which the clutter grows to its full
-METHODS = {
-    "gradcam": GradCAM,
-    "hirescam": HiResCAM,
-    "gradcam++": GradCAMPlusPlus,
-    "xgradcam": XGradCAM,
-    "layercam": LayerCAM,
-}
 LAYERS = ["layer1", "layer2", "layer3", "layer4"]
 SS = 4  # supersampling of the target's outline
 
@@ -205,11 +195,7 @@ def picture(split, index, clutter=1.0):
     return Image.fromarray(img, "RGB"), label, box
 
 
-PREPROCESS = transforms.Compose([
-    transforms.Resize((N, N)),
-    transforms.ToTensor(),
-    transforms.Normalize(mean=MEAN, std=STD),
-])
+PREPROCESS = torchref.squash(N)
 
 
 def batch(split, indices, clutter):
@@ -285,7 +271,7 @@ def pointing(model, x, labels):
     """
     targets = [ClassifierOutputTarget(int(c)) for c in labels]
     layers = [getattr(model, name) for name in LAYERS]
-    capture = GradCAM(model=model, target_layers=layers)
+    capture = METHODS["gradcam"](model=model, target_layers=layers)
     capture(input_tensor=x, targets=targets)
     acts = list(capture.activations_and_grads.activations)
     grads = list(capture.activations_and_grads.gradients)
@@ -385,18 +371,17 @@ def summary(f):
 
 
 def main():
-    out = Path(sys.argv[1])
-    (out / "heldout").mkdir(parents=True, exist_ok=True)
     # Two threads by default; GRADCAM_TRAINED_THREADS builds it under another count, to show the
     # suite does not depend on the exact floats one machine's training gives (scripts/trained_threads.sh).
-    torch.set_num_threads(int(os.environ.get("GRADCAM_TRAINED_THREADS", "2")))
+    out = torchref.begin(threads=int(os.environ.get("GRADCAM_TRAINED_THREADS", "2")),
+                         subdirs=("heldout",))
     torch.manual_seed(SEED)
     model = torchvision.models.resnet18(num_classes=len(CLASSES))
     model = model.to(memory_format=torch.channels_last)
     opt, figures = train(model)
     model = model.to(memory_format=torch.contiguous_format)
 
-    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    state = torchref.state(model)
     save_file(state, str(out / "weights.safetensors"))
     torch.save({
         "epoch": EPOCHS - 1,
@@ -414,8 +399,7 @@ def main():
     (out / "torch_figures.json").write_text(json.dumps(figures, indent=1))
 
     summary(figures)
-    digest = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()
-    (out / "stamp").write_text(digest)
+    torchref.write_stamp(out, __file__)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,8 @@
 //! faithfulness scores, next to pytorch-grad-cam's pointing rates on the same pictures
 //! (`--no-capture`).
 
+#![allow(clippy::unwrap_used)] // a test fails on an unexpected error by panicking
+
 mod common;
 
 use common::server::{Server, client};

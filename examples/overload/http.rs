@@ -22,7 +22,7 @@ impl Target {
             .timeout(Duration::from_secs(120))
             .no_proxy()
             .build()
-            .unwrap();
+            .expect("an HTTP client with default TLS settings");
         Target { client, base }
     }
 

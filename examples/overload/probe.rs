@@ -43,6 +43,6 @@ impl Prober {
     /// Stops probing (after the probe or pause under way) and returns every probe.
     pub async fn stop(self) -> Vec<Probe> {
         self.running.store(false, Ordering::SeqCst);
-        self.task.await.unwrap()
+        self.task.await.expect("the probe task does not panic")
     }
 }

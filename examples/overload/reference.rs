@@ -14,10 +14,13 @@ pub struct Reference {
 pub async fn request(target: &Target, photo: &[u8]) -> Reference {
     let answer = target.explain(photo).await.expect("the server answers");
     assert_eq!(answer.status, 200, "reference request");
-    let v: Value = serde_json::from_slice(&answer.body).unwrap();
+    let v: Value = serde_json::from_slice(&answer.body).expect("the reference answer is JSON");
     let reference = Reference {
-        class: v["explanations"][0]["class_index"].as_u64().unwrap(),
-        heatmap: serde_json::from_value(v["explanations"][0]["heatmap"]["data"].clone()).unwrap(),
+        class: v["explanations"][0]["class_index"]
+            .as_u64()
+            .expect("the answer has a class index"),
+        heatmap: serde_json::from_value(v["explanations"][0]["heatmap"]["data"].clone())
+            .expect("the answer has a heatmap"),
     };
     println!(
         "photo {} bytes, reference class {}, answer {} bytes",

@@ -79,7 +79,7 @@ pub async fn run(plan: &Plan, load: &Arc<Load>, memory: &mut memory::Sampler) ->
     }
     let mut outcomes = Vec::with_capacity(plan.n);
     for h in handles {
-        outcomes.push(h.await.unwrap());
+        outcomes.push(h.await.expect("a request task does not panic"));
     }
     Run {
         outcomes,

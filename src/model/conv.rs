@@ -120,6 +120,10 @@ mod at {
     #[cfg(test)]
     pub const TF32: i32 = 2;
 
+    // SAFETY: each declaration matches its C++ function as the Itanium ABI passes it: the
+    // context pointer is `this`, the three enums are `int`-sized, `float32Precision` returns
+    // one; the mangled names are those of the libtorch this build links (tch 0.24's), and a
+    // library without them fails to load the binary, so no call can reach another function.
     unsafe extern "C" {
         #[link_name = "_ZN2at13globalContextEv"]
         pub fn global_context() -> *mut c_void;

@@ -93,6 +93,10 @@ unsafe fn fill(buffer: &Tensor, inputs: &[&[f32]], len: usize) {
         return;
     }
     debug_assert!(buffer.numel() >= inputs.len() * len && buffer.kind() == Kind::Float);
+    // SAFETY: by the caller's contract, the data pointer is valid for `inputs.len() * len`
+    // f32s (contiguous, host memory, non-null since the tensor is not empty) and nothing else
+    // reads or writes them, so one exclusive slice over them aliases nothing while it lives,
+    // though the tensor handle is shared (`&Tensor`): libtorch's storage is interior memory.
     let host = unsafe {
         std::slice::from_raw_parts_mut(buffer.data_ptr().cast::<f32>(), inputs.len() * len)
     };

@@ -5,6 +5,8 @@
 //! These are the fast net beside the end-to-end tests (tests/server.rs), which run the real
 //! binary with the real model over real HTTP.
 
+#![allow(clippy::unwrap_used)] // a test fails on an unexpected error by panicking
+
 mod answers;
 mod faults;
 mod fetch_budget;

@@ -5,6 +5,8 @@
 //! bad input and refused sources (`errors`), health, metrics, info and CORS (`operations`), and
 //! the limits on bodies, queue, deadlines and slow clients (`limits`).
 
+#![allow(clippy::unwrap_used)] // a test fails on an unexpected error by panicking
+
 #[path = "../common/mod.rs"]
 mod common;
 
