@@ -2,17 +2,13 @@
 //! thread, so that tests can drive the engine's recovery paths through the real server.
 //!
 //! A request names its fault in the header `x-gradcam-fault` (see [`Fault`]'s syntax). The
-//! router's [`layer`] reads it and runs the request within it; the engine copies it ([`current`])
+//! router reads it and handles the request [`within`] it; the engine copies it ([`current`])
 //! into the request's job, a test-only field beside the image, and the model thread makes it
 //! happen ([`Injector::inject`]) inside the same guard as the backend call. The fault thus
 //! travels with its job through batching and per-image retries, the backend and the image know
 //! nothing of it, and builds without the feature contain none of this.
 
 use crate::backend::{BackendError, Fatal};
-use crate::http::problem::ApiError;
-use axum::extract::Request;
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
 use std::cell::Cell;
 use std::time::Duration;
 /// A fault injected into one request.
@@ -72,23 +68,9 @@ tokio::task_local! {
     static FAULT: Option<Fault>;
 }
 
-/// Route layer: reads `x-gradcam-fault` (400 when it is not a fault) and handles the request
-/// within it.
-pub async fn layer(req: Request, next: Next) -> Response {
-    let fault = req
-        .headers()
-        .get("x-gradcam-fault")
-        .map(|v| {
-            v.to_str()
-                .map_err(|_| "not text".to_string())
-                .and_then(str::parse)
-                .map_err(|e| ApiError::Malformed(format!("x-gradcam-fault: {e}")))
-        })
-        .transpose();
-    match fault {
-        Ok(fault) => FAULT.scope(fault, next.run(req)).await,
-        Err(e) => e.into_response(),
-    }
+/// Runs `f` (the handling of one request) with `fault` as its [`current`] fault.
+pub async fn within<F: std::future::Future>(fault: Option<Fault>, f: F) -> F::Output {
+    FAULT.scope(fault, f).await
 }
 
 /// The fault of the request this task handles, if any (read when its job is queued).

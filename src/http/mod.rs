@@ -145,7 +145,7 @@ pub fn app(state: AppState) -> Router {
         .route("/openapi.yaml", get(ops::openapi));
     // Test builds: the fault a request names travels beside its job (see `crate::fault`).
     #[cfg(feature = "fault-injection")]
-    let router = router.route_layer(middleware::from_fn(crate::fault::layer));
+    let router = router.route_layer(middleware::from_fn(injected_fault));
     let router = ui::routes(router, state.config.ui)
         .route_layer(middleware::from_fn_with_state(state.clone(), auth::guard))
         .route_layer(middleware::from_fn(tag_route))
@@ -213,6 +213,26 @@ pub const EXPOSED_HEADERS: [&str; 10] = [
 
 /// How long a browser may cache a preflight answer, in seconds (Chromium caps it at 2 hours).
 pub const PREFLIGHT_MAX_AGE_S: u64 = 3600;
+
+/// Test builds: reads `x-gradcam-fault` (400 when it is not a fault, see
+/// [`crate::fault::Fault`]) and handles the request within it.
+#[cfg(feature = "fault-injection")]
+async fn injected_fault(req: Request, next: Next) -> Response {
+    let fault = req
+        .headers()
+        .get("x-gradcam-fault")
+        .map(|v| {
+            v.to_str()
+                .map_err(|_| "not text".to_string())
+                .and_then(str::parse)
+                .map_err(|e| ApiError::Malformed(format!("x-gradcam-fault: {e}")))
+        })
+        .transpose();
+    match fault {
+        Ok(fault) => crate::fault::within(fault, next.run(req)).await,
+        Err(e) => e.into_response(),
+    }
+}
 
 /// The route an answer came from, for [`observe`] (which runs before routing has happened).
 #[derive(Debug, Clone)]
