@@ -8,11 +8,9 @@
 
 mod common;
 
-use common::reference_dir;
-use common::server::client;
+use common::server::{Server, client};
 use serde_json::Value;
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 
 const BASE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/k8s/base");
 const GPU: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/k8s/gpu");
@@ -106,64 +104,11 @@ fn setting(env: &[(String, String)], help: &[String], name: &str) -> String {
     default[..default.find(']').unwrap()].to_string()
 }
 
-/// The real server with the manifests' environment, on a loopback port of its own and the CPU
-/// (flags win over variables), the test weights instead of the download.
-struct Started {
-    child: Child,
-    base: String,
-}
-
-impl Drop for Started {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start(env: &[(String, String)]) -> Started {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_gradcam-serve"));
-    command
-        .args([
-            "serve",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            "0",
-            "--device",
-            "cpu",
-        ])
-        .args(["--log-format", "json", "--weights"])
-        .arg(reference_dir().join("weights.safetensors"));
-    for (k, _) in std::env::vars() {
-        if k.starts_with("GRADCAM_") {
-            command.env_remove(k);
-        }
-    }
-    let mut child = command
-        .envs(env.iter().cloned())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut log = Vec::new();
-    for line in BufReader::new(child.stderr.take().unwrap()).lines() {
-        let line = line.unwrap();
-        if let Ok(v) = serde_json::from_str::<Value>(&line)
-            && v["fields"]["message"] == "ready"
-        {
-            let addr = v["fields"]["addr"].as_str().unwrap().to_string();
-            return Started {
-                child,
-                base: format!("http://{addr}"),
-            };
-        }
-        log.push(line);
-    }
-    let _ = child.wait();
-    panic!(
-        "the server refused the manifests' settings {env:?}:\n{}",
-        log.join("\n")
-    );
+/// The real server with the manifests' environment (flags win over variables: a loopback port
+/// of its own, the CPU, the test weights instead of the download).
+fn start(env: &[(String, String)]) -> Server {
+    Server::try_start_env(env, &[])
+        .unwrap_or_else(|log| panic!("the server refused the manifests' settings {env:?}:\n{log}"))
 }
 
 fn get(url: &str) -> (u16, String) {
@@ -230,20 +175,16 @@ fn agrees_with_the_server(dir: &str) {
         let path = get_["path"]
             .as_str()
             .unwrap_or_else(|| panic!("{dir}: no {probe}"));
-        let (status, body) = get(&format!("{}{path}", server.base));
+        let (status, body) = get(&server.url(path));
         assert_eq!(status, 200, "{dir}: {probe} {path}: {body}");
     }
-    assert_eq!(get(&format!("{}/health/nothing", server.base)).0, 404);
+    assert_eq!(get(&server.url("/health/nothing")).0, 404);
 
     // Prometheus scrapes the port and path the annotations name.
     let annotations =
         &resource(&resources, "Deployment")["spec"]["template"]["metadata"]["annotations"];
     assert_eq!(annotations["prometheus.io/port"], port.to_string());
-    let (status, metrics) = get(&format!(
-        "{}{}",
-        server.base,
-        annotations["prometheus.io/path"].as_str().unwrap()
-    ));
+    let (status, metrics) = get(&server.url(annotations["prometheus.io/path"].as_str().unwrap()));
     assert_eq!(status, 200);
     assert!(
         metrics.contains("# TYPE gradcam_requests_total counter"),
@@ -347,7 +288,7 @@ fn the_custom_metric_autoscaler_names_a_metric_the_server_exports() {
 
     let resources = manifests(&["render", BASE]);
     let server = start(&container(&resources).1);
-    let (_, metrics) = get(&format!("{}/metrics", server.base));
+    let (_, metrics) = get(&server.url("/metrics"));
     for name in &names {
         assert!(
             metrics.contains(&format!("# TYPE {name} gauge")),

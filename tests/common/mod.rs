@@ -1,4 +1,4 @@
-//! Shared helpers for the end-to-end tests: where the PyTorch reference lives and how to read it.
+//! Shared helpers for the tests (end-to-end and in-process): where the PyTorch reference lives and how to read it.
 //!
 //! `scripts/test.sh` generates the reference (tests/reference.py) into the cache and points
 //! `GRADCAM_TEST_REFERENCE` at it. Without it these tests fail rather than skip: a parity test
@@ -48,10 +48,16 @@ pub fn generated_dir(var: &str) -> PathBuf {
     dir
 }
 
+/// A photograph (or other file) of tests/fixtures: its path.
 pub fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures")
         .join(name)
+}
+
+/// The same file's bytes.
+pub fn fixture_bytes(name: &str) -> Vec<u8> {
+    std::fs::read(fixture(name)).unwrap_or_else(|e| panic!("fixture {name}: {e}"))
 }
 
 pub fn synthetic(name: &str) -> PathBuf {

@@ -60,7 +60,34 @@ impl Server {
             .unwrap_or_else(|| panic!("no {field} in {status}"))
     }
 
-    fn launch(mut command: Command, weights: &std::path::Path, args: &[&str]) -> Server {
+    /// Starts the real server with the environment `env` (every `GRADCAM_` variable of the
+    /// test's own environment removed first) and `args`; the log when it stops before serving.
+    pub fn try_start_env(env: &[(String, String)], args: &[&str]) -> Result<Server, String> {
+        let weights = super::reference_dir().join("weights.safetensors");
+        let mut command = Command::new(env!("CARGO_BIN_EXE_gradcam-serve"));
+        command.envs(env.iter().cloned());
+        Server::try_launch(command, &weights, args)
+    }
+
+    fn launch(command: Command, weights: &std::path::Path, args: &[&str]) -> Server {
+        Server::try_launch(command, weights, args)
+            .unwrap_or_else(|log| panic!("server did not become ready; log:\n{log}"))
+    }
+
+    /// The one way every test starts the server: on a loopback port of its own, on the CPU,
+    /// with JSON logs and `weights`; the test's own `GRADCAM_` variables never reach it (those
+    /// set on `command` do). Ready once its "ready" line names the address; the whole log when
+    /// it stops (or takes two minutes) before that.
+    fn try_launch(
+        mut command: Command,
+        weights: &std::path::Path,
+        args: &[&str],
+    ) -> Result<Server, String> {
+        for (k, _) in std::env::vars() {
+            if k.starts_with("GRADCAM_") && command.get_envs().all(|(set, _)| set != k.as_str()) {
+                command.env_remove(k);
+            }
+        }
         let mut child = command
             .args([
                 "serve",
@@ -76,13 +103,12 @@ impl Server {
             .arg("--weights")
             .arg(weights)
             .args(args)
-            .env_remove("GRADCAM_WEIGHTS")
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
             .expect("the server binary starts");
-        let stderr = child.stderr.take().unwrap();
+        let stderr = child.stderr.take().expect("piped");
         let log = Arc::new(Mutex::new(Vec::new()));
         let (tx, rx) = std::sync::mpsc::channel();
         let thread_log = log.clone();
@@ -96,21 +122,20 @@ impl Server {
                 thread_log.lock().unwrap().push(line);
             }
         });
-        let addr = match rx.recv_timeout(Duration::from_secs(120)) {
-            Ok(a) => a.parse().expect("the ready line carries the address"),
+        match rx.recv_timeout(Duration::from_secs(120)) {
+            Ok(a) => Ok(Server {
+                child,
+                addr: a.parse().expect("the ready line carries the address"),
+                log,
+                reader: Some(reader),
+            }),
             Err(_) => {
+                // Stopped (the reader ended with the process) or too slow: the whole log.
                 let _ = child.kill();
-                panic!(
-                    "server did not become ready; log:\n{}",
-                    log.lock().unwrap().join("\n")
-                );
+                let _ = child.wait();
+                let _ = reader.join();
+                Err(log.lock().unwrap().join("\n"))
             }
-        };
-        Server {
-            child,
-            addr,
-            log,
-            reader: Some(reader),
         }
     }
 

@@ -4,8 +4,8 @@
 //! batched together each get their own answer.
 
 use crate::support::{
-    PHOTOS, as_json, assert_explained, assert_timing_headers, base64_decode, expected, fixture,
-    prepared, scripted_app, send, until, upload,
+    PHOTOS, as_json, assert_explained, assert_timing_headers, base64_decode, expected,
+    fixture_bytes, prepared, scripted_app, send, until, upload,
 };
 use crate::toy::{self, Act, Gate, Script};
 use gradcam_serve::backend::{ExplainOptions, Layer, top_predictions};
@@ -60,7 +60,7 @@ async fn explain_answers_are_the_toy_result_for_every_method_and_layer() {
         let (photo, ct) = PHOTOS[i % 4];
         let o = varied(i);
         let case = format!("{photo} with {}", query(&o));
-        let bytes = fixture(photo);
+        let bytes = fixture_bytes(photo);
         let a = send(
             &app,
             upload(&format!("/explain?{}", query(&o)), ct, bytes.clone()),
@@ -110,7 +110,7 @@ async fn explain_answers_are_the_toy_result_for_every_method_and_layer() {
 #[tokio::test]
 async fn overlay_options_shape_the_png_or_leave_it_out() {
     let (app, _) = scripted_app(&[], &Script::default());
-    let bytes = fixture("rocket.jpg");
+    let bytes = fixture_bytes("rocket.jpg");
     let (decoded, _) = prepared(&bytes);
     let (w, h) = decoded.image.dimensions();
     let cases = [
@@ -171,7 +171,7 @@ async fn overlay_options_shape_the_png_or_leave_it_out() {
 #[tokio::test]
 async fn accept_png_answers_with_the_overlay_and_says_what_it_shows() {
     let (app, _) = scripted_app(&[], &Script::default());
-    let bytes = fixture("rocket.jpg");
+    let bytes = fixture_bytes("rocket.jpg");
     let top = expected(&bytes, ExplainOptions::default()).predictions[0].index;
     let layercam = ExplainOptions {
         method: Method::LayerCam,
@@ -243,7 +243,7 @@ async fn accept_png_answers_with_the_overlay_and_says_what_it_shows() {
 async fn predict_lists_the_toys_best_classes_without_explaining() {
     let (app, _) = scripted_app(&[], &Script::default());
     for (photo, ct) in PHOTOS {
-        let bytes = fixture(photo);
+        let bytes = fixture_bytes(photo);
         let logits = toy::logits_one(&prepared(&bytes).1);
         for (case, q, k) in [
             ("default top_k", "", 5),
@@ -279,7 +279,7 @@ async fn queued_requests_are_batched_and_each_gets_its_own_answer() {
         let app = app.clone();
         tokio::spawn(async move { send(&app, req).await })
     };
-    let held = spawn(upload("/predict", "image/png", fixture("camera.png")));
+    let held = spawn(upload("/predict", "image/png", fixture_bytes("camera.png")));
     until("the model thread to hold the first request", || {
         script.calls() == 1
     })
@@ -298,7 +298,7 @@ async fn queued_requests_are_batched_and_each_gets_its_own_answer() {
             spawn(upload(
                 &format!("/explain?overlay=false&{}", query(o)),
                 ct,
-                fixture(photo),
+                fixture_bytes(photo),
             ))
         })
         .collect();
@@ -318,7 +318,7 @@ async fn queued_requests_are_batched_and_each_gets_its_own_answer() {
             body["timings"]["batch_size"], 8,
             "{case}: one batch of eight"
         );
-        assert_explained(&case, &body, &fixture(photo), *o);
+        assert_explained(&case, &body, &fixture_bytes(photo), *o);
     }
     assert_eq!(script.calls(), 2, "the eight ran in one backend call");
 }

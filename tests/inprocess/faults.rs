@@ -5,8 +5,8 @@
 //! each (but the death) the same app answers normally again.
 
 use crate::support::{
-    assert_explained, detail, fixture, get, metric, metrics_text, problem, scripted_app, send,
-    until, upload,
+    assert_explained, detail, fixture_bytes, get, metric, metrics_text, problem, scripted_app,
+    send, until, upload,
 };
 use crate::toy::{Act, Gate, Script};
 use axum::Router;
@@ -21,12 +21,12 @@ fn explain_chelsea() -> Request<Body> {
     upload(
         "/explain?overlay=false",
         "image/png",
-        fixture("chelsea.png"),
+        fixture_bytes("chelsea.png"),
     )
 }
 
 fn predict_coffee() -> Request<Body> {
-    upload("/predict", "image/jpeg", fixture("coffee.jpg"))
+    upload("/predict", "image/jpeg", fixture_bytes("coffee.jpg"))
 }
 
 /// Sends in the background.
@@ -42,7 +42,7 @@ async fn assert_serves(case: &str, app: &Router) {
     assert_explained(
         case,
         &a.json(),
-        &fixture("chelsea.png"),
+        &fixture_bytes("chelsea.png"),
         ExplainOptions::default(),
     );
 }
@@ -341,7 +341,7 @@ async fn the_pixel_budget_refuses_with_memory_busy_and_too_large_images_at_once(
     );
     let metrics = state.metrics.clone();
     let held_pixels = || metrics.inflight_pixels.load(Ordering::SeqCst);
-    let with_overlay = || upload("/explain", "image/png", fixture("chelsea.png"));
+    let with_overlay = || upload("/explain", "image/png", fixture_bytes("chelsea.png"));
 
     // With its overlay the first photo keeps all its pixels while it waits for the model.
     let gate = Gate::default();
@@ -362,7 +362,7 @@ async fn the_pixel_budget_refuses_with_memory_busy_and_too_large_images_at_once(
     assert_eq!(a.header("retry-after"), "1");
     let a = send(
         &app,
-        upload("/explain", "image/jpeg", fixture("rocket.jpg")),
+        upload("/explain", "image/jpeg", fixture_bytes("rocket.jpg")),
     )
     .await;
     let p = problem("larger than the whole budget", &a, 422, "image_too_large");

@@ -2,63 +2,40 @@
 //! moment they arrive, all at once when the origin announces a length, and the image's pixels
 //! are added to them before decoding.
 
-use crate::support::{detail, fetching_app, fixture, post_json, problem, send, until};
+use crate::common::origin::Origin;
+use crate::support::{detail, fetching_app, fixture_bytes, post_json, problem, send, until};
 use gradcam_serve::fetch::Lookup;
 use serde_json::json;
+use std::io::Write;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// An origin on loopback: `/rocket.jpg` the photo with its length; `/announced` a head that
 /// announces 300 000 bytes; `/stream` 150 000 bytes without a length, a pause of a second,
 /// then 100 000 more.
-async fn origin() -> u16 {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let photo = Arc::new(fixture("rocket.jpg"));
-    tokio::spawn(async move {
-        while let Ok((mut conn, _)) = listener.accept().await {
-            let photo = photo.clone();
-            tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut buf = [0u8; 1024];
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match conn.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => head.extend_from_slice(&buf[..n]),
-                    }
-                }
-                let path = String::from_utf8_lossy(&head)
-                    .split(' ')
-                    .nth(1)
-                    .unwrap_or("")
-                    .to_string();
-                let ok = "HTTP/1.1 200 OK\r\nContent-Type: image/jpeg\r\nConnection: close\r\n";
-                let _ = match path.as_str() {
-                    "/rocket.jpg" => {
-                        let mut a =
-                            format!("{ok}Content-Length: {}\r\n\r\n", photo.len()).into_bytes();
-                        a.extend_from_slice(&photo);
-                        conn.write_all(&a).await
-                    }
-                    "/announced" => {
-                        let a = format!("{ok}Content-Length: 300000\r\n\r\n");
-                        conn.write_all(a.as_bytes()).await
-                    }
-                    _ => {
-                        let _ = conn.write_all(format!("{ok}\r\n").as_bytes()).await;
-                        let _ = conn.write_all(&vec![0xAB; 150_000]).await;
-                        tokio::time::sleep(Duration::from_secs(1)).await;
-                        conn.write_all(&vec![0xCD; 100_000]).await
-                    }
-                };
-                let _ = conn.shutdown().await;
-            });
-        }
-    });
-    port
+fn origin() -> Origin {
+    let photo = fixture_bytes("rocket.jpg");
+    Origin::stream("127.0.0.1", move |path, conn| {
+        let ok = "HTTP/1.1 200 OK\r\nContent-Type: image/jpeg\r\nConnection: close\r\n";
+        let _ = match path {
+            "/rocket.jpg" => {
+                let mut a = format!("{ok}Content-Length: {}\r\n\r\n", photo.len()).into_bytes();
+                a.extend_from_slice(&photo);
+                conn.write_all(&a)
+            }
+            "/announced" => {
+                conn.write_all(format!("{ok}Content-Length: 300000\r\n\r\n").as_bytes())
+            }
+            _ => {
+                let _ = conn.write_all(format!("{ok}\r\n").as_bytes());
+                let _ = conn.write_all(&vec![0xAB; 150_000]);
+                std::thread::sleep(Duration::from_secs(1));
+                conn.write_all(&vec![0xCD; 100_000])
+            }
+        };
+    })
 }
 
 fn loopback() -> Lookup {
@@ -70,7 +47,8 @@ fn loopback() -> Lookup {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fetched_bytes_are_held_in_the_budget_as_they_arrive() {
-    let port = origin().await;
+    let origin = origin();
+    let port = origin.addr.port();
     let ports = port.to_string();
     // 65 536 pixels: 196 608 bytes of a fetch.
     let (app, state) = fetching_app(

@@ -7,6 +7,9 @@
 
 #![allow(clippy::unwrap_used)] // a test fails on an unexpected error by panicking
 
+#[path = "../common/mod.rs"]
+mod common;
+
 mod answers;
 mod faults;
 mod fetch_budget;

@@ -1,6 +1,6 @@
 //! The operational routes (`/info`, `/labels`, health, `/metrics`, `/openapi.yaml`) and CORS.
 
-use crate::support::{app, fixture, get, metric, metrics_text, post, problem, send, upload};
+use crate::support::{app, fixture_bytes, get, metric, metrics_text, post, problem, send, upload};
 use axum::body::Body;
 use axum::http::Request;
 
@@ -107,17 +107,21 @@ async fn openapi_document_is_served_as_it_is_but_for_the_model_it_names() {
 #[tokio::test]
 async fn metrics_count_requests_by_route_and_status_and_refusals_by_type() {
     let (app, _) = app(&[]);
-    let chelsea = || upload("/explain", "image/png", fixture("chelsea.png"));
+    let chelsea = || upload("/explain", "image/png", fixture_bytes("chelsea.png"));
     for req in [
         chelsea(),
         chelsea(),
-        upload("/predict", "image/jpeg", fixture("coffee.jpg")),
+        upload("/predict", "image/jpeg", fixture_bytes("coffee.jpg")),
         upload(
             "/explain?method=scorecam",
             "image/png",
-            fixture("chelsea.png"),
+            fixture_bytes("chelsea.png"),
         ),
-        upload("/predict?top_k=0", "image/png", fixture("chelsea.png")),
+        upload(
+            "/predict?top_k=0",
+            "image/png",
+            fixture_bytes("chelsea.png"),
+        ),
         post("/explain", "text/plain", "hello"),
         post("/explain", "image/png", vec![0u8; 10]),
         get("/health/ready"),
@@ -227,7 +231,7 @@ fn preflight(origin: &str, path: &str) -> Request<Body> {
 #[tokio::test]
 async fn cors_allows_the_configured_origin_and_no_other() {
     let (app, _) = app(&["--cors-origins", ORIGIN]);
-    let photo = fixture("chelsea.png");
+    let photo = fixture_bytes("chelsea.png");
     // Preflights.
     let a = send(&app, preflight(ORIGIN, "/explain")).await;
     assert!(a.status < 300, "preflight from {ORIGIN}: {}", a.status);
@@ -291,7 +295,7 @@ async fn cors_exposes_the_timing_headers() {
         &app,
         from(
             ORIGIN,
-            upload("/predict", "image/jpeg", fixture("coffee.jpg")),
+            upload("/predict", "image/jpeg", fixture_bytes("coffee.jpg")),
         ),
     )
     .await;

@@ -2,7 +2,7 @@
 //! message that says what is allowed, in the query, as a multipart field and as a JSON member,
 //! before anything reaches the model (or, for JSON, before anything is fetched).
 
-use crate::support::{Form, detail, fixture, post_json, problem, scripted_app, send, upload};
+use crate::support::{Form, detail, fixture_bytes, post_json, problem, scripted_app, send, upload};
 use crate::toy::Script;
 use serde_json::json;
 
@@ -108,7 +108,7 @@ fn json_typed(name: &str, v: &serde_json::Value) -> bool {
 async fn every_bad_option_is_refused_with_what_is_allowed_in_every_form() {
     let script = Script::default();
     let (app, _) = scripted_app(&[], &script);
-    let photo = fixture("chelsea.png");
+    let photo = fixture_bytes("chelsea.png");
     for (route, name, value, needle) in BAD {
         let forms = [
             (
@@ -163,7 +163,7 @@ async fn the_server_overlay_limit_is_what_refusals_quote() {
         upload(
             "/explain?overlay_max_side=1024",
             "image/png",
-            fixture("chelsea.png"),
+            fixture_bytes("chelsea.png"),
         ),
     )
     .await;
@@ -200,9 +200,9 @@ async fn every_occurrence_of_an_option_is_checked() {
     ];
     for (case, path, field) in cases {
         let req = match field {
-            None => upload(path, "image/png", fixture("chelsea.png")),
+            None => upload(path, "image/png", fixture_bytes("chelsea.png")),
             Some(v) => Form::new()
-                .file("image", "c.png", "image/png", &fixture("chelsea.png"))
+                .file("image", "c.png", "image/png", &fixture_bytes("chelsea.png"))
                 .text("top_k", v)
                 .request(path),
         };

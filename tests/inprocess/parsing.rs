@@ -2,7 +2,7 @@
 //! url_form.rs) JSON naming a URL. Whatever the form, the model must see the photograph and the
 //! options the client sent.
 
-use crate::support::{Form, app, assert_explained, fixture, post, send, upload};
+use crate::support::{Form, app, assert_explained, fixture_bytes, post, send, upload};
 use axum::body::Body;
 use axum::http::Request;
 use gradcam_serve::backend::{ExplainOptions, Layer};
@@ -30,7 +30,7 @@ fn options(method: Method, layer: Layer, class: Option<i64>, top_k: usize) -> Ex
 #[tokio::test]
 async fn every_input_form_reaches_the_model_with_its_options() {
     let (app, _) = app(&[]);
-    let photo = |name| fixture(name);
+    let photo = |name| fixture_bytes(name);
     let cases = vec![
         Case {
             name: "raw image/png",
@@ -143,7 +143,7 @@ async fn every_input_form_reaches_the_model_with_its_options() {
         let body = a.json();
         assert_eq!(body["model"], "toy", "{}", c.name);
         assert_eq!(body["image"]["format"], c.format, "{}", c.name);
-        let (decoded, _) = crate::support::prepared(&fixture(c.photo));
+        let (decoded, _) = crate::support::prepared(&fixture_bytes(c.photo));
         assert_eq!(
             (
                 body["image"]["width"].as_u64(),
@@ -156,14 +156,14 @@ async fn every_input_form_reaches_the_model_with_its_options() {
             "{}",
             c.name
         );
-        assert_explained(c.name, &body, &fixture(c.photo), c.options);
+        assert_explained(c.name, &body, &fixture_bytes(c.photo), c.options);
     }
 }
 
 #[tokio::test]
 async fn predict_takes_every_form_too() {
     let (app, _) = app(&[]);
-    let bytes = fixture("coffee.jpg");
+    let bytes = fixture_bytes("coffee.jpg");
     let cases = [
         (
             "raw",

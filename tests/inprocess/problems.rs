@@ -3,8 +3,8 @@
 //! The engine's own refusals (429, 500, 503, 504) are in faults.rs.
 
 use crate::support::{
-    Form, app, detail, fixture, get, metric, metrics_text, post, post_json, problem, scripted_app,
-    send, upload,
+    Form, app, detail, fixture_bytes, get, metric, metrics_text, post, post_json, problem,
+    scripted_app, send, upload,
 };
 use crate::toy::Script;
 use axum::body::Body;
@@ -15,7 +15,7 @@ use serde_json::json;
 async fn unreadable_requests_are_400_malformed_request() {
     let script = Script::default();
     let (app, _) = scripted_app(&[], &script);
-    let photo = fixture("chelsea.png");
+    let photo = fixture_bytes("chelsea.png");
     let cases: Vec<(&str, Request<Body>, &str)> = vec![
         (
             "multipart without an image field",
@@ -82,7 +82,7 @@ async fn a_query_with_broken_percent_encoding_is_400() {
         let req = upload(
             &format!("/explain?{query}"),
             "image/png",
-            fixture("chelsea.png"),
+            fixture_bytes("chelsea.png"),
         );
         let p = problem(query, &send(&app, req).await, 400, "malformed_request");
         assert!(detail(&p).contains("query string"), "{query}: {p}");
@@ -98,7 +98,7 @@ fn streamed(bytes: Vec<u8>) -> Body {
 async fn bodies_over_the_limit_are_413_however_they_arrive() {
     let script = Script::default();
     let (app, _) = scripted_app(&["--body-limit", "100000"], &script);
-    let big = fixture("chelsea.png");
+    let big = fixture_bytes("chelsea.png");
     assert!(big.len() > 100_000);
     let form = || {
         Form::new()
@@ -162,7 +162,7 @@ async fn bodies_over_the_limit_are_413_however_they_arrive() {
     // Within the limit, the same server answers.
     let a = send(
         &app,
-        upload("/predict", "image/jpeg", fixture("coffee.jpg")),
+        upload("/predict", "image/jpeg", fixture_bytes("coffee.jpg")),
     )
     .await;
     assert_eq!(a.status, 200, "a body within the limit");
@@ -171,7 +171,7 @@ async fn bodies_over_the_limit_are_413_however_they_arrive() {
 #[tokio::test]
 async fn bodies_without_a_supported_type_are_415() {
     let (app, _) = app(&[]);
-    let photo = fixture("chelsea.png");
+    let photo = fixture_bytes("chelsea.png");
     for (case, content_type, needle) in [
         ("no content type", "", "has no Content-Type"),
         (
@@ -231,8 +231,8 @@ fn ico() -> Vec<u8> {
 async fn bytes_that_are_no_supported_image_are_422_invalid_image() {
     let script = Script::default();
     let (app, _) = scripted_app(&[], &script);
-    let png = fixture("camera.png");
-    let jpeg = fixture("coffee.jpg");
+    let png = fixture_bytes("camera.png");
+    let jpeg = fixture_bytes("coffee.jpg");
     let cases: Vec<(&str, Vec<u8>, &str)> = vec![
         ("empty", Vec::new(), "empty"),
         ("zeros", vec![0u8; 100], "unrecognised image format"),
@@ -272,7 +272,7 @@ async fn bytes_that_are_no_supported_image_are_422_invalid_image() {
 /// A real JPEG whose frame header claims `width x height`: the pixel check must refuse it from
 /// the header, before anything is decoded.
 fn jpeg_claiming(width: u16, height: u16) -> Vec<u8> {
-    let mut bytes = fixture("coffee.jpg");
+    let mut bytes = fixture_bytes("coffee.jpg");
     let mut pos = 2;
     loop {
         assert_eq!(bytes[pos], 0xFF, "a JPEG marker at {pos}");
@@ -300,7 +300,7 @@ async fn images_above_the_pixel_limit_are_422_image_too_large() {
         ),
         (
             "a real 600x400 photo above a 200000 pixel limit",
-            fixture("coffee.jpg"),
+            fixture_bytes("coffee.jpg"),
             "image/jpeg",
             "600x400 = 240000 pixels, above the limit of 200000",
         ),
@@ -321,7 +321,7 @@ async fn images_above_the_pixel_limit_are_422_image_too_large() {
     // A 451x300 photo, within the limit, is answered.
     let a = send(
         &app,
-        upload("/predict", "image/png", fixture("chelsea.png")),
+        upload("/predict", "image/png", fixture_bytes("chelsea.png")),
     )
     .await;
     assert_eq!(a.status, 200, "a photo within the pixel limit");
@@ -390,7 +390,7 @@ async fn during_the_drain_delay_readiness_is_503_and_work_is_served() {
     problem("readiness", &a, 503, "draining");
     let a = send(
         &app,
-        upload("/explain", "image/png", fixture("chelsea.png")),
+        upload("/explain", "image/png", fixture_bytes("chelsea.png")),
     )
     .await;
     assert_eq!(a.status, 200);
@@ -405,11 +405,11 @@ async fn draining_refuses_new_work_with_retry_after() {
     for (case, req) in [
         (
             "explain",
-            upload("/explain", "image/png", fixture("chelsea.png")),
+            upload("/explain", "image/png", fixture_bytes("chelsea.png")),
         ),
         (
             "predict",
-            upload("/predict", "image/jpeg", fixture("coffee.jpg")),
+            upload("/predict", "image/jpeg", fixture_bytes("coffee.jpg")),
         ),
         (
             "explain, JSON",
@@ -467,7 +467,7 @@ fn stalling(start: Vec<u8>) -> Body {
 async fn a_body_that_stops_arriving_is_408() {
     let script = Script::default();
     let (app, _) = scripted_app(&["--body-read-timeout-ms", "100"], &script);
-    let photo = fixture("chelsea.png");
+    let photo = fixture_bytes("chelsea.png");
     let form = Form::new()
         .file("image", "chelsea.png", "image/png", &photo)
         .into_bytes();

@@ -26,10 +26,7 @@ pub const PHOTOS: [(&str, &str); 4] = [
     ("camera.png", "image/png"),
 ];
 
-pub fn fixture(name: &str) -> Vec<u8> {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/");
-    std::fs::read(format!("{path}{name}")).unwrap_or_else(|e| panic!("fixture {name}: {e}"))
-}
+pub use crate::common::fixture_bytes;
 
 /// The app with serve flags `args` around a well-behaved toy backend.
 pub fn app(args: &[&str]) -> (Router, AppState) {

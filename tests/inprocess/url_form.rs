@@ -2,66 +2,35 @@
 //! fetched photo is explained like an uploaded one, and every refusal of the fetcher has its
 //! problem type. Refused sources are never connected to.
 
-use crate::support::{assert_explained, detail, fetching_app, fixture, post_json, problem, send};
+use crate::common::origin::Origin;
+use crate::support::{
+    assert_explained, detail, fetching_app, fixture_bytes, post_json, problem, send,
+};
 use gradcam_serve::backend::ExplainOptions;
 use gradcam_serve::cam::Method;
 use gradcam_serve::fetch::Lookup;
 use serde_json::json;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// A loopback HTTP origin: `/rocket.jpg` is the photo, anything else is 404. Counts requests.
-struct Origin {
-    addr: SocketAddr,
-    hits: Arc<AtomicUsize>,
-}
-
-impl Origin {
-    async fn start() -> Origin {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let hits = Arc::new(AtomicUsize::new(0));
-        let counter = hits.clone();
-        let photo = Arc::new(fixture("rocket.jpg"));
-        tokio::spawn(async move {
-            while let Ok((mut conn, _)) = listener.accept().await {
-                counter.fetch_add(1, Ordering::SeqCst);
-                let photo = photo.clone();
-                tokio::spawn(async move {
-                    let mut head = Vec::new();
-                    let mut buf = [0u8; 1024];
-                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                        match conn.read(&mut buf).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => head.extend_from_slice(&buf[..n]),
-                        }
-                    }
-                    let line = String::from_utf8_lossy(&head);
-                    let path = line.split(' ').nth(1).unwrap_or("");
-                    let (status, body): (&str, &[u8]) = if path == "/rocket.jpg" {
-                        ("200 OK", &photo)
-                    } else {
-                        ("404 Not Found", b"not here")
-                    };
-                    let mut answer = format!(
-                        "HTTP/1.1 {status}\r\nContent-Type: image/jpeg\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                        body.len()
-                    )
-                    .into_bytes();
-                    answer.extend_from_slice(body);
-                    let _ = conn.write_all(&answer).await;
-                    let _ = conn.shutdown().await;
-                });
-            }
-        });
-        Origin { addr, hits }
-    }
-
-    fn hits(&self) -> usize {
-        self.hits.load(Ordering::SeqCst)
-    }
+/// A loopback HTTP origin: `/rocket.jpg` is the photo, anything else is 404. Counts
+/// connections.
+fn photo_origin() -> Origin {
+    let photo = fixture_bytes("rocket.jpg");
+    Origin::answer("127.0.0.1", move |path| {
+        let (status, body): (&str, &[u8]) = if path == "/rocket.jpg" {
+            ("200 OK", &photo)
+        } else {
+            ("404 Not Found", b"not here")
+        };
+        let mut answer = format!(
+            "HTTP/1.1 {status}\r\nContent-Type: image/jpeg\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        )
+        .into_bytes();
+        answer.extend_from_slice(body);
+        answer
+    })
 }
 
 /// `images.test` is loopback, `internal.test` a private address, `mixed.test` a public and a
@@ -92,7 +61,7 @@ fn closed_port() -> u16 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_photo_fetched_through_the_stub_resolver_is_explained() {
-    let origin = Origin::start().await;
+    let origin = photo_origin();
     let port = origin.addr.port().to_string();
     let (app, _) = fetching_app(
         &["--fetch-allow", "127.0.0.1/32", "--fetch-ports", &port],
@@ -118,7 +87,7 @@ async fn a_photo_fetched_through_the_stub_resolver_is_explained() {
         top_k: 2,
         ..Default::default()
     };
-    assert_explained("URL form", &body, &fixture("rocket.jpg"), o);
+    assert_explained("URL form", &body, &fixture_bytes("rocket.jpg"), o);
     // Predict takes the URL form too, with options from the query.
     let a = send(&app, post_json("/predict?top_k=2", &json!({ "url": url }))).await;
     assert_eq!(a.status, 200, "predict");
@@ -128,7 +97,7 @@ async fn a_photo_fetched_through_the_stub_resolver_is_explained() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_fetch_refusal_has_its_problem_type() {
-    let origin = Origin::start().await;
+    let origin = photo_origin();
     let port = origin.addr.port();
     let closed = closed_port();
     let ports = format!("{port},{closed}");
@@ -255,7 +224,7 @@ async fn every_fetch_refusal_has_its_problem_type() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_photo_above_the_fetch_limit_is_source_too_large() {
-    let origin = Origin::start().await;
+    let origin = photo_origin();
     let port = origin.addr.port().to_string();
     let (app, _) = fetching_app(
         &[
@@ -280,7 +249,7 @@ async fn a_photo_above_the_fetch_limit_is_source_too_large() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn options_are_checked_before_anything_is_fetched() {
-    let origin = Origin::start().await;
+    let origin = photo_origin();
     let port = origin.addr.port().to_string();
     let (app, _) = fetching_app(
         &["--fetch-allow", "127.0.0.1/32", "--fetch-ports", &port],
@@ -322,15 +291,11 @@ async fn options_are_checked_before_anything_is_fetched() {
 /// A source that accepts the connection and never answers is cut off at the fetch timeout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_source_that_never_answers_is_source_timeout() {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    // Holds every connection open without a byte of answer.
-    let held = tokio::spawn(async move {
-        let mut open = Vec::new();
-        while let Ok((conn, _)) = listener.accept().await {
-            open.push(conn);
-        }
+    // Holds every connection open without a byte of answer (far longer than the timeout).
+    let origin = Origin::stream("127.0.0.1", |_, _conn| {
+        std::thread::sleep(std::time::Duration::from_secs(30))
     });
+    let port = origin.addr.port();
     let ports = port.to_string();
     let (app, _) = fetching_app(
         &[
@@ -347,5 +312,5 @@ async fn a_source_that_never_answers_is_source_timeout() {
     let a = send(&app, post_json("/explain", &json!({ "url": url }))).await;
     let p = problem("a silent source", &a, 422, "source_timeout");
     assert!(detail(&p).contains("did not answer in time"), "{p}");
-    held.abort();
+    assert_eq!(origin.hits(), 1, "the fetch reached the silent source");
 }
