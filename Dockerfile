@@ -27,7 +27,7 @@ FROM debian:bookworm-slim AS runtime
 # curl for the HEALTHCHECK; libtorch brings its own OpenMP runtime (libgomp) in torch/lib.
 # A fixed uid and gid (10001) that deploy/k8s runs as. The service writes only to its cache
 # volume, so nothing else stays writable for its user, the shared temporary directories
-# included (tests/container.rs checks all of this on the stage as written here).
+# included (tests/e2e/container.rs checks all of this on the stage as written here).
 RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates curl \
     && rm -rf /var/lib/apt/lists/* \
     && groupadd --system --gid 10001 gradcam \

@@ -1,4 +1,4 @@
-"""The Kubernetes manifests in deploy/k8s, rendered and validated offline (tests/k8s.rs).
+"""The Kubernetes manifests in deploy/k8s, rendered and validated offline (tests/e2e/k8s.rs).
 
     python3 scripts/k8s_manifests.py render deploy/k8s/gpu       # the resources, as JSON
     python3 scripts/k8s_manifests.py commented FILE NAME         # a "# BEGIN NAME" block, as JSON

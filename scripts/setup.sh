@@ -22,13 +22,13 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
-# The container test (tests/container.rs) assembles the Dockerfile's runtime stage without a
+# The container test (tests/e2e/container.rs) assembles the Dockerfile's runtime stage without a
 # Docker engine: debootstrap makes its Debian root, patchelf sets the binary's rpath to the
 # image's, unshare/nsenter/ip run it in namespaces of its own. The root is made once from
 # Debian's packages and cached in $GRADCAM_CACHE/runtime-image (about a minute, 100 MB).
 if [ "${GRADCAM_SKIP_SYSTEM_PACKAGES:-0}" != 1 ]; then
   tools=()
-  # Chromium and its WebDriver drive the playground in tests/browser.rs.
+  # Chromium and its WebDriver drive the playground in tests/e2e/browser.rs.
   for tool in debootstrap:debootstrap patchelf:patchelf ip:iproute2 nsenter:util-linux \
       chromium:chromium chromedriver:chromium-driver; do
     command -v "${tool%%:*}" >/dev/null 2>&1 || [ -x "/usr/sbin/${tool%%:*}" ] || tools+=("${tool#*:}")

@@ -2,7 +2,7 @@
 # Shows that the suite does not depend on the exact floats one machine's training gives: training
 # on a CPU is not bitwise reproducible across thread counts and processors, so the trained
 # reference (tests/trained.py) is built under several thread counts (GRADCAM_TRAINED_THREADS)
-# and every test that reads it (tests/trained.rs, tests/precision.rs) runs against each.
+# and every test that reads it (tests/numerics/trained.rs, tests/numerics/precision.rs) runs against each.
 # Usage: scripts/trained_threads.sh [COUNT...]   (default: 1, 2 and every core, without repeats)
 # Each build takes minutes (about 5 on two cores); builds are cached in
 # $GRADCAM_CACHE/trained-threads, keyed on the script's hash like scripts/reference.sh's; the
@@ -38,7 +38,7 @@ for n in "${counts[@]}"; do
   echo "trained-threads: tests against the $n-thread build" >&2
   status=passed
   GRADCAM_TEST_TRAINED="$ref" cargo nextest run --release --features fault-injection \
-    --no-fail-fast --test trained --test precision || status=FAILED
+    --no-fail-fast --test numerics -E 'test(/^trained::/) | test(/^precision::/)' || status=FAILED
   figures="$(python - "$ref/torch_figures.json" <<'PY'
 import json, sys
 f = json.load(open(sys.argv[1]))

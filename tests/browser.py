@@ -1,5 +1,5 @@
 """Drives the playground in headless Chromium (Debian's chromium and chromium-driver) with
-selenium. tests/browser.rs starts the servers and the cross-origin page and runs this script;
+selenium. tests/e2e/browser.rs starts the servers and the cross-origin page and runs this script;
 every check raises on failure. Waits are bounded (60 s each), so nothing hangs.
 
 With --measure it only uploads one photograph again and again and reports the page's own time

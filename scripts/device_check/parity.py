@@ -18,12 +18,12 @@ from .weights import DTYPES, model_in, to_input
 FP32_TOLERANCE = {"cuda": 1e-4, "cpu": 1e-5}
 # Reduced precision against the fp32 reference: the top-1 class must agree wherever fp32's
 # top-1 margin (the lead of the best logit over the second, as a fraction of max |logit|)
-# exceeds MARGIN (the bound tests/precision.rs uses and justifies), and the top-1 class's map
+# exceeds MARGIN (the bound tests/numerics/precision.rs uses and justifies), and the top-1 class's map
 # must stay within this fraction of the map's maximum.
 MARGIN = 0.1
 MAP_LIMIT = {"bf16": 0.1, "fp16": 0.05}
 # fp32 maps at layer2 against PyTorch fp32: on the CPU each differs from float64 by up to 3e-3
-# there (tests/parity.rs), so up to about 6e-3 from each other.
+# there (tests/numerics/parity.rs), so up to about 6e-3 from each other.
 DEEP_FP32 = 1e-2
 # ResNet's stages, in the order the input passes them.
 STAGES = ("layer1", "layer2", "layer3", "layer4")

@@ -57,11 +57,13 @@ struct Budget {
 }
 
 impl Budget {
-    fn acquire(&self, pixels: u64) -> Result<BudgetGuard<'_>, String> {
+    /// Takes `pixels` of the budget, waiting for room; refuses at once what can never fit,
+    /// saying what the pixels are for (`what`: "reading the file holds ...").
+    fn acquire(&self, pixels: u64, what: impl Fn() -> String) -> Result<BudgetGuard<'_>, String> {
         if pixels > self.limit {
             return Err(format!(
-                "decoding it holds {pixels} pixels (with a third of a pixel per byte of the \
-                 file), more than --max-inflight-pixels {}",
+                "{}, more than --max-inflight-pixels {}",
+                what(),
                 self.limit
             ));
         }
@@ -118,7 +120,12 @@ fn prepare(
     let t = Instant::now();
     let size = std::fs::metadata(path).map_err(|e| e.to_string())?.len();
     let bytes_held = size.div_ceil(3);
-    let held = budget.acquire(bytes_held)?;
+    let held = budget.acquire(bytes_held, || {
+        format!(
+            "reading the file holds {bytes_held} pixels of the budget (its {size} bytes, at a \
+             third of a pixel per byte)"
+        )
+    })?;
     let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
     let opened = input::open(&bytes, DecodeLimits::default()).map_err(|e| e.to_string())?;
     let (width, height) = opened.display_size();
@@ -129,7 +136,12 @@ fn prepare(
         Ok(grown) => grown,
         Err(held) => {
             drop(held);
-            budget.acquire(total)?
+            budget.acquire(total, || {
+                format!(
+                    "decoding this {width}x{height} picture holds {total} pixels (what decoding \
+                     and the outputs keep, and a third of a pixel per byte of the file)"
+                )
+            })?
         }
     };
     let opened = input::open(&bytes, DecodeLimits::default()).map_err(|e| e.to_string())?;

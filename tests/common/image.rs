@@ -1,5 +1,5 @@
 //! The Dockerfile's runtime stage as an image on this machine, and that image run as a
-//! container, without a Docker engine: see tests/container.rs.
+//! container, without a Docker engine: see tests/e2e/container.rs.
 #![allow(dead_code)]
 
 use serde_json::Value;

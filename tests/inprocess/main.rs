@@ -2,7 +2,7 @@
 //! ([`toy::Toy`]), driven with `tower::ServiceExt::oneshot`. No libtorch model, no weights, no
 //! network beyond loopback; together the tests take a second or two.
 //!
-//! These are the fast net beside the end-to-end tests (tests/server.rs), which run the real
+//! These are the fast net beside the end-to-end tests (tests/e2e/server/), which run the real
 //! binary with the real model over real HTTP.
 
 #![allow(clippy::unwrap_used)] // a test fails on an unexpected error by panicking

@@ -3,11 +3,7 @@
 //! the maps, measured against decoding at full size, on real photographs enlarged to 12 MP.
 //! The figures are printed (`--no-capture`).
 
-#![allow(clippy::unwrap_used)] // a test fails on an unexpected error by panicking
-
-mod common;
-
-use common::{MODEL, encode_jpeg, fixture};
+use crate::common::{MODEL, encode_jpeg, fixture};
 use gradcam_serve::backend::{Backend, ExplainOptions};
 use gradcam_serve::input::{self, DecodeLimits, STD};
 use image::metadata::Orientation;

@@ -3,11 +3,7 @@
 //! codes, content types, headers and response bodies against the document. Any drift between
 //! the server and openapi.yaml fails this test.
 
-#![allow(clippy::unwrap_used)] // a test fails on an unexpected error by panicking
-
-mod common;
-
-use common::server::Server;
+use crate::common::server::Server;
 use std::process::Command;
 
 #[test]

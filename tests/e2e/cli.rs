@@ -1,10 +1,6 @@
 //! The `gradcam-serve explain` command and weight-file checks, run as a user would.
 
-#![allow(clippy::unwrap_used)] // a test fails on an unexpected error by panicking
-
-mod common;
-
-use common::{REFERENCE, fixture, reference_dir};
+use crate::common::{REFERENCE, fixture, reference_dir};
 use gradcam_serve::model::{Model, weights};
 use std::process::Command;
 use tch::Tensor;
@@ -177,7 +173,7 @@ fn offline_download_error_says_how_to_pass_a_local_file() {
 /// whose hash does not match its name is refused and not left in the cache.
 #[test]
 fn weights_from_a_url_are_downloaded_once_and_checked_against_their_name() {
-    use common::origin::Origin;
+    use crate::common::origin::Origin;
     let local = reference_dir().join("weights.pth");
     let sha = weights::sha256_file(&local).unwrap();
     let body = std::fs::read(&local).unwrap();

@@ -2,7 +2,6 @@
 //! document, Prometheus metrics, and CORS.
 
 use super::{default_server, problem};
-use crate::common;
 use crate::common::server::{client, post_fixture};
 use serde_json::{Value, json};
 
@@ -16,7 +15,7 @@ fn operations_endpoints() {
     let info: Value = get("/info").json().unwrap();
     let labels: Value = get("/labels").json().unwrap();
     let sha = gradcam_serve::model::weights::sha256_file(
-        &common::reference_dir().join("weights.safetensors"),
+        &crate::common::reference_dir().join("weights.safetensors"),
     )
     .unwrap();
     // (what, what the server said, what it must say)

@@ -5,12 +5,8 @@
 //! origin calls `/explain` for the overlay PNG and reads `x-class-label`; a second server with
 //! API keys shows its 401 on the page until the key is typed in.
 
-#![allow(clippy::unwrap_used)] // a test fails on an unexpected error by panicking
-
-mod common;
-
-use common::origin::Origin;
-use common::server::Server;
+use crate::common::origin::Origin;
+use crate::common::server::Server;
 use std::process::Command;
 
 /// The page a web client on another origin would serve: it fetches a photograph from its own
@@ -32,7 +28,7 @@ const CROSS_ORIGIN_PAGE: &str = r#"<!doctype html><html><body><p id="out">waitin
 
 #[test]
 fn the_playground_works_in_headless_chromium() {
-    let photo = std::fs::read(common::fixture("rocket.jpg")).unwrap();
+    let photo = std::fs::read(crate::common::fixture("rocket.jpg")).unwrap();
     let page = Origin::answer("127.0.0.1", move |path| {
         let (kind, body) = if path.starts_with("/photo.jpg") {
             ("image/jpeg", photo.clone())

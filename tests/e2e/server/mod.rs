@@ -5,11 +5,6 @@
 //! bad input and refused sources (`errors`), health, metrics, info and CORS (`operations`), and
 //! the limits on bodies, queue, deadlines and slow clients (`limits`).
 
-#![allow(clippy::unwrap_used)] // a test fails on an unexpected error by panicking
-
-#[path = "../common/mod.rs"]
-mod common;
-
 mod compact;
 mod errors;
 mod forms;
@@ -18,8 +13,8 @@ mod limits;
 mod operations;
 mod promises;
 
-use common::server::Server;
-use common::{MODEL, fixture, max_diff};
+use crate::common::server::Server;
+use crate::common::{MODEL, fixture, max_diff};
 use gradcam_serve::backend::{Backend, ExplainOptions, ExplainResult};
 use gradcam_serve::input;
 use serde_json::Value;

@@ -2,11 +2,7 @@
 //! mixed or changing answers, oversized and slow bodies. A canary origin on another loopback
 //! address counts connections and must stay at zero.
 
-#![allow(clippy::unwrap_used)] // a test fails on an unexpected error by panicking
-
-mod common;
-
-use common::origin::Origin;
+use crate::common::origin::Origin;
 use gradcam_serve::fetch::addr::AddressPolicy;
 use gradcam_serve::fetch::{FetchConfig, FetchError, Fetcher, Lookup};
 use std::net::IpAddr;

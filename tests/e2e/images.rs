@@ -1,10 +1,6 @@
 //! Decoding and preprocessing of real photographs and edge cases.
 
-#![allow(clippy::unwrap_used)] // a test fails on an unexpected error by panicking
-
-mod common;
-
-use common::{MODEL, REFERENCE, fixture, huge_jpeg, huge_png, synthetic};
+use crate::common::{MODEL, REFERENCE, fixture, huge_jpeg, huge_png, synthetic};
 use gradcam_serve::backend::{Backend, ExplainOptions};
 use gradcam_serve::input::{self, DecodeLimits, STD};
 use image::RgbImage;

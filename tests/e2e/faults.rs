@@ -3,12 +3,8 @@
 //! `x-gradcam-fault` makes the model thread sleep, panic, or run into a real libtorch error or a
 //! real allocation failure while it works on that request.
 
-#![allow(clippy::unwrap_used)] // a test fails on an unexpected error by panicking
-
-mod common;
-
-use common::fixture;
-use common::server::{Server, client, post_fixture};
+use crate::common::fixture;
+use crate::common::server::{Server, client, post_fixture};
 use serde_json::Value;
 use std::time::{Duration, Instant};
 

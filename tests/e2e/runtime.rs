@@ -2,11 +2,7 @@
 //! start-up log, `/info` and every answer; and a libtorch, device or precision that cannot
 //! serve refused at start-up with what was found and what is needed.
 
-#![allow(clippy::unwrap_used)] // a test fails on an unexpected error by panicking
-
-mod common;
-
-use common::server::{Server, client, post_fixture};
+use crate::common::server::{Server, client, post_fixture};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -20,7 +16,7 @@ fn bin() -> Command {
 }
 
 fn weights() -> PathBuf {
-    common::reference_dir().join("weights.safetensors")
+    crate::common::reference_dir().join("weights.safetensors")
 }
 
 /// Starts `serve` with `args`, expecting it to stop before serving; its standard error.

@@ -5,8 +5,6 @@
 //! of the in-process HTTP layer. Bare 400/431 answers of the HTTP parser are documented apart
 //! from the table (they never reach the service).
 
-#![allow(clippy::unwrap_used)] // a test fails on an unexpected error by panicking
-
 use gradcam_serve::http::problem::ApiError;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};

@@ -8,12 +8,8 @@
 //! The limit is the server's own address space after start-up and one request (libtorch maps
 //! about 3 GB), plus [`HEADROOM`].
 
-#![allow(clippy::unwrap_used)] // a test fails on an unexpected error by panicking
-
-mod common;
-
-use common::server::{Server, client};
-use common::{encode_jpeg, encode_png, fixture};
+use crate::common::server::{Server, client};
+use crate::common::{encode_jpeg, encode_png, fixture};
 use image::{Rgb, RgbImage};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};

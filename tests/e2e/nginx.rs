@@ -2,12 +2,8 @@
 //! project's own deploy/nginx.conf (only addresses rewritten) on loopback. Stopping one replica
 //! must not cost any request its correct answer.
 
-#![allow(clippy::unwrap_used)] // a test fails on an unexpected error by panicking
-
-mod common;
-
-use common::REFERENCE;
-use common::server::{Server, post_fixture};
+use crate::common::REFERENCE;
+use crate::common::server::{Server, post_fixture};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};

@@ -3,21 +3,18 @@
 //! head with its labels, and a 288-pixel centre-cropping model, through the library and through
 //! the real server over HTTP.
 //!
-//! Tolerances, as in tests/parity.rs: logits and raw maps at `layer3`/`layer4` within 1e-3 of the
+//! Tolerances, as in tests/numerics/parity.rs: logits and raw maps at `layer3`/`layer4` within 1e-3 of the
 //! reference's largest magnitude, normalised maps within 1e-3. At `layer1` and `layer2` the
 //! gradients cross many more blocks and float32 rounding near ReLU kinks grows (parity.rs
 //! measures PyTorch's own float32 maps there at up to 2.6e-3 from float64 on ResNet-50); deeper
 //! members cross more blocks still, so those maps are held to 1e-2 (measured: see the printed
 //! figures with `--no-capture`).
 
-#![allow(clippy::unwrap_used)] // a test fails on an unexpected error by panicking
-
-mod common;
 #[path = "family/hostile.rs"]
 mod hostile;
 
-use common::server::{Server, client};
-use common::{REFERENCE, max_diff};
+use crate::common::server::{Server, client};
+use crate::common::{REFERENCE, max_diff};
 use gradcam_serve::backend::{Backend, ExplainOptions, Layer};
 use gradcam_serve::cam::{self, Method};
 use gradcam_serve::input::{self, DecodeLimits, Preprocess, Resize};
@@ -30,7 +27,7 @@ const REL: f32 = 1e-3;
 const DEEP: f32 = 1e-2;
 
 fn family_dir() -> PathBuf {
-    common::generated_dir("GRADCAM_TEST_FAMILY")
+    crate::common::generated_dir("GRADCAM_TEST_FAMILY")
 }
 
 struct Family {
@@ -282,7 +279,7 @@ fn centre_crop_at_288_matches_torchvision() {
         resize: Resize::CenterCrop,
         ..Default::default()
     };
-    let bytes = std::fs::read(common::fixture("chelsea.png")).unwrap();
+    let bytes = std::fs::read(crate::common::fixture("chelsea.png")).unwrap();
     let img = input::decode(&bytes, DecodeLimits::default())
         .unwrap()
         .image;
@@ -369,7 +366,7 @@ fn the_server_serves_an_own_model_with_its_labels_and_preprocessing() {
         .collect();
     assert_eq!(listed, labels);
 
-    let photo = std::fs::read(common::fixture("chelsea.png")).unwrap();
+    let photo = std::fs::read(crate::common::fixture("chelsea.png")).unwrap();
     let post = |query: &str| {
         client()
             .post(server.url(&format!("/explain{query}")))
@@ -529,7 +526,7 @@ fn the_dataset_command_explains_with_an_own_model() {
         .arg(&labels)
         .args(["--input-size", "288", "--resize", "center-crop", "--out"])
         .arg(&out)
-        .arg(common::fixture("chelsea.png"))
+        .arg(crate::common::fixture("chelsea.png"))
         .env_remove("GRADCAM_WEIGHTS")
         .status()
         .unwrap();

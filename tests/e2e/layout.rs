@@ -4,8 +4,6 @@
 //! line at the top with nothing depending on it, the HTTP layer never reaching the libtorch
 //! model, and no source file over 500 lines.
 
-#![allow(clippy::unwrap_used)] // a test fails on an unexpected error by panicking
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 

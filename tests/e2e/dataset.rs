@@ -2,11 +2,7 @@
 //! hundred generated pictures (nested folders, duplicate base names, a corrupt file, a file
 //! that is not an image), lists, patterns, `--strict`, and an interrupted run resumed.
 
-#![allow(clippy::unwrap_used)] // a test fails on an unexpected error by panicking
-
-mod common;
-
-use common::{encode_jpeg, encode_png, fixture, reference_dir};
+use crate::common::{encode_jpeg, encode_png, fixture, reference_dir};
 use image::RgbImage;
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
@@ -496,4 +492,44 @@ fn csv_fields(row: &str) -> Vec<String> {
     }
     out.push(cur);
     out
+}
+
+/// A picture over `--max-inflight-pixels` is skipped with a reason that says what the pixels
+/// are: a file whose bytes alone are over it (a third of a pixel per byte), or a picture whose
+/// decoding is, with its real size; never the one counted as the other.
+#[test]
+fn a_budget_refusal_says_whether_reading_or_decoding_is_over_it() {
+    let data = tempdir("budget");
+    let photo = image::open(fixture("rocket.jpg")).unwrap().to_rgb8();
+    let small = image::imageops::crop_imm(&photo, 100, 100, 224, 224).to_image();
+    std::fs::write(data.join("small.jpg"), encode_jpeg(&small, 60)).unwrap();
+    std::fs::copy(fixture("chelsea.png"), data.join("large.png")).unwrap();
+    let small_bytes = std::fs::metadata(data.join("small.jpg")).unwrap().len();
+    // Far more than the small file's third, far less than its pixels or the large file's third.
+    let limit = 20_000;
+    assert!(small_bytes.div_ceil(3) < limit && 240_512 / 3 > limit);
+    let o = run(explain()
+        .arg(&data)
+        .args(["--max-inflight-pixels", &limit.to_string(), "--out"])
+        .arg(tempdir("budget-out")));
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "both skipped: {err}");
+    let line = |name: &str| {
+        err.lines()
+            .find(|l| l.contains(name) && l.contains("skipped"))
+            .unwrap_or_else(|| panic!("no skip line for {name}: {err}"))
+            .to_string()
+    };
+    let large = line("large.png");
+    assert!(
+        large.contains("reading the file holds 80171 pixels of the budget (its 240512 bytes")
+            && large.contains("more than --max-inflight-pixels 20000"),
+        "{large}"
+    );
+    let small = line("small.jpg");
+    assert!(
+        small.contains("decoding this 224x224 picture holds")
+            && small.contains("more than --max-inflight-pixels 20000"),
+        "{small}"
+    );
 }

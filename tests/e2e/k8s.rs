@@ -4,11 +4,7 @@
 //! port answers on that server, the drain fits in the grace period, and the custom metric the
 //! autoscaler variant names is one the server's /metrics exports.
 
-#![allow(clippy::unwrap_used)] // a test fails on an unexpected error by panicking
-
-mod common;
-
-use common::server::{Server, client};
+use crate::common::server::{Server, client};
 use serde_json::Value;
 use std::process::Command;
 

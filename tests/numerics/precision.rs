@@ -18,11 +18,7 @@
 //! contributions. The tolerances below come from these measurements (`--no-capture` prints the
 //! tables; README gives them) with room for other CPUs' kernels.
 
-#![allow(clippy::unwrap_used)] // a test fails on an unexpected error by panicking
-
-mod common;
-
-use common::REFERENCE;
+use crate::common::REFERENCE;
 use gradcam_serve::backend::{Backend, ExplainOptions, Layer, Precision};
 use gradcam_serve::cam::Method;
 use gradcam_serve::input::Preprocess;
@@ -162,7 +158,7 @@ fn compare(
     let logits_b = bf16.logits(xs).unwrap();
     for (((ra, rb), la), lb) in a.iter().zip(&b).zip(&logits_a).zip(&logits_b) {
         let p = &ra.predictions;
-        let (d, scale) = common::max_diff(lb, la);
+        let (d, scale) = crate::common::max_diff(lb, la);
         let margin = (p[0].logit - p[1].logit) / scale;
         let same_top = rb.predictions[0].index == p[0].index;
         tally.add(
@@ -178,7 +174,7 @@ fn compare(
 
 #[test]
 fn bf16_matches_fp32_on_the_random_weight_reference() {
-    let dir = common::reference_dir();
+    let dir = crate::common::reference_dir();
     let path = dir.join("weights.safetensors");
     let fp32 = load(&path, Precision::Fp32, Preprocess::default());
     let bf16 = load(&path, Precision::Bf16, Preprocess::default());
@@ -228,7 +224,7 @@ fn bf16_matches_fp32_on_the_random_weight_reference() {
 
 #[test]
 fn bf16_matches_fp32_on_the_trained_network() {
-    let dir = common::generated_dir("GRADCAM_TEST_TRAINED");
+    let dir = crate::common::generated_dir("GRADCAM_TEST_TRAINED");
     let held: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir.join("heldout.json")).unwrap()).unwrap();
     let preprocess = Preprocess {

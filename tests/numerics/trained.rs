@@ -7,16 +7,12 @@
 //! faithfulness scores, next to pytorch-grad-cam's pointing rates on the same pictures
 //! (`--no-capture`).
 
-#![allow(clippy::unwrap_used)] // a test fails on an unexpected error by panicking
-
-mod common;
-
-use common::server::{Server, client};
+use crate::common::server::{Server, client};
 use gradcam_serve::render::upsample_bilinear;
 use std::path::PathBuf;
 
 fn trained_dir() -> PathBuf {
-    common::generated_dir("GRADCAM_TEST_TRAINED")
+    crate::common::generated_dir("GRADCAM_TEST_TRAINED")
 }
 
 /// The first highest point of the normalised map upsampled to the picture (half-pixel

@@ -13,11 +13,7 @@
 //! answer: ours within 3e-3 in every case, and overall no further from it than PyTorch's
 //! float32 maps are.
 
-#![allow(clippy::unwrap_used)] // a test fails on an unexpected error by panicking
-
-mod common;
-
-use common::{MODEL, REFERENCE, max_diff};
+use crate::common::{MODEL, REFERENCE, max_diff};
 use gradcam_serve::backend::{Backend, ExplainOptions, Layer};
 use gradcam_serve::cam::{self, Method};
 
@@ -32,7 +28,7 @@ fn input(name: &str) -> Vec<f32> {
 
 #[test]
 fn logits_match_torchvision_with_both_weight_formats() {
-    let pth = common::load_model("weights.pth");
+    let pth = crate::common::load_model("weights.pth");
     let st = MODEL.lock().unwrap();
     for photo in &REFERENCE.meta.photos {
         let x = input(&photo.name);

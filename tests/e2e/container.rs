@@ -14,13 +14,10 @@
 //!
 //! Needs root (chroot, namespaces), as CI runs; fails, not skips, without it.
 
-#![allow(clippy::unwrap_used)] // a test fails on an unexpected error by panicking
-
-mod common;
-#[path = "common/image.rs"]
+#[path = "../common/image.rs"]
 mod image;
 
-use common::{REFERENCE, fixture, reference_dir};
+use crate::common::{REFERENCE, fixture, reference_dir};
 use image::{Container, Image, LAUNCH, seconds, text};
 use serde_json::Value;
 use std::process::{Command, Stdio};

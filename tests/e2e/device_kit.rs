@@ -6,8 +6,6 @@
 //! figures next to PyTorch's, and the service under load over HTTP. The performance goals are
 //! reported, not asserted (a shared machine's speed proves nothing).
 
-#![allow(clippy::unwrap_used)] // a test fails on an unexpected error by panicking
-
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::Command;
