@@ -66,7 +66,10 @@ if ! compgen -G "$wheels/grad_cam-$gradcam-py3-none-any.whl" >/dev/null ||
    ! compgen -G "$wheels/ttach-*.whl" >/dev/null || ! compgen -G "$wheels/tqdm-*.whl" >/dev/null; then
   mkdir -p "$wheels"
   version() { "$GRADCAM_VENV/bin/python" -c "import importlib.metadata as m; print(m.version('$1'))"; }
-  "$GRADCAM_VENV/bin/pip" wheel --quiet --disable-pip-version-check --no-deps --no-build-isolation \
+  # Built in pip's isolated build environment (a current setuptools): the environment's own
+  # setuptools cannot build a wheel without the `wheel` package, which a machine whose pip
+  # cache already holds the wheel never notices.
+  "$GRADCAM_VENV/bin/pip" wheel --quiet --disable-pip-version-check --no-deps \
     -w "$wheels" "grad-cam==$gradcam"
   "$GRADCAM_VENV/bin/pip" download --quiet --disable-pip-version-check --no-deps --only-binary=:all: \
     -d "$wheels" "ttach==$(version ttach)" "tqdm==$(version tqdm)"
