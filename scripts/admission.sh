@@ -22,7 +22,7 @@ for run in "${runs[@]}"; do
   n="${run%%:*}"
   timeout="${run#*:}"
   flags=()
-  [ "$timeout" = default ] || flags=(--request-timeout-ms "$timeout" --fetch-timeout-ms "$((timeout / 2))")
+  [ "$timeout" = default ] || flags=(--request-timeout-ms "$timeout")
   log="$(mktemp)"
   out="$(mktemp)"
   start_server "$log" "${flags[@]}"

@@ -164,13 +164,8 @@ impl Engine {
     ) -> Result<oneshot::Receiver<Result<Done, EngineError>>, EngineError> {
         let queued = self.metrics.queue_depth.load(Ordering::SeqCst).max(0) as usize;
         if let Some(wait) = self.pace.expected_wait(queued) {
-            self.metrics
-                .set_expected_wait(wait, self.pace.seconds_per_image());
-            // An idle model admits every job: only a backlog can keep one past its deadline, and
-            // what it runs keeps the estimate current (a stall once measured cannot shut the
-            // door for good).
-            let idle = queued == 0 && !self.pace.busy();
-            if !idle && Instant::now() + wait > deadline {
+            self.metrics.set_expected_wait(wait, self.pace.seconds_per_image());
+            if Instant::now() + wait > deadline {
                 return Err(EngineError::Overloaded { wait });
             }
         }

@@ -227,8 +227,7 @@ impl Worker {
         let predict_out = self.run_group(backend, &predict, &mut health);
         let inference = started.elapsed();
         // Only a batch that ran normally says how fast the model is.
-        self.pace
-            .finished(size, inference.as_secs_f64(), health == Health::Fine);
+        self.pace.finished(size, inference.as_secs_f64(), health == Health::Fine);
         if health != Health::Fine {
             // Readiness must already be false when the failed requests get their answers.
             self.status.healthy.store(false, Ordering::SeqCst);
