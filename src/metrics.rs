@@ -85,10 +85,6 @@ pub struct Metrics {
     pub inflight_pixels_limit: AtomicU64,
     /// Model rebuilds after a panic: (succeeded, failed).
     rebuilds: Mutex<(u64, u64)>,
-    /// The expected wait the latest job was given at admission, in microseconds.
-    expected_wait_us: AtomicU64,
-    /// The model's recent time per image at the largest batch, in microseconds.
-    model_us_per_image: AtomicU64,
 }
 
 /// One gauge with its help and type lines.
@@ -124,19 +120,6 @@ impl Metrics {
             inflight_pixels: AtomicU64::new(0),
             inflight_pixels_limit: AtomicU64::new(0),
             rebuilds: Mutex::default(),
-            expected_wait_us: AtomicU64::new(0),
-            model_us_per_image: AtomicU64::new(0),
-        }
-    }
-
-    /// What admission estimated for the latest job: its wait for the model, and the model's
-    /// time per image behind it.
-    pub fn set_expected_wait(&self, wait: std::time::Duration, per_image_seconds: Option<f64>) {
-        self.expected_wait_us
-            .store(wait.as_micros() as u64, Ordering::Relaxed);
-        if let Some(s) = per_image_seconds {
-            self.model_us_per_image
-                .store((s * 1e6) as u64, Ordering::Relaxed);
         }
     }
 
@@ -258,24 +241,6 @@ impl Metrics {
             "Images waiting for the model.",
             self.queue_depth.load(Ordering::Relaxed).max(0) as u64,
         );
-        for (name, help, us) in [
-            (
-                "gradcam_expected_wait_seconds",
-                "The wait for the model that admission expected for the latest job (a job whose deadline it passes is refused, 503 overloaded).",
-                &self.expected_wait_us,
-            ),
-            (
-                "gradcam_model_seconds_per_image",
-                "The model's recent time per image at the largest batch size, which admission's estimate uses.",
-                &self.model_us_per_image,
-            ),
-        ] {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {}",
-                us.load(Ordering::Relaxed) as f64 / 1e6
-            );
-        }
         out.push_str(
             "# HELP gradcam_model_rebuilds_total Attempts to rebuild the model after a panic.\n",
         );

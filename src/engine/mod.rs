@@ -14,10 +14,7 @@
 //! everything still queued with [`EngineError::Lost`] (503 `model_stopped`) and ends, so that
 //! liveness fails and the instance is restarted.
 
-mod pace;
 mod worker;
-
-use pace::Pace;
 
 use crate::backend::{Description, ExplainOptions, ExplainResult, Loader, Prediction};
 use crate::metrics::Metrics;
@@ -59,9 +56,6 @@ pub struct Done {
 pub enum EngineError {
     #[error("the queue is full")]
     QueueFull,
-    /// The queue would keep the job past its deadline: refused at admission.
-    #[error("the model would reach this job in about {} ms, past its deadline", wait.as_millis())]
-    Overloaded { wait: Duration },
     #[error("the request's deadline passed while it waited in the queue")]
     Expired,
     #[error("the engine is shutting down")]
@@ -104,7 +98,6 @@ pub struct Engine {
     status: Arc<Status>,
     description: Description,
     metrics: Arc<Metrics>,
-    pace: Arc<Pace>,
 }
 
 /// The model thread's state as the rest of the server sees it.
@@ -129,22 +122,14 @@ impl Engine {
             alive: AtomicBool::new(true),
             stopping: AtomicBool::new(false),
         });
-        let pace = Arc::new(Pace::new(config.max_batch_size));
-        let (thread, description) = worker::spawn(
-            load,
-            config,
-            metrics.clone(),
-            status.clone(),
-            pace.clone(),
-            rx,
-        )?;
+        let (thread, description) =
+            worker::spawn(load, config, metrics.clone(), status.clone(), rx)?;
         Ok(Self {
             tx: RwLock::new(Some(tx)),
             thread: Mutex::new(Some(thread)),
             status,
             description,
             metrics,
-            pace,
         })
     }
 
@@ -153,22 +138,13 @@ impl Engine {
         &self.description
     }
 
-    /// Queues one preprocessed image. Refuses at once when the queue is full, or when the
-    /// model's recent pace says the job would not reach it before `deadline` (admission by
-    /// expected wait; see [`pace`]).
+    /// Queues one preprocessed image. Refuses at once when the queue is full.
     pub fn submit(
         &self,
         input: Vec<f32>,
         task: Task,
         deadline: Instant,
     ) -> Result<oneshot::Receiver<Result<Done, EngineError>>, EngineError> {
-        let queued = self.metrics.queue_depth.load(Ordering::SeqCst).max(0) as usize;
-        if let Some(wait) = self.pace.expected_wait(queued) {
-            self.metrics.set_expected_wait(wait, self.pace.seconds_per_image());
-            if Instant::now() + wait > deadline {
-                return Err(EngineError::Overloaded { wait });
-            }
-        }
         let (reply, rx) = oneshot::channel();
         let job = Job {
             input,

@@ -2,7 +2,7 @@
 //! recovers from faults (per-image retry after an error, rebuild after a panic, the end of the
 //! thread through the normal drain when the device is lost).
 
-use super::{BatchConfig, Done, EngineError, Job, Output, Pace, Status, Task};
+use super::{BatchConfig, Done, EngineError, Job, Output, Status, Task};
 use crate::backend::{self, Backend, BackendError, Description, ExplainOptions, Fatal, Loader};
 use crate::metrics::Metrics;
 use std::panic::AssertUnwindSafe;
@@ -18,7 +18,6 @@ pub(super) fn spawn(
     config: BatchConfig,
     metrics: Arc<Metrics>,
     status: Arc<Status>,
-    pace: Arc<Pace>,
     rx: mpsc::Receiver<Job>,
 ) -> anyhow::Result<(JoinHandle<()>, Description)> {
     let (ready_tx, ready_rx) = mpsc::channel::<anyhow::Result<Description>>();
@@ -27,7 +26,6 @@ pub(super) fn spawn(
         config,
         metrics,
         status,
-        pace,
         #[cfg(feature = "fault-injection")]
         faults: crate::fault::Injector::default(),
     };
@@ -70,8 +68,6 @@ struct Worker {
     config: BatchConfig,
     metrics: Arc<Metrics>,
     status: Arc<Status>,
-    /// The model's recent pace, which admission reads.
-    pace: Arc<Pace>,
     /// Test builds: makes the faults that jobs carry happen.
     #[cfg(feature = "fault-injection")]
     faults: crate::fault::Injector,
@@ -218,7 +214,6 @@ impl Worker {
         let started = Instant::now();
         let size = jobs.len();
         self.metrics.batch(size);
-        self.pace.started(size);
         let (explain, predict): (Vec<Job>, Vec<Job>) = jobs
             .into_iter()
             .partition(|j| matches!(j.task, Task::Explain(_)));
@@ -226,8 +221,6 @@ impl Worker {
         let explain_out = self.run_group(backend, &explain, &mut health);
         let predict_out = self.run_group(backend, &predict, &mut health);
         let inference = started.elapsed();
-        // Only a batch that ran normally says how fast the model is.
-        self.pace.finished(size, inference.as_secs_f64(), health == Health::Fine);
         if health != Health::Fine {
             // Readiness must already be false when the failed requests get their answers.
             self.status.healthy.store(false, Ordering::SeqCst);

@@ -48,11 +48,6 @@ pub enum ApiError {
     MultipleImages,
     #[error("the queue is full; retry shortly")]
     QueueFull,
-    #[error(
-        "the model would reach this request in about {wait_ms} ms, past its deadline; retry in \
-         {retry_after_s} s or on another instance"
-    )]
-    Overloaded { wait_ms: u64, retry_after_s: u64 },
     #[error("the model is not ready yet")]
     NotReady,
     #[error("too many large images are being decoded; retry shortly")]
@@ -119,10 +114,6 @@ impl ApiError {
             ApiError::NotAcceptable(text()),
             ApiError::MultipleImages,
             ApiError::QueueFull,
-            ApiError::Overloaded {
-                wait_ms: 0,
-                retry_after_s: 1,
-            },
             ApiError::NotReady,
             ApiError::MemoryBusy,
             ApiError::Draining,
@@ -148,7 +139,6 @@ impl ApiError {
                 | ApiError::NotAcceptable(_)
                 | ApiError::MultipleImages
                 | ApiError::QueueFull
-                | ApiError::Overloaded { .. }
                 | ApiError::NotReady
                 | ApiError::MemoryBusy
                 | ApiError::Draining
@@ -214,7 +204,6 @@ impl ApiError {
                 "Image source error",
             ),
             ApiError::QueueFull => (S::TOO_MANY_REQUESTS, "queue_full", "Too many requests"),
-            ApiError::Overloaded { .. } => (S::SERVICE_UNAVAILABLE, "overloaded", "Overloaded"),
             ApiError::NotReady => (S::SERVICE_UNAVAILABLE, "not_ready", "Not ready"),
             ApiError::MemoryBusy => (S::SERVICE_UNAVAILABLE, "memory_busy", "Memory busy"),
             ApiError::Draining => (S::SERVICE_UNAVAILABLE, "draining", "Shutting down"),
@@ -256,11 +245,6 @@ impl From<EngineError> for ApiError {
     fn from(e: EngineError) -> Self {
         match e {
             EngineError::QueueFull => ApiError::QueueFull,
-            EngineError::Overloaded { wait } => ApiError::Overloaded {
-                wait_ms: wait.as_millis() as u64,
-                // When the queue ahead will have been served.
-                retry_after_s: wait.as_secs_f64().ceil().max(1.0) as u64,
-            },
             EngineError::Expired => ApiError::Expired,
             EngineError::Stopped => ApiError::Draining,
             EngineError::OutOfMemory => ApiError::OutOfMemory,
@@ -295,9 +279,6 @@ impl IntoResponse for ApiError {
                 | ApiError::OutOfMemory
         ) {
             headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-        }
-        if let ApiError::Overloaded { retry_after_s, .. } = &self {
-            headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_s));
         }
         if let ApiError::Unauthorized(failure) = &self {
             // RFC 6750: a missing key gets the bare challenge, a bad one says why.
