@@ -312,12 +312,15 @@ impl Worker {
     /// told apart: a lost device, or a [`Fatal`] panic, is [`Failure::Lost`].
     fn attempt(&self, backend: &dyn Backend, jobs: &[Job]) -> Result<Vec<Output>, Failure> {
         let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            // Only a job that names a fault asks the backend where it runs.
             #[cfg(feature = "fault-injection")]
-            self.faults.inject(
-                jobs.iter().filter_map(|j| j.fault),
-                jobs.len(),
-                &backend.describe().device,
-            )?;
+            if jobs.iter().any(|j| j.fault.is_some()) {
+                self.faults.inject(
+                    jobs.iter().filter_map(|j| j.fault),
+                    jobs.len(),
+                    &backend.describe().device,
+                )?;
+            }
             call(backend, jobs)
         }));
         match result {

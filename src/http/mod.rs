@@ -134,18 +134,21 @@ impl AppState {
 
 /// The router with every route and layer.
 pub fn app(state: AppState) -> Router {
-    let router = Router::new()
+    let model_routes = Router::new()
         .route("/explain", post(explain::explain))
-        .route("/predict", post(explain::predict))
+        .route("/predict", post(explain::predict));
+    // Test builds: the fault a request to the model names travels beside its job (see
+    // `crate::fault`); the other routes never reach the model and ignore the header.
+    #[cfg(feature = "fault-injection")]
+    let model_routes = model_routes.route_layer(middleware::from_fn(injected_fault));
+    let router = Router::new()
+        .merge(model_routes)
         .route("/health/live", get(ops::live))
         .route("/health/ready", get(ops::ready))
         .route("/metrics", get(ops::metrics))
         .route("/info", get(ops::info))
         .route("/labels", get(ops::labels))
         .route("/openapi.yaml", get(ops::openapi));
-    // Test builds: the fault a request names travels beside its job (see `crate::fault`).
-    #[cfg(feature = "fault-injection")]
-    let router = router.route_layer(middleware::from_fn(injected_fault));
     let router = ui::routes(router, state.config.ui)
         .route_layer(middleware::from_fn_with_state(state.clone(), auth::guard))
         .route_layer(middleware::from_fn(tag_route))

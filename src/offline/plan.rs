@@ -108,29 +108,36 @@ impl Work {
             bail!("no image files found in the given inputs");
         }
         inputs::check_clashes(&pictures, |p| outputs.files(p))?;
-        let by_path: HashMap<String, &Picture> = pictures
+        // With --resume, whether each picture's files are all there, asked once per picture.
+        let complete: Vec<bool> = pictures
             .iter()
-            .map(|p| (p.path.to_string_lossy().into_owned(), p))
+            .map(|p| args.resume && outputs.complete(p))
+            .collect();
+        let by_path: HashMap<String, bool> = pictures
+            .iter()
+            .zip(&complete)
+            .map(|(p, c)| (p.path.to_string_lossy().into_owned(), *c))
             .collect();
         let summary = match &args.summary {
             Some(path) => Some(Summary::open(
                 path,
                 args.summary_format,
                 args.resume,
-                |p| by_path.get(p).is_some_and(|pic| outputs.complete(pic)),
+                |p| by_path.get(p).copied().unwrap_or(false),
             )?),
             None => None,
         };
+        // Done: every file there and, when there is a summary, its record too.
         let todo: Vec<Picture> = pictures
             .iter()
-            .filter(|p| {
-                let done = match &summary {
-                    Some(s) => s.has(&p.path.to_string_lossy()) && outputs.complete(p),
-                    None => outputs.complete(p),
-                };
-                !(args.resume && done)
+            .zip(&complete)
+            .filter(|(p, complete)| {
+                let recorded = summary
+                    .as_ref()
+                    .is_none_or(|s| s.has(&p.path.to_string_lossy()));
+                !(**complete && recorded)
             })
-            .cloned()
+            .map(|(p, _)| p.clone())
             .collect();
         Ok(Work {
             pictures,

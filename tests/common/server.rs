@@ -200,6 +200,15 @@ impl Server {
             .as_u16()
     }
 
+    /// Asks `/predict` about the fixture photograph and asserts that it is answered.
+    pub fn assert_predicts(&self) {
+        let status = post_fixture(self.url("/predict"), "chelsea.png")
+            .send()
+            .unwrap()
+            .status();
+        assert_eq!(status, 200, "a plain /predict of the fixture photograph");
+    }
+
     /// Sends SIGTERM and waits (bounded) for the exit status.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
         self.signal_term();

@@ -85,6 +85,19 @@ impl Tally {
         }
     }
 
+    /// Adds every case of `other`.
+    fn merge(&mut self, other: &Tally) {
+        self.cases += other.cases;
+        self.max = self.max.max(other.max);
+        self.sum_mean += other.sum_mean;
+        self.diffs.extend_from_slice(&other.diffs);
+        self.peak_agree += other.peak_agree;
+        self.clear += other.clear;
+        self.clear_agree += other.clear_agree;
+        self.agree += other.agree;
+        self.logit = self.logit.max(other.logit);
+    }
+
     fn mean(&self) -> f64 {
         self.sum_mean / self.cases.max(1) as f64
     }
@@ -119,11 +132,29 @@ impl Tally {
 
 const HEADER: &str = "| weights, layer | cases | max map diff | 99th percentile | mean map diff | peaks within a cell | max logit diff | top-1 agrees | top-1 agrees where lead > 0.1 |\n|---|---|---|---|---|---|---|---|---|";
 
-/// Explains `x`'s fp32 top class at `layer` with `method` in both precisions; adds the case.
+/// Both precisions' logits for a set of inputs: they depend on neither the layer nor the
+/// method, so they are computed once per input and shared by every comparison.
+struct Logits {
+    fp32: Vec<Vec<f32>>,
+    bf16: Vec<Vec<f32>>,
+}
+
+impl Logits {
+    fn of(fp32: &Model, bf16: &Model, xs: &[&[f32]]) -> Self {
+        Logits {
+            fp32: fp32.logits(xs).unwrap(),
+            bf16: bf16.logits(xs).unwrap(),
+        }
+    }
+}
+
+/// Explains each of `xs`' fp32 top class at `layer` with `method` in both precisions; adds the
+/// cases.
 fn compare(
     fp32: &Model,
     bf16: &Model,
     xs: &[&[f32]],
+    logits: &Logits,
     layer: Layer,
     method: Method,
     tally: &mut Tally,
@@ -154,9 +185,7 @@ fn compare(
         })
         .collect();
     let b = bf16.explain(&same_class).unwrap();
-    let logits_a = fp32.logits(xs).unwrap();
-    let logits_b = bf16.logits(xs).unwrap();
-    for (((ra, rb), la), lb) in a.iter().zip(&b).zip(&logits_a).zip(&logits_b) {
+    for (((ra, rb), la), lb) in a.iter().zip(&b).zip(&logits.fp32).zip(&logits.bf16) {
         let p = &ra.predictions;
         let (d, scale) = crate::common::max_diff(lb, la);
         let margin = (p[0].logit - p[1].logit) / scale;
@@ -185,15 +214,16 @@ fn bf16_matches_fp32_on_the_random_weight_reference() {
         .map(|p| REFERENCE.vec(&format!("input.{}", p.name)))
         .collect();
     let xs: Vec<&[f32]> = inputs.iter().map(Vec::as_slice).collect();
+    let logits = Logits::of(&fp32, &bf16, &xs);
     let mut rows = vec![HEADER.to_string()];
     let mut all = Tally::default();
     let mut by_layer = Vec::new();
     for layer in Layer::ALL {
         let mut t = Tally::default();
         for method in Method::ALL {
-            compare(&fp32, &bf16, &xs, layer, method, &mut t);
-            compare(&fp32, &bf16, &xs, layer, method, &mut all);
+            compare(&fp32, &bf16, &xs, &logits, layer, method, &mut t);
         }
+        all.merge(&t);
         rows.push(t.row(&format!("random ResNet-50, {layer}, 5 methods")));
         by_layer.push((layer, t));
     }
@@ -245,12 +275,16 @@ fn bf16_matches_fp32_on_the_trained_network() {
         })
         .collect();
     let xs: Vec<&[f32]> = inputs.iter().map(Vec::as_slice).collect();
+    let chunks: Vec<(&[&[f32]], Logits)> = xs
+        .chunks(8)
+        .map(|chunk| (chunk, Logits::of(&fp32, &bf16, chunk)))
+        .collect();
     let mut rows = vec![HEADER.to_string()];
     let mut by_layer = Vec::new();
     for layer in Layer::ALL {
         let mut t = Tally::default();
-        for chunk in xs.chunks(8) {
-            compare(&fp32, &bf16, chunk, layer, Method::GradCam, &mut t);
+        for (chunk, logits) in &chunks {
+            compare(&fp32, &bf16, chunk, logits, layer, Method::GradCam, &mut t);
         }
         rows.push(t.row(&format!("trained ResNet-18, {layer}, gradcam")));
         by_layer.push((layer, t));

@@ -55,10 +55,9 @@ fn the_maps_of_a_trained_network_point_at_the_object_that_decides_its_class() {
     let pictures = held["pictures"].as_array().unwrap();
     let methods = ["gradcam", "hirescam", "gradcam++", "xgradcam", "layercam"];
     let layers = ["layer1", "layer2", "layer3", "layer4"];
-    // (hits, deletion drop sum, kept probability sum) per method and layer.
-    let mut table = vec![[(0usize, 0f64, 0f64); 4]; methods.len()];
-    let mut correct = 0;
-    for p in pictures {
+    // One picture's figures: (inside the box, deletion drop, kept probability) per method and
+    // layer, and whether the top class is the truth.
+    let judge = |http: &reqwest::blocking::Client, p: &serde_json::Value| {
         let bytes = std::fs::read(dir.join(p["file"].as_str().unwrap())).unwrap();
         let truth = p["class_index"].as_i64().unwrap();
         let b: Vec<usize> = p["box"]
@@ -67,9 +66,11 @@ fn the_maps_of_a_trained_network_point_at_the_object_that_decides_its_class() {
             .iter()
             .map(|v| v.as_u64().unwrap() as usize)
             .collect();
+        let mut cells = [[(false, 0f64, 0f64); 4]; 5];
+        let mut correct = false;
         for (m, method) in methods.iter().enumerate() {
             for (l, layer) in layers.iter().enumerate() {
-                let a = client()
+                let a = http
                     .post(server.url(&format!(
                         "/explain?class={truth}&method={}&layer={layer}&overlay=false&faithfulness=true",
                         method.replace('+', "%2B")
@@ -83,23 +84,59 @@ fn the_maps_of_a_trained_network_point_at_the_object_that_decides_its_class() {
                 if (m, l) == (0, 3) {
                     let top = &body["predictions"][0];
                     if top["index"].as_i64() == Some(truth) {
-                        correct += 1;
+                        correct = true;
                         assert_eq!(top["label"], p["label"]);
                     }
                 }
                 let e = &body["explanations"][0];
                 let (x, y) = peak(e, side);
-                let cell = &mut table[m][l];
-                if (b[0]..b[2]).contains(&x) && (b[1]..b[3]).contains(&y) {
-                    cell.0 += 1;
-                }
-                cell.1 += e["faithfulness"]["deletion_drop"].as_f64().unwrap();
-                cell.2 += e["faithfulness"]["kept_probability"].as_f64().unwrap();
+                cells[m][l] = (
+                    (b[0]..b[2]).contains(&x) && (b[1]..b[3]).contains(&y),
+                    e["faithfulness"]["deletion_drop"].as_f64().unwrap(),
+                    e["faithfulness"]["kept_probability"].as_f64().unwrap(),
+                );
+            }
+        }
+        (cells, correct)
+    };
+    // Four clients at once, so that the server batches them as it would any traffic (a
+    // picture's answer does not depend on its batch: tests/numerics/parity.rs).
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let judged: Vec<_> = std::thread::scope(|s| {
+        let workers: Vec<_> = (0..4)
+            .map(|_| {
+                s.spawn(|| {
+                    let http = client();
+                    let mut mine = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some(p) = pictures.get(i) else { break mine };
+                        mine.push(judge(&http, p));
+                    }
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|w| w.join().unwrap())
+            .collect()
+    });
+    assert_eq!(judged.len(), pictures.len());
+    // (hits, deletion drop sum, kept probability sum) per method and layer.
+    let mut table = vec![[(0usize, 0f64, 0f64); 4]; methods.len()];
+    let mut correct = 0;
+    for (cells, right) in &judged {
+        correct += usize::from(*right);
+        for (row, picture) in table.iter_mut().zip(cells) {
+            for (cell, (hit, drop, kept)) in row.iter_mut().zip(picture) {
+                cell.0 += usize::from(*hit);
+                cell.1 += drop;
+                cell.2 += kept;
             }
         }
     }
     let n = pictures.len() as f64;
-    let accuracy = f64::from(correct) / n;
+    let accuracy = correct as f64 / n;
     println!(
         "accuracy {accuracy:.3} ({correct} of {n}); PyTorch {}",
         torch["accuracy"]

@@ -154,13 +154,7 @@ fn stalled_connections_neither_block_others_nor_stay_open() {
         })
         .collect();
     let started = Instant::now();
-    assert_eq!(
-        post_fixture(server.url("/predict"), "chelsea.png")
-            .send()
-            .unwrap()
-            .status(),
-        200
-    );
+    server.assert_predicts();
     println!(
         "answered in {:?} beside 500 stalled sockets",
         started.elapsed()
@@ -205,13 +199,7 @@ fn a_body_that_does_not_arrive_gets_408() {
         b"--XyZ\r\nContent-Disposition: form-data; name=\"image\"; filename=\"a.png\"\r\n\r\n\x89PNG",
     );
     // Meanwhile a normal request is answered.
-    assert_eq!(
-        post_fixture(server.url("/predict"), "chelsea.png")
-            .send()
-            .unwrap()
-            .status(),
-        200
-    );
+    server.assert_predicts();
     for (name, s) in [("raw", raw_body), ("multipart", form)] {
         let (status, body) = raw::read_answer(s, Duration::from_secs(30));
         assert_eq!(status, 408, "{name}: {body}");

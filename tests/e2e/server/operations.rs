@@ -53,13 +53,7 @@ fn operations_endpoints() {
         "/openapi.yaml serves the document in the repository"
     );
     // Make sure at least one inference and one refusal are counted, then read the metrics.
-    assert_eq!(
-        post_fixture(server.url("/predict"), "chelsea.png")
-            .send()
-            .unwrap()
-            .status(),
-        200
-    );
+    server.assert_predicts();
     problem(
         "top_k=0",
         post_fixture(server.url("/predict?top_k=0"), "chelsea.png")
