@@ -85,6 +85,12 @@ pub struct Metrics {
     pub inflight_pixels_limit: AtomicU64,
     /// Model rebuilds after a panic: (succeeded, failed).
     rebuilds: Mutex<(u64, u64)>,
+    /// The expected wait the latest job was given at admission, in microseconds.
+    expected_wait_us: AtomicU64,
+    /// The model's best recent wall time per image, in microseconds.
+    model_us_per_image: AtomicU64,
+    /// The same, of the model's own work (its thread's CPU time on the CPU), in microseconds.
+    model_work_us_per_image: AtomicU64,
 }
 
 /// One gauge with its help and type lines.
@@ -120,6 +126,26 @@ impl Metrics {
             inflight_pixels: AtomicU64::new(0),
             inflight_pixels_limit: AtomicU64::new(0),
             rebuilds: Mutex::default(),
+            expected_wait_us: AtomicU64::new(0),
+            model_us_per_image: AtomicU64::new(0),
+            model_work_us_per_image: AtomicU64::new(0),
+        }
+    }
+
+    /// What admission estimated for the latest job: its wait for the model at the model's own
+    /// pace, and the model's time per image (wall, own work) behind it.
+    pub fn set_expected_wait(
+        &self,
+        wait: std::time::Duration,
+        per_image_seconds: Option<(f64, f64)>,
+    ) {
+        self.expected_wait_us
+            .store(wait.as_micros() as u64, Ordering::Relaxed);
+        if let Some((wall, work)) = per_image_seconds {
+            self.model_us_per_image
+                .store((wall * 1e6) as u64, Ordering::Relaxed);
+            self.model_work_us_per_image
+                .store((work * 1e6) as u64, Ordering::Relaxed);
         }
     }
 
@@ -241,6 +267,29 @@ impl Metrics {
             "Images waiting for the model.",
             self.queue_depth.load(Ordering::Relaxed).max(0) as u64,
         );
+        for (name, help, us) in [
+            (
+                "gradcam_expected_wait_seconds",
+                "The wait for the model that admission expected for the latest job, at the model's own pace (a job whose deadline it passes is refused, 503 overloaded).",
+                &self.expected_wait_us,
+            ),
+            (
+                "gradcam_model_seconds_per_image",
+                "The model's best recent wall time per image (over batch sizes), which Retry-After of an overloaded refusal uses.",
+                &self.model_us_per_image,
+            ),
+            (
+                "gradcam_model_work_seconds_per_image",
+                "The model's best recent time per image of its own work (on the CPU its thread's CPU time, unaffected by decoding beside it), which admission uses.",
+                &self.model_work_us_per_image,
+            ),
+        ] {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {}",
+                us.load(Ordering::Relaxed) as f64 / 1e6
+            );
+        }
         out.push_str(
             "# HELP gradcam_model_rebuilds_total Attempts to rebuild the model after a panic.\n",
         );

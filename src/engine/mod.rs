@@ -14,7 +14,10 @@
 //! everything still queued with [`EngineError::Lost`] (503 `model_stopped`) and ends, so that
 //! liveness fails and the instance is restarted.
 
+mod pace;
 mod worker;
+
+use pace::Pace;
 
 use crate::backend::{Description, ExplainOptions, ExplainResult, Loader, Prediction};
 use crate::metrics::Metrics;
@@ -56,6 +59,16 @@ pub struct Done {
 pub enum EngineError {
     #[error("the queue is full")]
     QueueFull,
+    /// The queue would keep the job past its deadline: refused at admission.
+    #[error(
+        "the model would answer this job in at least {} ms (about {} ms at its recent pace), past its deadline",
+        at_least.as_millis(),
+        likely.as_millis()
+    )]
+    Overloaded {
+        at_least: Duration,
+        likely: Duration,
+    },
     #[error("the request's deadline passed while it waited in the queue")]
     Expired,
     #[error("the engine is shutting down")]
@@ -98,6 +111,7 @@ pub struct Engine {
     status: Arc<Status>,
     description: Description,
     metrics: Arc<Metrics>,
+    pace: Arc<Pace>,
 }
 
 /// The model thread's state as the rest of the server sees it.
@@ -122,14 +136,22 @@ impl Engine {
             alive: AtomicBool::new(true),
             stopping: AtomicBool::new(false),
         });
-        let (thread, description) =
-            worker::spawn(load, config, metrics.clone(), status.clone(), rx)?;
+        let pace = Arc::new(Pace::new(config.max_batch_size));
+        let (thread, description) = worker::spawn(
+            load,
+            config,
+            metrics.clone(),
+            status.clone(),
+            pace.clone(),
+            rx,
+        )?;
         Ok(Self {
             tx: RwLock::new(Some(tx)),
             thread: Mutex::new(Some(thread)),
             status,
             description,
             metrics,
+            pace,
         })
     }
 
@@ -138,13 +160,30 @@ impl Engine {
         &self.description
     }
 
-    /// Queues one preprocessed image. Refuses at once when the queue is full.
+    /// Queues one preprocessed image. Refuses at once when the queue is full, or when the
+    /// model's recent pace says the job would not reach it before `deadline` (admission by
+    /// expected wait; see [`pace`]).
     pub fn submit(
         &self,
         input: Vec<f32>,
         task: Task,
         deadline: Instant,
     ) -> Result<oneshot::Receiver<Result<Done, EngineError>>, EngineError> {
+        let queued = self.metrics.queue_depth.load(Ordering::SeqCst).max(0) as usize;
+        if let Some(wait) = self.pace.expected_wait(queued) {
+            self.metrics
+                .set_expected_wait(wait.at_least, self.pace.seconds_per_image());
+            // An idle model admits every job: only a backlog can keep one past its deadline, and
+            // what it runs keeps the estimate current (a stall once measured cannot shut the
+            // door for good). Refused only when even the model's own pace cannot make it.
+            let idle = queued == 0 && !self.pace.busy();
+            if !idle && Instant::now() + wait.at_least > deadline {
+                return Err(EngineError::Overloaded {
+                    at_least: wait.at_least,
+                    likely: wait.likely,
+                });
+            }
+        }
         let (reply, rx) = oneshot::channel();
         let job = Job {
             input,

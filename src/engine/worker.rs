@@ -2,7 +2,7 @@
 //! recovers from faults (per-image retry after an error, rebuild after a panic, the end of the
 //! thread through the normal drain when the device is lost).
 
-use super::{BatchConfig, Done, EngineError, Job, Output, Status, Task};
+use super::{BatchConfig, Done, EngineError, Job, Output, Pace, Status, Task};
 use crate::backend::{self, Backend, BackendError, Description, ExplainOptions, Fatal, Loader};
 use crate::metrics::Metrics;
 use std::panic::AssertUnwindSafe;
@@ -18,6 +18,7 @@ pub(super) fn spawn(
     config: BatchConfig,
     metrics: Arc<Metrics>,
     status: Arc<Status>,
+    pace: Arc<Pace>,
     rx: mpsc::Receiver<Job>,
 ) -> anyhow::Result<(JoinHandle<()>, Description)> {
     let (ready_tx, ready_rx) = mpsc::channel::<anyhow::Result<Description>>();
@@ -26,6 +27,7 @@ pub(super) fn spawn(
         config,
         metrics,
         status,
+        pace,
         #[cfg(feature = "fault-injection")]
         faults: crate::fault::Injector::default(),
     };
@@ -68,6 +70,8 @@ struct Worker {
     config: BatchConfig,
     metrics: Arc<Metrics>,
     status: Arc<Status>,
+    /// The model's recent pace, which admission reads.
+    pace: Arc<Pace>,
     /// Test builds: makes the faults that jobs carry happen.
     #[cfg(feature = "fault-injection")]
     faults: crate::fault::Injector,
@@ -118,11 +122,15 @@ impl Worker {
 
     fn run(&self, mut backend: Box<dyn Backend>, rx: &mpsc::Receiver<Job>) {
         let mut end = EngineError::Stopped;
+        let on_cpu = matches!(
+            crate::config::parse_device(&backend.describe().device),
+            Ok(tch::Device::Cpu)
+        );
         while let Some(batch) = self.next_batch(rx) {
             if batch.is_empty() {
                 continue;
             }
-            match self.run_batch(&*backend, batch) {
+            match self.run_batch(&*backend, batch, on_cpu) {
                 Health::Fine => {}
                 Health::Broken => {
                     drop(backend);
@@ -210,10 +218,12 @@ impl Worker {
         }
     }
 
-    fn run_batch(&self, backend: &dyn Backend, jobs: Vec<Job>) -> Health {
+    fn run_batch(&self, backend: &dyn Backend, jobs: Vec<Job>, on_cpu: bool) -> Health {
         let started = Instant::now();
+        let cpu_started = crate::metrics::thread_cpu_time();
         let size = jobs.len();
         self.metrics.batch(size);
+        self.pace.started(size);
         let (explain, predict): (Vec<Job>, Vec<Job>) = jobs
             .into_iter()
             .partition(|j| matches!(j.task, Task::Explain(_)));
@@ -221,6 +231,19 @@ impl Worker {
         let explain_out = self.run_group(backend, &explain, &mut health);
         let predict_out = self.run_group(backend, &predict, &mut health);
         let inference = started.elapsed();
+        // Only a batch that ran normally says how fast the model is; on the CPU its work is the
+        // model thread's own CPU time (see `pace`).
+        let work = if on_cpu {
+            crate::metrics::thread_cpu_time().saturating_sub(cpu_started)
+        } else {
+            inference
+        };
+        self.pace.finished(
+            size,
+            inference.as_secs_f64(),
+            work.as_secs_f64(),
+            health == Health::Fine,
+        );
         if health != Health::Fine {
             // Readiness must already be false when the failed requests get their answers.
             self.status.healthy.store(false, Ordering::SeqCst);

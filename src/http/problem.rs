@@ -48,6 +48,15 @@ pub enum ApiError {
     MultipleImages,
     #[error("the queue is full; retry shortly")]
     QueueFull,
+    #[error(
+        "the model would answer this request in at least {at_least_ms} ms (about {likely_ms} ms \
+         at its recent pace), past its deadline; retry in {retry_after_s} s or on another instance"
+    )]
+    Overloaded {
+        at_least_ms: u64,
+        likely_ms: u64,
+        retry_after_s: u64,
+    },
     #[error("the model is not ready yet")]
     NotReady,
     #[error("too many large images are being decoded; retry shortly")]
@@ -114,6 +123,11 @@ impl ApiError {
             ApiError::NotAcceptable(text()),
             ApiError::MultipleImages,
             ApiError::QueueFull,
+            ApiError::Overloaded {
+                at_least_ms: 0,
+                likely_ms: 0,
+                retry_after_s: 1,
+            },
             ApiError::NotReady,
             ApiError::MemoryBusy,
             ApiError::Draining,
@@ -139,6 +153,7 @@ impl ApiError {
                 | ApiError::NotAcceptable(_)
                 | ApiError::MultipleImages
                 | ApiError::QueueFull
+                | ApiError::Overloaded { .. }
                 | ApiError::NotReady
                 | ApiError::MemoryBusy
                 | ApiError::Draining
@@ -204,6 +219,7 @@ impl ApiError {
                 "Image source error",
             ),
             ApiError::QueueFull => (S::TOO_MANY_REQUESTS, "queue_full", "Too many requests"),
+            ApiError::Overloaded { .. } => (S::SERVICE_UNAVAILABLE, "overloaded", "Overloaded"),
             ApiError::NotReady => (S::SERVICE_UNAVAILABLE, "not_ready", "Not ready"),
             ApiError::MemoryBusy => (S::SERVICE_UNAVAILABLE, "memory_busy", "Memory busy"),
             ApiError::Draining => (S::SERVICE_UNAVAILABLE, "draining", "Shutting down"),
@@ -245,6 +261,12 @@ impl From<EngineError> for ApiError {
     fn from(e: EngineError) -> Self {
         match e {
             EngineError::QueueFull => ApiError::QueueFull,
+            EngineError::Overloaded { at_least, likely } => ApiError::Overloaded {
+                at_least_ms: at_least.as_millis() as u64,
+                likely_ms: likely.as_millis() as u64,
+                // When the queue ahead will have been served, at the pace clients see.
+                retry_after_s: likely.as_secs_f64().ceil().max(1.0) as u64,
+            },
             EngineError::Expired => ApiError::Expired,
             EngineError::Stopped => ApiError::Draining,
             EngineError::OutOfMemory => ApiError::OutOfMemory,
@@ -279,6 +301,9 @@ impl IntoResponse for ApiError {
                 | ApiError::OutOfMemory
         ) {
             headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        if let ApiError::Overloaded { retry_after_s, .. } = &self {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_s));
         }
         if let ApiError::Unauthorized(failure) = &self {
             // RFC 6750: a missing key gets the bare challenge, a bad one says why.

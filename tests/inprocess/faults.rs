@@ -402,3 +402,73 @@ async fn the_pixel_budget_refuses_with_memory_busy_and_too_large_images_at_once(
     assert_eq!(metric(&text, "gradcam_inflight_pixels_limit"), 276_480.0);
     assert_eq!(metric(&text, "gradcam_inflight_pixels"), 0.0);
 }
+
+/// Admission by expected wait: once the model's pace is known (here 400 ms of work an image,
+/// taught by a batch that computes that long), a request that the queue ahead would keep past its deadline is refused at once
+/// with 503 `overloaded` and a `Retry-After` from the expected wait, while the model is still
+/// held: not after waiting its deadline out. Those that fit are admitted and answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_the_queue_cannot_serve_in_time_is_refused_at_once() {
+    let script = Script::default();
+    let (app, state) = scripted_app(
+        &[
+            "--max-batch-size",
+            "1",
+            "--queue-capacity",
+            "16",
+            "--request-timeout-ms",
+            "2000",
+            "--fetch-timeout-ms",
+            "1000",
+        ],
+        &script,
+    );
+    script.push(Act::Work(Duration::from_millis(400)));
+    assert_eq!(send(&app, explain_chelsea()).await.status, 200);
+
+    // The model is held again; jobs queue behind it. With one image in flight (half of its
+    // 400 ms still to come), the k-th queued job expects 200 + 400 k ms: four fit in 2 s.
+    let hold = Gate::default();
+    script.push(Act::Hold(hold.clone()));
+    let held = spawn(&app, explain_chelsea());
+    until("the second batch to start", || script.calls() == 2).await;
+    let metrics = state.metrics.clone();
+    let mut admitted = Vec::new();
+    for k in 1..=4 {
+        admitted.push(spawn(&app, predict_coffee()));
+        until("the job to be queued", || {
+            metrics.queue_depth.load(Ordering::SeqCst) == k
+        })
+        .await;
+    }
+    let a = send(&app, predict_coffee()).await;
+    let p = problem("the fifth in the queue", &a, 503, "overloaded");
+    assert!(
+        detail(&p).contains("in at least 2")
+            && detail(&p).contains("past its deadline")
+            && detail(&p).contains("another instance"),
+        "{p}"
+    );
+    let retry: u64 = a.header("retry-after").parse().unwrap();
+    assert!((2..=4).contains(&retry), "about 2.2 s of wait: {retry}");
+    assert_eq!(script.calls(), 2, "refused while the model was still held");
+    let text = metrics_text(&app).await;
+    let per_image = metric(&text, "gradcam_model_seconds_per_image");
+    assert!((0.4..1.0).contains(&per_image), "{text}");
+    let work = metric(&text, "gradcam_model_work_seconds_per_image");
+    assert!((0.4..=per_image).contains(&work), "{text}");
+    assert!(
+        metric(&text, "gradcam_expected_wait_seconds") > 2.0,
+        "{text}"
+    );
+    assert_eq!(
+        metric(&text, "gradcam_rejections_total{reason=\"overloaded\"}"),
+        1.0
+    );
+
+    hold.open();
+    assert_eq!(held.await.unwrap().status, 200);
+    for (k, a) in admitted.into_iter().enumerate() {
+        assert_eq!(a.await.unwrap().status, 200, "admitted job {k}");
+    }
+}

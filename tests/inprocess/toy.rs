@@ -196,6 +196,9 @@ pub enum Act {
     DeviceLost,
     /// Waits at the gate, then works normally.
     Hold(Gate),
+    /// Computes (spins) for this much of its thread's CPU time, then works normally: a model
+    /// this slow.
+    Work(Duration),
 }
 
 /// Scripted behaviour shared by every backend a [`loader`] builds: each call (not the warm-up)
@@ -247,6 +250,13 @@ impl Script {
             }
             Some(Act::Hold(gate)) => {
                 gate.wait();
+                Ok(())
+            }
+            Some(Act::Work(cpu)) => {
+                let start = gradcam_serve::metrics::thread_cpu_time();
+                while gradcam_serve::metrics::thread_cpu_time() - start < cpu {
+                    std::hint::spin_loop();
+                }
                 Ok(())
             }
         }

@@ -108,8 +108,12 @@ fn queued_work_past_its_deadline_is_refused_with_504() {
                         .send()
                         .unwrap();
                     let status = res.status().as_u16();
-                    if status == 504 {
-                        let _ = problem(&format!("request {i}"), res, 504, "timeout");
+                    match status {
+                        504 => drop(problem(&format!("request {i}"), res, 504, "timeout")),
+                        // Sent after the first batch had shown the model's pace: refused at
+                        // admission instead (tests/inprocess/faults.rs covers that path).
+                        503 => drop(problem(&format!("request {i}"), res, 503, "overloaded")),
+                        _ => {}
                     }
                     status
                 })
@@ -120,7 +124,7 @@ fn queued_work_past_its_deadline_is_refused_with_504() {
     // Twelve images at one per batch take well over 300 ms on any CPU we run on.
     assert!(statuses.contains(&504), "{statuses:?}");
     assert!(
-        statuses.iter().all(|s| *s == 200 || *s == 504),
+        statuses.iter().all(|s| [200, 503, 504].contains(s)),
         "{statuses:?}"
     );
     assert_eq!(server.ready(), 200);

@@ -207,6 +207,78 @@ fn the_drain_delay_keeps_serving_while_readiness_says_503() {
     assert!(std::net::TcpStream::connect(server.addr).is_err());
 }
 
+/// After SIGTERM, a kept-alive connection that stays idle through the whole drain delay is
+/// closed by the server at the delay's end (so that a client's pool sees the close instead of
+/// sending its next request into a closed listener), and not before it.
+#[test]
+fn a_connection_idle_through_the_drain_delay_is_closed_at_its_end() {
+    use std::io::{Read, Write};
+    let mut server = Server::start(&["--drain-delay-ms", "3000"]);
+    let mut conn = std::net::TcpStream::connect(server.addr).unwrap();
+    conn.write_all(b"GET /health/live HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    // Read the whole answer (its head, then as many body bytes as it announces).
+    conn.set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let complete = |got: &[u8]| {
+        let text = String::from_utf8_lossy(got);
+        let Some(end) = text.find("\r\n\r\n") else {
+            return false;
+        };
+        let length = text[..end]
+            .lines()
+            .find_map(|l| {
+                let (name, value) = l.split_once(':')?;
+                name.eq_ignore_ascii_case("content-length")
+                    .then(|| value.trim().parse::<usize>().ok())?
+            })
+            .unwrap_or(0);
+        got.len() >= end + 4 + length
+    };
+    while !complete(&got) {
+        let n = conn.read(&mut buf).unwrap();
+        assert!(
+            n > 0,
+            "closed before the answer: {:?}",
+            String::from_utf8_lossy(&got)
+        );
+        got.extend_from_slice(&buf[..n]);
+    }
+    let head = String::from_utf8_lossy(&got).to_lowercase();
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(
+        !head.contains("connection: close"),
+        "kept alive before SIGTERM: {head}"
+    );
+
+    server.signal_term();
+    let signalled = Instant::now();
+    // Idle from here on: the next thing the connection sees is its end.
+    let end = match conn.read(&mut buf) {
+        Ok(0) => Ok(()),
+        Ok(n) => Err(format!(
+            "unexpected bytes {:?}",
+            String::from_utf8_lossy(&buf[..n])
+        )),
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => Ok(()),
+        Err(e) => Err(format!("still open after 30 s: {e}")),
+    };
+    let closed_after = signalled.elapsed();
+    assert_eq!(end, Ok(()));
+    assert!(
+        closed_after >= Duration::from_millis(2900),
+        "closed {closed_after:?} after SIGTERM, inside the 3 s drain delay"
+    );
+    assert!(
+        closed_after < Duration::from_secs(20),
+        "closed only {closed_after:?} after SIGTERM"
+    );
+    let status = server.wait_exit();
+    assert!(status.success(), "exit status {status:?}");
+}
+
 /// Point 6 (query side): booleans follow the same case rule as names.
 #[test]
 fn booleans_ignore_case_like_names() {
