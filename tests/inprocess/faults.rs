@@ -449,14 +449,15 @@ async fn a_request_the_queue_cannot_serve_in_time_is_refused_at_once() {
             && detail(&p).contains("another instance"),
         "{p}"
     );
-    let retry: u64 = a.header("retry-after").parse().unwrap();
-    assert!((2..=4).contains(&retry), "about 2.2 s of wait: {retry}");
     assert_eq!(script.calls(), 2, "refused while the model was still held");
     let text = metrics_text(&app).await;
+    // The taught batch's wall time grows when other work shares the cores; its work does not.
     let per_image = metric(&text, "gradcam_model_seconds_per_image");
-    assert!((0.4..1.0).contains(&per_image), "{text}");
     let work = metric(&text, "gradcam_model_work_seconds_per_image");
-    assert!((0.4..=per_image).contains(&work), "{text}");
+    assert!((0.4..0.6).contains(&work) && work <= per_image, "{text}");
+    // Retry-After: five and a half images at the wall's pace, rounded up.
+    let retry: u64 = a.header("retry-after").parse().unwrap();
+    assert_eq!(retry, (per_image * 5.5).ceil() as u64, "{text}");
     assert!(
         metric(&text, "gradcam_expected_wait_seconds") > 2.0,
         "{text}"
