@@ -150,6 +150,41 @@ def wait_text(driver, css, needle=""):
     return driver.find_element(By.CSS_SELECTOR, css).text
 
 
+def get_json(url):
+    with urllib.request.urlopen(url) as r:
+        return json.load(r)
+
+
+# How the page names torchvision's architectures ("resnet50": "a ResNet-50").
+ARCHITECTURES = [
+    (re.compile(r"^resnet(\d+)$"), "a ResNet-{0}"),
+    (re.compile(r"^resnext(\d+)_(\w+)$"), "a ResNeXt-{0} {1}"),
+    (re.compile(r"^wide_resnet(\d+)_(\d+)$"), "a Wide ResNet-{0}-{1}"),
+]
+
+
+def check_model_facts(driver, api):
+    """The page's heading, its line about the model and the class field's example come from the
+    server's /info and /labels."""
+    info = get_json(api + "/info")
+    labels = get_json(api + "/labels")["labels"]
+    name = next((f.format(*m.groups()) for r, f in ARCHITECTURES if (m := r.match(info["architecture"]))),
+                info["architecture"])
+    wait_text(driver, "#model-name", name)
+    facts = wait_text(driver, "#model-facts", f"{info['classes']} classes")
+    side = info["input"]["size"]
+    check(f"{side} x {side}" in facts and info["precision"] in facts and info["model"] in facts,
+          f"the page states the model's input, precision and name: {facts!r}")
+    example = labels[min(281, len(labels) - 1)]
+    want = f"e.g. {example['index']} {example['label']}"
+    field = driver.find_element(By.ID, "class")
+    # The page's own text until /labels has answered.
+    WebDriverWait(driver, WAIT).until(lambda d: field.get_attribute("placeholder").startswith("e.g. ")
+                                      and "class index or name" not in field.get_attribute("placeholder"))
+    got = field.get_attribute("placeholder")
+    check(got == want, f"the class field's example is the model's class: {got!r} (want {want!r})")
+
+
 def check(condition, what):
     if not condition:
         raise AssertionError(what)
@@ -310,7 +345,7 @@ def main():
     p = argparse.ArgumentParser()
     p.add_argument("--api", required=True)
     p.add_argument("--photo", required=True)
-    for name in ("--keyed-api", "--key", "--page", "--text", "--screenshot"):
+    for name in ("--keyed-api", "--key", "--page", "--text", "--screenshot", "--own-api"):
         p.add_argument(name)
     p.add_argument("--measure", action="store_true", help="time uploads of --photo, check nothing else")
     p.add_argument("--runs", type=int, default=10)
@@ -318,7 +353,8 @@ def main():
     a = p.parse_args()
     if a.measure:
         return measure(a)
-    missing = [n for n in ("keyed_api", "key", "page", "text", "screenshot") if getattr(a, n) is None]
+    missing = [n for n in ("keyed_api", "key", "page", "text", "screenshot", "own_api")
+               if getattr(a, n) is None]
     if missing:
         p.error(f"the test needs --{', --'.join(m.replace('_', '-') for m in missing)}")
 
@@ -328,6 +364,7 @@ def main():
     try:
         # 1. Upload a photograph: predictions and an overlay appear.
         first = upload_and_explain(driver, a.api, a.photo)
+        check_model_facts(driver, a.api)
         check("%" in first, f"a prediction with its probability is shown: {first!r}")
         caption = wait_text(driver, "#overlays figcaption")
         label = first.split(" (")[0]
@@ -414,6 +451,19 @@ def main():
         check(not driver.find_element(By.ID, "problem").is_displayed(), "the problem is gone")
         stored = driver.execute_script("return sessionStorage.getItem('gradcam-key')")
         check(stored == a.key, "the key is kept in session storage")
+
+        # 12. Another model (not ImageNet's ResNet-50): the page and the API reference say what
+        # that model is, and explaining a photograph names one of its classes.
+        driver.get(a.own_api + "/")
+        check_model_facts(driver, a.own_api)
+        label = upload_and_explain(driver, a.own_api, a.photo).split(" (")[0]
+        names = {l["label"] for l in get_json(a.own_api + "/labels")["labels"]}
+        check(label in names, f"the prediction {label!r} is one of the model's classes")
+        info = get_json(a.own_api + "/info")
+        driver.get(a.own_api + "/docs")
+        described = wait_text(driver, ".info", f"A {info['model']} ({info['classes']} classes)")
+        check("ImageNet" not in described and "ResNet-50" not in described,
+              "the API reference describes the loaded model")
     finally:
         driver.quit()
         shutil.rmtree(downloads, ignore_errors=True)

@@ -49,27 +49,68 @@ pub async fn labels(State(state): State<AppState>) -> Response {
 }
 
 pub async fn openapi(State(state): State<AppState>) -> Response {
-    let description = state.engine.description();
+    let d = state.engine.description();
+    let example = example_class(d.classes);
+    let model = DocModel {
+        name: &d.model,
+        classes: d.classes,
+        labels_source: &d.labels_source,
+        example: (example, d.labels.get(example)),
+    };
     (
         [(header::CONTENT_TYPE, "application/yaml")],
-        document_for(description.classes, &description.model).into_owned(),
+        document_for(&model).into_owned(),
     )
         .into_response()
 }
 
+/// The class the documents and the playground show as an example: 281 (ImageNet's "tabby"),
+/// or the last class of a model with fewer.
+pub fn example_class(classes: usize) -> usize {
+    281.min(classes.saturating_sub(1))
+}
+
+/// What the served document says about the model.
+pub struct DocModel<'a> {
+    /// The architecture, e.g. `resnet50`.
+    pub name: &'a str,
+    pub classes: usize,
+    /// Where the labels come from: a file, `imagenet` or `generic`.
+    pub labels_source: &'a str,
+    /// The example class of the answers' examples: its index and name.
+    pub example: (usize, &'a str),
+}
+
 /// openapi.yaml as this server's model makes it true: the document is written for ImageNet's
-/// ResNet-50; the model named, the class indexes, the number of labels and `top_k` (for fewer
-/// classes than its limits) follow the model's.
-pub fn document_for(classes: usize, model: &str) -> std::borrow::Cow<'static, str> {
+/// ResNet-50; the model named, the class indexes, the number of labels, `top_k` (for fewer
+/// classes than its limits) and the example class of the answers follow the model's.
+pub fn document_for(model: &DocModel) -> std::borrow::Cow<'static, str> {
     const DOC: &str = include_str!("../../openapi.yaml");
-    if classes == 1000 && model == "resnet50" {
+    let DocModel {
+        name,
+        classes,
+        labels_source,
+        example: (index, label),
+    } = *model;
+    if classes == 1000 && name == "resnet50" && labels_source == "imagenet" {
         return DOC.into();
     }
     let last = classes.saturating_sub(1);
     let mut doc = DOC.replace(
         "ResNet-50 (ImageNet-1k) image classification",
-        &format!("A {model} ({classes} classes): image classification"),
+        &format!("A {name} ({classes} classes): image classification"),
     );
+    // The examples' class (another than ImageNet's tabby), as a YAML scalar (JSON's quoting is
+    // valid YAML).
+    if (index, label) != (281, "tabby") {
+        let quoted = serde_json::Value::from(label).to_string();
+        doc = doc.replace(
+            "{ index: 281, label: tabby,",
+            &format!("{{ index: {index}, label: {quoted},"),
+        );
+        doc = doc.replace("class_index: 281\n", &format!("class_index: {index}\n"));
+        doc = doc.replace("label: tabby\n", &format!("label: {quoted}\n"));
+    }
     doc = doc.replace(
         "The 1000 ImageNet class names by index.",
         &format!("The model's {classes} class names by index."),
@@ -131,13 +172,22 @@ pub async fn method_not_allowed(req: Request) -> ApiError {
 
 #[cfg(test)]
 mod tests {
-    use super::document_for;
+    use super::{DocModel, document_for, example_class};
+
+    fn model<'a>(name: &'a str, classes: usize, labels: &'a str, example: &'a str) -> DocModel<'a> {
+        DocModel {
+            name,
+            classes,
+            labels_source: labels,
+            example: (example_class(classes), example),
+        }
+    }
 
     #[test]
     fn the_document_follows_the_class_count() {
-        let default = document_for(1000, "resnet50");
+        let default = document_for(&model("resnet50", 1000, "imagenet", "tabby"));
         assert_eq!(default.matches("maximum: 999 }").count(), 6);
-        let seven = document_for(7, "resnet18");
+        let seven = document_for(&model("resnet18", 7, "labels7.txt", "seven: \"7\""));
         assert!(!seven.contains("maximum: 999"));
         assert_eq!(seven.matches("minimum: 0, maximum: 6 }").count(), 6);
         // top_k of /explain and /predict in the form and the JSON body.
@@ -166,7 +216,22 @@ mod tests {
             4
         );
         assert!(!seven.contains("maximum: 1000"));
-        let many = document_for(5000, "resnet50");
+        // The answers' examples name the model's own class, quoted as YAML reads it back.
+        assert!(default.contains("{ index: 281, label: tabby,"));
+        assert!(!seven.contains("tabby") && !seven.contains("281"));
+        assert_eq!(
+            seven
+                .matches("{ index: 6, label: \"seven: \\\"7\\\"\",")
+                .count(),
+            2
+        );
+        assert!(
+            seven.contains("class_index: 6\n") && seven.contains("label: \"seven: \\\"7\\\"\"\n")
+        );
+        // ImageNet's class count with other names is not ImageNet.
+        let own = document_for(&model("resnet50", 1000, "mine.txt", "x"));
+        assert!(!own.contains("ImageNet-1k") && own.contains("{ index: 281, label: \"x\","));
+        let many = document_for(&model("resnet50", 5000, "generic", "class_281"));
         assert_eq!(many.matches("minimum: 0, maximum: 4999 }").count(), 6);
         assert_eq!(many.matches("minimum: 1, maximum: 10 }").count(), 2);
     }

@@ -3,7 +3,8 @@
 //! against the real server binary: upload, the keyboard reading the map, redrawing, compare,
 //! downloads, drop and paste, a refused file, a phone-width window. A page on another loopback
 //! origin calls `/explain` for the overlay PNG and reads `x-class-label`; a second server with
-//! API keys shows its 401 on the page until the key is typed in.
+//! API keys shows its 401 on the page until the key is typed in; a third, serving a 7-class
+//! ResNet-18 with its own labels, has a page and an API reference that say so.
 
 use crate::common::origin::Origin;
 use crate::common::server::Server;
@@ -46,6 +47,12 @@ fn the_playground_works_in_headless_chromium() {
     let page_origin = format!("http://{}", page.addr);
     let open = Server::start(&["--cors-origins", &page_origin]);
     let keyed = Server::start(&["--api-keys", "browser-test-key"]);
+    // A model that is not ImageNet's ResNet-50: the family reference's 7-class ResNet-18.
+    let family = crate::common::generated_dir("GRADCAM_TEST_FAMILY").join("ckpt");
+    let own = Server::start_with(
+        &family.join("resnet18_7.safetensors"),
+        &["--labels", family.join("labels7.txt").to_str().unwrap()],
+    );
     let screenshot = std::env::var("GRADCAM_SCREENSHOT").unwrap_or_else(|_| {
         std::env::temp_dir()
             .join("gradcam-playground.png")
@@ -57,6 +64,7 @@ fn the_playground_works_in_headless_chromium() {
         .arg(format!("{root}/tests/browser.py"))
         .args(["--api", &open.url("")])
         .args(["--keyed-api", &keyed.url(""), "--key", "browser-test-key"])
+        .args(["--own-api", &own.url("")])
         .args(["--page", &format!("{page_origin}/")])
         .args(["--photo", &format!("{root}/tests/fixtures/rocket.jpg")])
         .args(["--text", &format!("{root}/README.md")])

@@ -20,13 +20,40 @@ $('key').addEventListener('input', () => sessionStorage.setItem('gradcam-key', $
 
 fetch('/ui/colormaps.json').then((r) => r.json()).then((t) => { state.tables = t; });
 fetch('/labels').then((r) => (r.ok ? r.json() : null)).then((body) => {
-  if (!body) return;
+  if (!body || !body.labels.length) return;
   const list = $('labels');
   for (const l of body.labels) {
     const o = document.createElement('option');
     o.value = `${l.index} ${l.label}`;
     list.appendChild(o);
   }
+  // The example is one of this model's classes: 281 (ImageNet's tabby) or its last.
+  const e = body.labels[Math.min(281, body.labels.length - 1)];
+  $('class').placeholder = `e.g. ${e.index} ${e.label}`;
+});
+
+/// "resnet50" as people write it: "a ResNet-50"; other names as they are.
+function architectureName(a) {
+  let m = /^resnet(\d+)$/.exec(a);
+  if (m) return `a ResNet-${m[1]}`;
+  m = /^resnext(\d+)_(\w+)$/.exec(a);
+  if (m) return `a ResNeXt-${m[1]} ${m[2]}`;
+  m = /^wide_resnet(\d+)_(\d+)$/.exec(a);
+  if (m) return `a Wide ResNet-${m[1]}-${m[2]}`;
+  return a;
+}
+
+// What the page says about the model comes from the model the server loaded.
+fetch('/info').then((r) => (r.ok ? r.json() : null)).then((info) => {
+  if (!info) return;
+  $('model-name').textContent = architectureName(info.architecture);
+  const side = info.input.size;
+  const resize = info.input.resize === 'center-crop'
+    ? `shorter side to ${Math.floor(side / 0.875)}, centre ${side} x ${side}`
+    : `squashed to ${side} x ${side}`;
+  const labels = info.labels === 'imagenet' ? "ImageNet's" : info.labels === 'generic' ? 'numbered' : `from ${info.labels.split('/').pop()}`;
+  $('model-facts').textContent = `${info.model}: ${info.classes} classes (names ${labels}); `
+    + `input ${resize}; ${info.precision} on ${info.device}`;
 });
 
 function choose(file) {
