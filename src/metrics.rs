@@ -134,19 +134,13 @@ impl Metrics {
 
     /// What admission estimated for the latest job: its wait for the model at the model's own
     /// pace, and the model's time per image (wall, own work) behind it.
-    pub fn set_expected_wait(
-        &self,
-        wait: std::time::Duration,
-        per_image_seconds: Option<(f64, f64)>,
-    ) {
+    pub fn set_expected_wait(&self, wait: std::time::Duration, (wall, work): (f64, f64)) {
         self.expected_wait_us
             .store(wait.as_micros() as u64, Ordering::Relaxed);
-        if let Some((wall, work)) = per_image_seconds {
-            self.model_us_per_image
-                .store((wall * 1e6) as u64, Ordering::Relaxed);
-            self.model_work_us_per_image
-                .store((work * 1e6) as u64, Ordering::Relaxed);
-        }
+        self.model_us_per_image
+            .store((wall * 1e6) as u64, Ordering::Relaxed);
+        self.model_work_us_per_image
+            .store((work * 1e6) as u64, Ordering::Relaxed);
     }
 
     /// Names the model and its device in `gradcam_model_info` (the first call counts).

@@ -172,7 +172,7 @@ impl Engine {
         let queued = self.metrics.queue_depth.load(Ordering::SeqCst).max(0) as usize;
         if let Some(wait) = self.pace.expected_wait(queued) {
             self.metrics
-                .set_expected_wait(wait.at_least, self.pace.seconds_per_image());
+                .set_expected_wait(wait.at_least, wait.per_image);
             // An idle model admits every job: only a backlog can keep one past its deadline, and
             // what it runs keeps the estimate current (a stall once measured cannot shut the
             // door for good). Refused only when even the model's own pace cannot make it.

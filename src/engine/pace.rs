@@ -25,6 +25,8 @@ pub(super) struct Wait {
     pub at_least: Duration,
     /// At the pace clients saw lately (never less than `at_least`): what `Retry-After` says.
     pub likely: Duration,
+    /// The best recent seconds per image behind the two: (wall, work).
+    pub per_image: (f64, f64),
 }
 
 /// Seconds per batch by size (index = images in the batch), exponentially weighted; 0 where no
@@ -112,15 +114,8 @@ impl Pace {
         Some(Wait {
             at_least: Duration::from_secs_f64(work * images),
             likely: Duration::from_secs_f64(wall.max(work) * images),
+            per_image: (wall, work),
         })
-    }
-
-    /// The model's best recent time per image, wall and work (see [`Pace::expected_wait`]);
-    /// `None` before any batch has run.
-    pub(super) fn seconds_per_image(&self) -> Option<(f64, f64)> {
-        let table = self.table.lock().unwrap_or_else(|e| e.into_inner());
-        let wall = best_per_image(&table.wall)?;
-        Some((wall, best_per_image(&table.work).unwrap_or(wall)))
     }
 }
 
@@ -147,7 +142,7 @@ mod tests {
         // The newest batch weighs 0.3 in its size's average: 0.52 s for 4.
         pace.finished(4, 0.8, 0.8, true);
         assert!(!pace.busy());
-        let (wall, work) = pace.seconds_per_image().unwrap();
+        let (wall, work) = pace.expected_wait(0).unwrap().per_image;
         assert!((wall - 0.13).abs() < 1e-9 && (work - 0.13).abs() < 1e-9);
     }
 
