@@ -60,4 +60,7 @@ if [ ! -f "$ref/stamp" ]; then
   find "$base" -mindepth 1 -maxdepth 1 ! -name "$want" -exec rm -rf {} +
   [ "$name" = reference ] && rm -rf "$GRADCAM_CACHE/reference"  # the single-version layout used before
 fi
+# Readable by anyone, as the rest of the cache is (safetensors writes its files 0600): the
+# suite's unprivileged run (scripts/unprivileged.sh) reads root's cache as another user.
+chmod -R a+rX "$ref"
 echo "$ref"

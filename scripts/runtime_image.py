@@ -1,8 +1,8 @@
 """The Dockerfile's runtime stage, assembled without a Docker engine (none runs where this
-project is built, and base images cannot be pulled). Needs root (chroot).
+project is built, and base images cannot be pulled).
 
-    python3 scripts/runtime_image.py base              # set-up, needs Debian's mirror, cached
-    python3 scripts/runtime_image.py assemble BIN DIR  # offline: DIR/root, prints the image as JSON
+    python3 scripts/runtime_image.py base              # set-up as root, needs Debian's mirror, cached
+    python3 scripts/runtime_image.py assemble BIN DIR  # offline, any user: prints the image as JSON
 
 `base` stands in for `FROM debian:<suite>-slim` and the stage's RUN instructions: a root file
 system made by `debootstrap --variant=minbase` from Debian's packages, trimmed like the slim
@@ -11,11 +11,15 @@ of the stage run in it with chroot, as a builder runs it. It is cached in
 $GRADCAM_CACHE/runtime-image under a hash of what it is made from, so it is made again only
 when the stage's FROM or RUN lines change.
 
-`assemble` copies that root and does the rest of the stage: each COPY from the build stage
-(libtorch's libraries from the Python environment in the cache, the binary given), with the
+`assemble` does the rest of the stage without root and without copying the base: each COPY from
+the build stage (libtorch's libraries from the Python environment in the cache, the binary
+given) as a layer in DIR/copies or, for a directory, as a read-only mount to make, with the
 binary's rpath set to what the build stage's would be (the build stage has its GRADCAM_CACHE
-elsewhere), and reports the user, environment, entrypoint, health check, volumes and the size
-of each layer. Everything is read from the Dockerfile (scripts/dockerfile.py).
+elsewhere). It reports the layers to join (the launcher in tests/common/image.rs mounts them as
+an overlay), the user, environment, entrypoint, health check, volumes, the size of each layer
+and every path the image's user may write, judged from the owners and modes the image has (a
+COPY's are root's) by the kernel's rules. Everything is read from the Dockerfile
+(scripts/dockerfile.py).
 """
 
 import hashlib
@@ -23,6 +27,7 @@ import json
 import os
 import re
 import shutil
+import stat
 import subprocess
 import sys
 
@@ -137,6 +142,8 @@ def base():
     done = os.path.join(WORK, f"base-{key}")
     if os.path.exists(os.path.join(done, "meta.json")):
         return done
+    if os.geteuid() != 0:
+        raise SystemExit("runtime_image: making the base needs root (debootstrap): run it with sudo")
     if not stage["from"].startswith("debian:"):
         raise SystemExit(f"runtime_image: only debian:<suite> bases are assembled, not {stage['from']}")
     tmp = done + ".tmp"
@@ -209,15 +216,65 @@ def rpath(binary):
     return m.group(1)
 
 
-def copy_tree(src, dest):
-    """COPY of a directory: its contents at dest, owned by root, modes kept. Hard links when
-    the source is root's already (the 3.6 GB of libraries are then not copied again)."""
-    os.makedirs(dest, exist_ok=True)
-    owners = {os.lstat(os.path.join(d, n)).st_uid for d, ds, fs in os.walk(src) for n in ds + fs}
-    if owners <= {0} and subprocess.run(["cp", "-al", f"{src}/.", dest]).returncode == 0:
-        return
-    subprocess.run(["cp", "-a", f"{src}/.", dest], check=True)
-    subprocess.run(["chown", "-R", "0:0", dest], check=True)
+def searchable(st, ids):
+    """Whether the image's user (uid, gid, groups) may enter a directory with this stat, by
+    the kernel's rule: the owner's bits if it owns it, else the group's if it is in the group,
+    else the others'."""
+    return allowed(st, ids, 0o1)
+
+
+def allowed(st, ids, bit):
+    uid, groups = ids
+    if uid == 0:
+        return True
+    if st[0] == uid:
+        return bool(st[2] & (bit << 6))
+    if st[1] in groups:
+        return bool(st[2] & (bit << 3))
+    return bool(st[2] & bit)
+
+
+def writable(layers, ids, pruned):
+    """The paths of the image its user may write: not symlinks, write permission for the user
+    and search permission on every directory above. `layers` are (host directory, image path,
+    owner) from the top down, owner None for the base's own recorded owners and (0, 0) for a
+    COPY's (Docker's COPY makes root the owner); a directory present in several keeps the
+    lowest one's owner and mode, as a COPY into an existing directory does."""
+    meta = {}
+    for host, at, owner in reversed(layers):
+        for dirpath, dirnames, filenames in os.walk(host):
+            rel = os.path.relpath(dirpath, host)
+            image_dir = os.path.normpath(os.path.join(at, rel))
+            for name in dirnames + filenames:
+                path = os.path.normpath(os.path.join(image_dir, name))
+                st = os.lstat(os.path.join(dirpath, name))
+                if stat.S_ISLNK(st.st_mode):
+                    continue
+                if stat.S_ISDIR(st.st_mode) and path in meta:
+                    continue
+                uid, gid = owner or (st.st_uid, st.st_gid)
+                meta[path] = (uid, gid, st.st_mode & 0o7777, stat.S_ISDIR(st.st_mode))
+            for name in list(dirnames):
+                full = os.path.join(dirpath, name)
+                path = os.path.normpath(os.path.join(image_dir, name))
+                if os.path.islink(full):
+                    continue  # os.walk does not follow it
+                if path in pruned:
+                    dirnames.remove(name)
+                elif not os.access(full, os.R_OK | os.X_OK):
+                    # Only the image's user's view matters: a directory it cannot enter hides
+                    # nothing it could write; one it can enter must be readable here too.
+                    if path in meta and not searchable(meta[path], ids):
+                        dirnames.remove(name)
+                    else:
+                        raise SystemExit(f"runtime_image: cannot read {full} to check it")
+    out = []
+    for path, st in sorted(meta.items()):
+        parts = path.split("/")
+        above = ["/".join(parts[:i]) for i in range(2, len(parts))]
+        if all(searchable(meta[d], ids) for d in above if d in meta) and allowed(st, ids, 0o2):
+            out.append(path)
+    return out
 
 
 def assemble(binary, out):
@@ -231,10 +288,15 @@ def assemble(binary, out):
         )
     with open(os.path.join(done, "meta.json")) as f:
         meta = json.load(f)
-    root = os.path.join(out, "root")
-    shutil.rmtree(root, ignore_errors=True)
-    os.makedirs(out, exist_ok=True)
-    subprocess.run(["cp", "-a", "--reflink=auto", os.path.join(done, "root"), root], check=True)
+    # The image's file system is the base (root's, as setup.sh made it) under a layer of this
+    # assembly's COPY files, joined by an overlay mount when the container starts; a COPY of a
+    # directory is mounted there read-only rather than copied (3.6 GB of libraries).
+    base_root = os.path.join(done, "root")
+    shutil.rmtree(out, ignore_errors=True)
+    root, copies = os.path.join(out, "root"), os.path.join(out, "copies")
+    os.makedirs(root)
+    os.makedirs(copies)
+    binds = []
 
     # The binary's rpath names libtorch in this machine's cache; the build stage's names the
     # same path under its own GRADCAM_CACHE, with Debian's Python version.
@@ -256,36 +318,45 @@ def assemble(binary, out):
         if step["from"] != build["name"] or step["chown"]:
             raise SystemExit(f"runtime_image: unsupported COPY {step}")
         for src in step["copy"]:
-            dest = root + step["dest"]
+            dest = copies + step["dest"]
             if src.startswith(builder_cache + "/"):
                 host = host_cache + src[len(builder_cache):].replace(
                     f"python{meta['python']}", f"python{host_python}")
                 if os.path.isfile(host):
                     os.makedirs(os.path.dirname(dest), exist_ok=True)
                     shutil.copy2(host, dest)
-                    os.chown(dest, 0, 0)
                 elif not os.path.isdir(host):
                     raise SystemExit(
                         f"runtime_image: COPY {src}: the build stage has no such file or directory"
                         f" (here {host}); the build stage's Python is Debian's {meta['python']}")
                 else:
-                    copy_tree(host, dest)
+                    os.makedirs(dest, exist_ok=True)  # the mount point
+                    binds.append([host, step["dest"]])
             elif os.path.basename(src) == "gradcam-serve":
                 os.makedirs(os.path.dirname(dest), exist_ok=True)
                 shutil.copy2(binary, dest)
-                os.chown(dest, 0, 0)
                 subprocess.run(["patchelf", "--set-rpath", image_rpath, dest], check=True)
             else:
                 raise SystemExit(f"runtime_image: no source known for COPY {src}")
+            source = binds[-1][0] if binds and binds[-1][1] == step["dest"] else dest
             layers.append({"layer": f"COPY --from={step['from']} {src} {step['dest']}",
-                           "bytes": tree_bytes(dest) if os.path.isdir(dest) else os.path.getsize(dest)})
+                           "bytes": tree_bytes(source) if os.path.isdir(source)
+                           else os.path.getsize(source)})
 
     user = stage["user"] or "root"
-    with open(os.path.join(root, "etc/passwd")) as f:
+    with open(os.path.join(base_root, "etc/passwd")) as f:
         entries = [line.split(":") for line in f.read().splitlines()]
     entry = next((e for e in entries if user in (e[0], e[2])), None)
     if entry is None:
         raise SystemExit(f"runtime_image: USER {user} is not in the image's /etc/passwd")
+    uid, gid = int(entry[2]), int(entry[3])
+    with open(os.path.join(base_root, "etc/group")) as f:
+        groups = {int(g[2]) for g in (line.split(":") for line in f.read().splitlines())
+                  if g[2] == str(gid) or entry[0] in g[3].split(",")}
+    # /proc, /sys and /dev are the runtime's own mounts in a container, not the image's.
+    layers_down = [(host, at, (0, 0)) for host, at in reversed(binds)]
+    layers_down += [(copies, "/", (0, 0)), (base_root, "/", None)]
+    user_may_write = writable(layers_down, (uid, groups | {gid}), {"/proc", "/sys", "/dev"})
     env = {"PATH": dockerfile.DEFAULT_PATH, **stage["env"]}
     env.setdefault("HOME", entry[5])  # as Docker does
     image = {
@@ -295,8 +366,11 @@ def assemble(binary, out):
         "suite": meta["suite"],
         "debian_python": meta["python"],
         "user": entry[0],
-        "uid": int(entry[2]),
-        "gid": int(entry[3]),
+        "uid": uid,
+        "gid": gid,
+        "lower": [copies, base_root],
+        "binds": binds,
+        "writable": user_may_write,
         "env": env,
         "workdir": stage["workdir"],
         "command": (stage["entrypoint"] or []) + (stage["cmd"] or []),

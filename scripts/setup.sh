@@ -24,12 +24,12 @@ fi
 
 # The container test (tests/e2e/container.rs) assembles the Dockerfile's runtime stage without a
 # Docker engine: debootstrap makes its Debian root, patchelf sets the binary's rpath to the
-# image's, unshare/nsenter/ip run it in namespaces of its own. The root is made once from
-# Debian's packages and cached in $GRADCAM_CACHE/runtime-image (about a minute, 100 MB).
+# image's, unshare/ip run it in namespaces of its own, rootless. The root is made once, as root,
+# from Debian's packages and cached in $GRADCAM_CACHE/runtime-image (about a minute, 100 MB).
 if [ "${GRADCAM_SKIP_SYSTEM_PACKAGES:-0}" != 1 ]; then
   tools=()
   # Chromium and its WebDriver drive the playground in tests/e2e/browser.rs.
-  for tool in debootstrap:debootstrap patchelf:patchelf ip:iproute2 nsenter:util-linux \
+  for tool in debootstrap:debootstrap patchelf:patchelf ip:iproute2 unshare:util-linux \
       chromium:chromium chromedriver:chromium-driver; do
     command -v "${tool%%:*}" >/dev/null 2>&1 || [ -x "/usr/sbin/${tool%%:*}" ] || tools+=("${tool#*:}")
   done
@@ -40,7 +40,8 @@ if [ "${GRADCAM_SKIP_SYSTEM_PACKAGES:-0}" != 1 ]; then
     $sudo apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${tools[@]}" >/dev/null
   fi
-  $sudo env GRADCAM_CACHE="$GRADCAM_CACHE" python3 "$here/runtime_image.py" base >/dev/null
+  python3 "$here/runtime_image.py" base >/dev/null 2>&1 ||
+    $sudo env GRADCAM_CACHE="$GRADCAM_CACHE" python3 "$here/runtime_image.py" base >/dev/null
 fi
 
 # The npm packages the binary embeds (the API reference at /docs), before cargo builds it.

@@ -1,5 +1,5 @@
 //! The Dockerfile's runtime stage as an image on this machine, and that image run as a
-//! container, without a Docker engine: see tests/e2e/container.rs.
+//! container, without a Docker engine and without root: see tests/e2e/container.rs.
 #![allow(dead_code)]
 
 use serde_json::Value;
@@ -14,18 +14,10 @@ pub struct Image {
 
 impl Image {
     pub fn assemble(name: &str) -> Image {
-        let id = Command::new("id").arg("-u").output().unwrap();
-        assert_eq!(
-            String::from_utf8_lossy(&id.stdout).trim(),
-            "0",
-            "the container tests need root (chroot, namespaces): run scripts/test.sh as root, as CI does"
-        );
+        user_namespaces_or_say_how();
         let dir = std::env::temp_dir().join(format!("gradcam-image-{}-{name}", std::process::id()));
         let out = Command::new("python3")
-            .arg(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/scripts/runtime_image.py"
-            ))
+            .arg(script("runtime_image.py"))
             .arg("assemble")
             .arg(env!("CARGO_BIN_EXE_gradcam-serve"))
             .arg(&dir)
@@ -44,8 +36,9 @@ impl Image {
         image
     }
 
+    /// Where the container's root file system is mounted (empty outside the container).
     pub fn root(&self) -> PathBuf {
-        PathBuf::from(self.spec["root"].as_str().unwrap())
+        PathBuf::from(self.str("root"))
     }
 
     pub fn str(&self, key: &str) -> &str {
@@ -74,19 +67,32 @@ impl Image {
             .collect()
     }
 
-    /// A command run in the image's root as its user (no namespaces: for static checks).
-    pub fn chroot(&self, argv: &[&str]) -> Output {
-        Command::new("chroot")
-            .arg(format!("--userspec={}", self.user()))
-            .arg(self.root())
-            .args(argv)
-            .env_clear()
-            .envs(self.env())
-            .output()
-            .unwrap()
+    /// The directory COPY mounts read-only, as (host, image path) pairs.
+    fn binds(&self) -> Vec<(String, String)> {
+        let pairs = self.spec["binds"].as_array().unwrap().iter();
+        pairs
+            .map(|b| (b[0].as_str().unwrap().into(), b[1].as_str().unwrap().into()))
+            .collect()
     }
 
-    /// Where the entrypoint's program is in the root, found on the image's PATH.
+    /// Where a path of the image is on this machine: in a COPY mount, the COPY layer or the base.
+    pub fn host_path(&self, path: &str) -> Option<PathBuf> {
+        for (host, at) in self.binds() {
+            if let Some(rest) = path.strip_prefix(&at) {
+                return Some(PathBuf::from(host + rest));
+            }
+        }
+        let lower = self.strings("lower");
+        let found = lower.iter().map(|l| Path::new(l).join(&path[1..]));
+        found.into_iter().find(|p| p.symlink_metadata().is_ok())
+    }
+
+    /// A directory made in the COPY layer for a mount, as Docker makes the target of `-v`.
+    pub fn mount_point(&self, path: &str) {
+        std::fs::create_dir_all(Path::new(&self.strings("lower")[0]).join(&path[1..])).unwrap();
+    }
+
+    /// Where the entrypoint's program is in the image, found on the image's PATH.
     pub fn entrypoint_path(&self) -> String {
         let program = self.strings("command")[0].clone();
         if program.starts_with('/') {
@@ -95,9 +101,63 @@ impl Image {
         let path = self.env().into_iter().find(|(k, _)| k == "PATH").unwrap().1;
         path.split(':')
             .map(|dir| format!("{dir}/{program}"))
-            .find(|p| self.root().join(&p[1..]).is_file())
+            .find(|p| self.host_path(p).is_some_and(|h| h.is_file()))
             .unwrap_or_else(|| panic!("{program} is not on the image's PATH {path}"))
     }
+
+    /// `docker run`: argv as the image's user in a container of this image, with `volumes`
+    /// ("host:dir") mounted read-write and `read_only` ones ("host:dir") read-only.
+    pub fn launch(
+        &self,
+        volumes: &[String],
+        read_only: &[String],
+        env: Vec<(String, String)>,
+        argv: &[String],
+    ) -> Command {
+        let binds = self.binds().into_iter().map(|(h, at)| format!("{h}:{at}"));
+        let binds: Vec<String> = binds.chain(read_only.iter().cloned()).collect();
+        let mut command = Command::new("unshare");
+        command
+            .args(["--user", "--map-root-user", "--net", "--mount"])
+            .args(["--propagation", "private", "bash", "-c", LAUNCH, "bash"])
+            .arg(self.root())
+            .arg(self.strings("lower").join(":"))
+            .arg(binds.join(" "))
+            .arg(volumes.join(" "))
+            .arg(self.user())
+            .args(argv)
+            .env_clear()
+            .envs(env)
+            .stdin(Stdio::null());
+        command
+    }
+
+    /// A command run to its end in a container of this image, with no volumes.
+    pub fn run(&self, argv: &[&str]) -> Output {
+        let argv: Vec<String> = argv.iter().map(|a| a.to_string()).collect();
+        self.launch(&[], &[], self.env(), &argv).output().unwrap()
+    }
+}
+
+fn script(name: &str) -> String {
+    format!("{}/scripts/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The containers need user namespaces an ordinary user may make; where the host forbids them,
+/// one line says so and how to allow them, instead of a launcher failing obscurely.
+fn user_namespaces_or_say_how() {
+    let probe = Command::new("unshare")
+        .args(["--user", "--map-root-user", "--mount", "--net", "true"])
+        .output()
+        .expect("unshare (util-linux) is installed: scripts/setup.sh installs it");
+    assert!(
+        probe.status.success(),
+        "the container tests need unprivileged user namespaces, which this host forbids ({}): \
+         allow them with `sudo sysctl -w kernel.unprivileged_userns_clone=1` (Debian), \
+         `sudo sysctl -w kernel.apparmor_restrict_unprivileged_userns=0` (Ubuntu 23.10 and later) \
+         or `sudo sysctl -w user.max_user_namespaces=15000`, or run the suite as root",
+        String::from_utf8_lossy(&probe.stderr).trim()
+    );
 }
 
 impl Drop for Image {
@@ -110,21 +170,29 @@ pub fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
-/// The launcher: `docker run` in a few mounts. Arguments: root, volume mounts "host:dir",
-/// weights directory, user:group, then the command. It execs, so its pid is the server's.
-pub const LAUNCH: &str = r#"
+/// The launcher, run by `unshare` in a user namespace where the caller is root, with mount and
+/// network namespaces of its own: what `docker run` does, rootless. Arguments: the root's mount
+/// point, the layers (overlay lowerdirs, top first), read-only mounts "host:dir", volumes
+/// "host:dir", user:group, then the command. The root is the layers joined read-only (as
+/// Kubernetes' readOnlyRootFilesystem makes it), made the namespace's own root with pivot_root
+/// (a chrooted process may not make the user namespace below). The command then runs in a
+/// second user namespace that maps the caller to the image's user, so that the process is that
+/// user, every id of it, with no capabilities; files the caller owns (the volumes) are that
+/// user's, root's (the base) belong to no one it may act as. It execs throughout, so its pid
+/// is the command's. `unshare` and `umount` there are the image's own (util-linux).
+const LAUNCH: &str = r#"
 set -e
-r="$1"; volumes="$2"; weights="$3"; user="$4"; shift 4
+r="$1"; lower="$2"; read_only="$3"; volumes="$4"; user="$5"; shift 5
 ip link set lo up
-mount --bind "$r" "$r"
-mount -o remount,bind,ro "$r"
+mount -t overlay overlay -o "ro,lowerdir=$lower" "$r"
+for m in $read_only; do mount --bind -o ro "${m%%:*}" "$r${m#*:}"; done
 for v in $volumes; do mount --bind "${v%%:*}" "$r${v#*:}"; done
-mount --bind -o ro "$weights" "$r/weights"
-mount -t proc proc "$r/proc"
+mount --rbind /proc "$r/proc"
 mount -t tmpfs -o nosuid,mode=755 tmpfs "$r/dev"
 for d in null zero full random urandom tty; do : > "$r/dev/$d"; mount --bind "/dev/$d" "$r/dev/$d"; done
 mkdir "$r/dev/shm" && mount -t tmpfs -o nosuid,nodev tmpfs "$r/dev/shm"
-exec chroot --userspec="$user" "$r" "$@"
+cd "$r"; pivot_root . .; umount -l .; cd /
+exec unshare --user --map-user="${user%%:*}" --map-group="${user#*:}" -- "$@"
 "#;
 
 /// The running container: the server's process and what it printed.
@@ -139,23 +207,17 @@ impl Container {
     }
 
     /// `docker exec`: argv in the container's namespaces and root, as the image's user, with
-    /// the image's environment, `stdin` as its input.
+    /// the image's environment, `stdin` as its input (scripts/container_exec.py).
     pub fn exec(&self, image: &Image, argv: &[String], stdin: Option<&Path>) -> Output {
-        Command::new("nsenter")
-            .args([
-                "--target",
-                &self.pid(),
-                "--net",
-                "--mount",
-                "--root",
-                "--wd",
-            ])
-            .args(["--setuid", &image.spec["uid"].to_string()])
-            .args(["--setgid", &image.spec["gid"].to_string()])
+        let env = image.env().into_iter().map(|(k, v)| format!("{k}={v}"));
+        Command::new("python3")
+            .arg(script("container_exec.py"))
+            .arg(self.pid())
+            .arg(image.spec["uid"].to_string())
+            .arg(image.spec["gid"].to_string())
+            .args(env)
             .arg("--")
             .args(argv)
-            .env_clear()
-            .envs(image.env())
             .stdin(stdin.map_or(Stdio::null(), |f| std::fs::File::open(f).unwrap().into()))
             .output()
             .unwrap()
