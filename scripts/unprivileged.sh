@@ -10,7 +10,9 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 . scripts/env.sh
 GRADCAM_TEST_REFERENCE="$(scripts/reference.sh)"
-export GRADCAM_TEST_REFERENCE
+GRADCAM_TEST_FAMILY="$(scripts/reference.sh family)"
+GRADCAM_TEST_TRAINED="$(scripts/reference.sh trained)"
+export GRADCAM_TEST_REFERENCE GRADCAM_TEST_FAMILY GRADCAM_TEST_TRAINED
 tests=("$@")
 [ ${#tests[@]} -gt 0 ] || tests=(container:: server::forms::raw_body_explain_matches_the_engine)
 
@@ -32,18 +34,25 @@ closed_above() {
   done
   echo "$found"
 }
-cache="$(cd "$GRADCAM_CACHE" && pwd -P)"
-export exe cache root
+# What the tests read: the cache, the checkout, and the Python the environment was made from.
+keep=("$(cd "$GRADCAM_CACHE" && pwd -P)" "$root"
+  "$("$GRADCAM_VENV/bin/python" -c 'import sys; print(sys.base_prefix)')")
+pairs=()
+for p in "${keep[@]}"; do pairs+=("$p" "$(closed_above "$p")"); done
+export exe
 unshare --mount --propagation private bash -euo pipefail -c '
-  stage="$(mktemp -d)"
-  for p in "$cache" "$root"; do mkdir -p "$stage$p" && mount --bind "$p" "$stage$p"; done
-  covered=" "
-  for closed in "$1" "$2"; do
-    [ -z "$closed" ] || [[ "$covered" == *" $closed "* ]] || mount -t tmpfs -o mode=755 tmpfs "$closed"
-    covered+="$closed "
+  stage="$(mktemp -d)" covered=" " kept=() closed=()
+  while [ "$1" != -- ]; do
+    kept+=("$1") closed+=("$2")
+    mkdir -p "$stage$1" && mount --bind "$1" "$stage$1"
+    shift 2
   done
-  for p in "$cache" "$root"; do mkdir -p "$p" && mount --bind "$stage$p" "$p"; done
-  shift 3
+  shift
+  for c in "${closed[@]}"; do
+    [ -z "$c" ] || [[ "$covered" == *" $c "* ]] || mount -t tmpfs -o mode=755 tmpfs "$c"
+    covered+="$c "
+  done
+  for p in "${kept[@]}"; do mkdir -p "$p" && mount --bind "$stage$p" "$p"; done
   exec setpriv --reuid=65534 --regid=65534 --clear-groups --inh-caps=-all \
     env HOME=/tmp "$exe" --test-threads=1 "$@"
-' bash "$(closed_above "$cache")" "$(closed_above "$root")" -- "${tests[@]}"
+' bash "${pairs[@]}" -- "${tests[@]}"

@@ -6,11 +6,15 @@
 mod bench;
 mod explain;
 mod keys;
+mod protocols;
+mod rules;
 
 pub use bench::BenchConfig;
 pub use explain::{ExplainConfig, SummaryFormat};
 use keys::parse_api_key;
 pub use keys::{ApiKey, KEYED_PATHS_ALLOWED};
+pub use protocols::ProtocolConfig;
+pub use rules::{SERVE_RULES, SERVE_RULES_HELP};
 
 use crate::backend::Precision;
 use crate::fetch::FetchConfig;
@@ -139,36 +143,6 @@ pub enum LogFormat {
     Pretty,
 }
 
-/// Writes the start-up rules once: the list that [`ServeConfig::validate`] checks in order, and
-/// the text `serve --help` prints after the flags. README.md names every rule (a unit test
-/// checks it).
-macro_rules! rules {
-    ($($rule:literal),+ $(,)?) => {
-        /// The cross-field and range rules `serve` checks at start-up, in order.
-        pub const SERVE_RULES: [&str; [$($rule),+].len()] = [$($rule),+];
-        /// [`SERVE_RULES`] as `serve --help` prints them.
-        pub const SERVE_RULES_HELP: &str =
-            concat!("Checked at start-up:", $("\n  - ", $rule),+);
-    };
-}
-
-rules![
-    "max batch size must be at least 1",
-    "queue capacity must be at least 1",
-    "queue capacity must be at least the max batch size",
-    "request timeout must be at least 100 ms",
-    "max batch delay must be shorter than the request timeout",
-    "fetch timeout must be shorter than the request timeout",
-    "body limit must be at least 1024 bytes",
-    "max image pixels must be at least 1",
-    "max inflight pixels must be at least 1024",
-    "max overlay side must be within 16..=8192",
-    "max connections and the header and body read timeouts must be at least 1",
-    "CORS origins must be `*` or start with http:// or https://",
-    "the API keys file must be readable and hold at least one key",
-    "API key paths must be routes of the server: /explain, /predict, /info, /labels, /metrics, /health/live, /health/ready, /openapi.yaml, /docs, /",
-];
-
 #[derive(Debug, Clone, Args)]
 pub struct ServeConfig {
     /// Address to listen on.
@@ -179,6 +153,8 @@ pub struct ServeConfig {
     pub port: u16,
     #[command(flatten)]
     pub model: ModelConfig,
+    #[command(flatten)]
+    pub protocols: ProtocolConfig,
     /// Most images the model thread runs in one batch. On the CPU batching gains little
     /// (measured: 15.2 vs 14.3 images/s at 8 vs 1); on a GPU use 16-32.
     #[arg(long, env = "GRADCAM_MAX_BATCH_SIZE", default_value_t = 8)]
@@ -294,7 +270,7 @@ pub struct ServeConfig {
         long,
         env = "GRADCAM_API_KEY_PATHS",
         value_delimiter = ',',
-        default_value = "/explain,/predict"
+        default_value = "/explain,/predict,/v1,/v2"
     )]
     pub api_key_paths: Vec<String>,
     /// Log format.
@@ -419,6 +395,7 @@ impl ServeConfig {
                     .all(|p| KEYED_PATHS_ALLOWED.contains(&p.as_str())),
                 self.api_key_paths.join(","),
             ),
+            self.protocols.check(),
         ];
         match checks.iter().zip(SERVE_RULES).find(|((ok, _), _)| !ok) {
             Some(((_, got), rule)) => Err(format!("{rule} (got {got})")),
@@ -480,6 +457,7 @@ mod tests {
             &["--cors-origins", "app.example"],
             &["--api-keys-file", "/nonexistent/keys"],
             &["--api-key-paths", "/explain,/secret"],
+            &["--model-name", "resnet/50"],
         ];
         for (args, rule) in breaking.iter().zip(SERVE_RULES) {
             let e = ServeConfig::from_args(*args)

@@ -220,12 +220,24 @@ impl Explanation {
 pub struct ExplainResult {
     pub predictions: Vec<Prediction>,
     pub explanations: Vec<Explanation>,
+    /// Every class's probability, in class order (the inference protocols' `probabilities`).
+    #[serde(skip)]
+    pub probabilities: Vec<f32>,
+}
+
+/// Softmax of one row of logits, in class order.
+pub fn probabilities(logits: &[f32]) -> Vec<f32> {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let denom: f64 = logits.iter().map(|&l| f64::from(l - max).exp()).sum();
+    logits
+        .iter()
+        .map(|&l| (f64::from(l - max).exp() / denom) as f32)
+        .collect()
 }
 
 /// The `k` best classes of one row of logits, with softmax probabilities.
 pub fn top_predictions(logits: &[f32], k: usize, labels: &Labels) -> Vec<Prediction> {
-    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let denom: f64 = logits.iter().map(|&l| f64::from(l - max).exp()).sum();
+    let probabilities = probabilities(logits);
     let mut order: Vec<usize> = (0..logits.len()).collect();
     order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]).then(a.cmp(&b)));
     order
@@ -234,7 +246,7 @@ pub fn top_predictions(logits: &[f32], k: usize, labels: &Labels) -> Vec<Predict
         .map(|i| Prediction {
             index: i as i64,
             label: labels.get(i).to_string(),
-            probability: (f64::from(logits[i] - max).exp() / denom) as f32,
+            probability: probabilities[i],
             logit: logits[i],
         })
         .collect()

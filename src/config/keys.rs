@@ -2,10 +2,14 @@
 
 use super::ServeConfig;
 
-/// The routes `--api-key-paths` may name.
-pub const KEYED_PATHS_ALLOWED: [&str; 10] = [
+/// The routes `--api-key-paths` may name. `/v1` stands for every route of KServe's v1
+/// protocol, `/v2` for every `/v2/models/...` route of the Open Inference Protocol (its health
+/// and server metadata routes stay open to probes).
+pub const KEYED_PATHS_ALLOWED: [&str; 12] = [
     "/explain",
     "/predict",
+    "/v1",
+    "/v2",
     "/info",
     "/labels",
     "/metrics",
@@ -83,7 +87,7 @@ mod tests {
         std::fs::remove_file(&file).unwrap();
         let open = ServeConfig::from_args(["--port", "0"]).unwrap();
         assert!(open.api_keys().unwrap().is_empty());
-        assert_eq!(open.api_key_paths, ["/explain", "/predict"]);
+        assert_eq!(open.api_key_paths, ["/explain", "/predict", "/v1", "/v2"]);
         assert!(open.ui);
     }
 }

@@ -128,34 +128,7 @@ pub async fn json_answer(
     let engine = state.engine.clone();
     let (json, timings, time) = blocking(state, move || {
         let mut time = RenderTime::default();
-        let explanations = result
-            .explanations
-            .iter()
-            .map(|e| {
-                let mut body = ExplanationBody::new(e);
-                if let Some(o) = overlay {
-                    let picture = draw(&decoded, e, &o, &pictures, &mut time)?;
-                    body.set_overlay(pictures.format, picture);
-                }
-                if pictures.heatmap_image {
-                    let size = pictures
-                        .heatmap_side
-                        .map(|side| render::overlay_size(decoded.width, decoded.height, side));
-                    let (png, took) = Clock::time(|| {
-                        render::heatmap_png(
-                            &e.normalized,
-                            e.heatmap.width,
-                            e.heatmap.height,
-                            pictures.colormap,
-                            size,
-                        )
-                    });
-                    time.encode += took;
-                    body.heatmap_png = Some(Picture(png));
-                }
-                Ok(body)
-            })
-            .collect::<Result<Vec<_>, ApiError>>()?;
+        let explanations = explanation_bodies(&decoded, &result, overlay, &pictures, &mut time)?;
         timings.render_ms = Some(ms(t.elapsed()));
         timings.total_ms = ms(started.elapsed());
         let d = engine.description();
@@ -186,9 +159,48 @@ pub async fn json_answer(
     Ok(res)
 }
 
+/// The explanations of one image as the JSON answer has them: with the overlay drawn when
+/// `overlay` says so and the map as a picture when `pictures` asks for it.
+pub fn explanation_bodies<'a>(
+    decoded: &Ready,
+    result: &'a ExplainResult,
+    overlay: Option<render::OverlayOptions>,
+    pictures: &Pictures,
+    time: &mut RenderTime,
+) -> Result<Vec<ExplanationBody<'a>>, ApiError> {
+    result
+        .explanations
+        .iter()
+        .map(|e| {
+            let mut body = ExplanationBody::new(e);
+            if let Some(o) = overlay {
+                let picture = draw(decoded, e, &o, pictures, time)?;
+                body.set_overlay(pictures.format, picture);
+            }
+            if pictures.heatmap_image {
+                let size = pictures
+                    .heatmap_side
+                    .map(|side| render::overlay_size(decoded.width, decoded.height, side));
+                let (png, took) = Clock::time(|| {
+                    render::heatmap_png(
+                        &e.normalized,
+                        e.heatmap.width,
+                        e.heatmap.height,
+                        pictures.colormap,
+                        size,
+                    )
+                });
+                time.encode += took;
+                body.heatmap_png = Some(Picture(png));
+            }
+            Ok(body)
+        })
+        .collect()
+}
+
 /// Time spent in the parts of rendering one answer (see [`RenderTime::record`]).
 #[derive(Debug, Default)]
-struct RenderTime {
+pub struct RenderTime {
     /// Upsampling the map, colouring it and blending it onto the photograph (one fused pass).
     overlay: StageTime,
     /// Encoding pictures (the overlay, the heatmap image).
@@ -200,7 +212,7 @@ struct RenderTime {
 impl RenderTime {
     /// Each part in `gradcam_stage_seconds` and `gradcam_stage_cpu_seconds_total`, those of a
     /// JSON answer only when there was one.
-    fn record(&self, metrics: &Metrics, json: bool) {
+    pub fn record(&self, metrics: &Metrics, json: bool) {
         metrics.stage_timed("overlay", self.overlay);
         metrics.stage_timed("encode", self.encode);
         if json {
@@ -210,7 +222,7 @@ impl RenderTime {
 }
 
 /// The overlay of one explanation, encoded as `pictures` says.
-fn draw(
+pub fn draw(
     decoded: &Ready,
     e: &Explanation,
     o: &render::OverlayOptions,

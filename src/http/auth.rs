@@ -39,7 +39,15 @@ impl ApiKeys {
 
     /// Whether a request to `route` must carry a key.
     fn guards(&self, route: &str) -> bool {
-        (self.deny_all || !self.digests.is_empty()) && self.paths.iter().any(|p| p == route)
+        // The inference protocols' routes go by their protocol's name (see KEYED_PATHS_ALLOWED).
+        let named = if route.starts_with("/v1/") {
+            "/v1"
+        } else if route.starts_with("/v2/models") {
+            "/v2"
+        } else {
+            route
+        };
+        (self.deny_all || !self.digests.is_empty()) && self.paths.iter().any(|p| p == named)
     }
 
     /// Checks an `Authorization` header's value against every key, in constant time.

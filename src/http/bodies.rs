@@ -107,7 +107,7 @@ impl<'a> ExplanationBody<'a> {
     }
 
     /// The pictures in the order serde writes them.
-    fn pictures(&self) -> impl Iterator<Item = &[u8]> {
+    pub fn pictures(&self) -> impl Iterator<Item = &[u8]> {
         [
             &self.overlay_png,
             &self.overlay_jpeg,
@@ -131,44 +131,49 @@ pub struct ExplainBody<'a> {
 impl ExplainBody<'_> {
     /// The answer as JSON, each picture in base64 (see [`Picture`]).
     pub fn to_json(&self) -> serde_json::Result<Vec<u8>> {
-        let skeleton = serde_json::to_vec(self)?;
-        let pictures: Vec<&[u8]> = self
-            .explanations
-            .iter()
-            .flat_map(ExplanationBody::pictures)
-            .collect();
-        let base64: usize = pictures.iter().map(|p| p.len().div_ceil(3) * 4).sum();
-        let mut pictures = pictures.into_iter();
-        let mut out = Vec::with_capacity(skeleton.len() + base64);
-        let mut rest = skeleton.as_slice();
-        while let Some(at) = rest
-            .windows(PLACEHOLDER_JSON.len())
-            .position(|w| w == PLACEHOLDER_JSON)
-        {
-            let (before, after) = rest.split_at(at);
-            out.extend_from_slice(before);
-            let picture = PICTURE_MEMBERS
-                .iter()
-                .any(|m| before.ends_with(m))
-                .then(|| pictures.next())
-                .flatten();
-            match picture {
-                Some(p) => {
-                    out.push(b'"');
-                    base64_simd::STANDARD.encode_append(p, &mut out);
-                    out.push(b'"');
-                }
-                None => out.extend_from_slice(PLACEHOLDER_JSON),
-            }
-            rest = &after[PLACEHOLDER_JSON.len()..];
-        }
-        out.extend_from_slice(rest);
-        debug_assert!(
-            pictures.next().is_none(),
-            "a picture was not placed: this is a bug"
-        );
-        Ok(out)
+        let pictures = self.explanations.iter().flat_map(ExplanationBody::pictures);
+        json_with_pictures(self, pictures.collect())
     }
+}
+
+/// `value` as JSON with each [`Picture`] in it in base64: `pictures` are their bytes, in the
+/// order serde writes them.
+pub fn json_with_pictures(
+    value: &impl Serialize,
+    pictures: Vec<&[u8]>,
+) -> serde_json::Result<Vec<u8>> {
+    let skeleton = serde_json::to_vec(value)?;
+    let base64: usize = pictures.iter().map(|p| p.len().div_ceil(3) * 4).sum();
+    let mut pictures = pictures.into_iter();
+    let mut out = Vec::with_capacity(skeleton.len() + base64);
+    let mut rest = skeleton.as_slice();
+    while let Some(at) = rest
+        .windows(PLACEHOLDER_JSON.len())
+        .position(|w| w == PLACEHOLDER_JSON)
+    {
+        let (before, after) = rest.split_at(at);
+        out.extend_from_slice(before);
+        let picture = PICTURE_MEMBERS
+            .iter()
+            .any(|m| before.ends_with(m))
+            .then(|| pictures.next())
+            .flatten();
+        match picture {
+            Some(p) => {
+                out.push(b'"');
+                base64_simd::STANDARD.encode_append(p, &mut out);
+                out.push(b'"');
+            }
+            None => out.extend_from_slice(PLACEHOLDER_JSON),
+        }
+        rest = &after[PLACEHOLDER_JSON.len()..];
+    }
+    out.extend_from_slice(rest);
+    debug_assert!(
+        pictures.next().is_none(),
+        "a picture was not placed: this is a bug"
+    );
+    Ok(out)
 }
 
 #[derive(Serialize)]

@@ -82,17 +82,15 @@ async fn fetch_within(
 }
 
 /// What the model made of one image, with what the answer needs besides.
-struct Inferred<T> {
-    decoded: input::Ready,
-    done: Done,
-    timings: Timings,
-    request: T,
+pub(super) struct Inferred<T> {
+    pub decoded: input::Ready,
+    pub done: Done,
+    pub timings: Timings,
+    pub request: T,
 }
 
-/// The front half shared by both routes: refuse when not serving, read the input, check the
-/// options (`parse`, before anything is fetched; it also says the longer side of the overlay
-/// to keep, if any), fetch, reserve the image's pixels, decode and preprocess, queue, await the
-/// model.
+/// The front half shared by both routes: refuse when not serving, read the input, then
+/// [`infer_incoming`].
 async fn infer<T>(
     state: &AppState,
     req: Request,
@@ -100,8 +98,21 @@ async fn infer<T>(
     parse: impl FnOnce(&RawOptions) -> Result<(Task, T, Option<u32>), ApiError>,
 ) -> Result<(Inferred<T>, budget::Reservation), ApiError> {
     state.serving()?;
-    let deadline = started + state.config.request_timeout();
     let incoming = Incoming::from_request(req, state).await?;
+    infer_incoming(state, incoming, started, parse).await
+}
+
+/// One image read from a request (by any protocol) through the service: check the options
+/// (`parse`, before anything is fetched; it also says the longer side of the overlay to keep,
+/// if any), fetch, reserve the image's pixels, decode and preprocess, queue, await the model.
+pub(super) async fn infer_incoming<T>(
+    state: &AppState,
+    incoming: Incoming,
+    started: Instant,
+    parse: impl FnOnce(&RawOptions) -> Result<(Task, T, Option<u32>), ApiError>,
+) -> Result<(Inferred<T>, budget::Reservation), ApiError> {
+    state.serving()?;
+    let deadline = started + state.config.request_timeout();
     let (task, request, keep) = parse(&incoming.options)?;
     let mut timings = Timings::default();
     let mut reservation = state.budget.reservation();
@@ -159,6 +170,27 @@ async fn infer<T>(
     timings.decode_ms = ms(t.elapsed());
     state.metrics.stage("decode", t.elapsed().as_secs_f64());
 
+    let done = submit(state, x, task, deadline, &mut timings).await?;
+    Ok((
+        Inferred {
+            decoded,
+            done,
+            timings,
+            request,
+        },
+        reservation,
+    ))
+}
+
+/// Queues a preprocessed input for the model and awaits its answer, with the queue and model
+/// times in `timings` and the stage metrics.
+pub(super) async fn submit(
+    state: &AppState,
+    x: Vec<f32>,
+    task: Task,
+    deadline: Instant,
+    timings: &mut Timings,
+) -> Result<Done, ApiError> {
     let reply = state.engine.submit(x, task, deadline)?;
     // If the client goes away, this future is dropped with the receiver, and the model thread
     // skips the job.
@@ -177,19 +209,11 @@ async fn infer<T>(
     state
         .metrics
         .stage("inference", done.inference.as_secs_f64());
-    Ok((
-        Inferred {
-            decoded,
-            done,
-            timings,
-            request,
-        },
-        reservation,
-    ))
+    Ok(done)
 }
 
 /// Applies the whole-request deadline to a handler body.
-async fn with_deadline(
+pub(super) async fn with_deadline(
     state: &AppState,
     started: Instant,
     f: impl std::future::Future<Output = Result<Response, ApiError>>,

@@ -50,14 +50,7 @@ impl FromRequest<AppState> for Incoming {
             .trim()
             .to_ascii_lowercase();
         let limit = state.config.body_limit;
-        if let Some(len) = req
-            .headers()
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
-            && len > limit as u64
-        {
-            return Err(ApiError::BodyTooLarge { limit });
-        }
+        refuse_announced_excess(req.headers(), limit)?;
         // The body read has its own deadline, apart from the whole request's: a client that
         // sends its headers and then stalls or trickles the body is cut off early.
         let timeout = state.config.body_read_timeout();
@@ -83,6 +76,28 @@ impl FromRequest<AppState> for Incoming {
             .await
             .unwrap_or(Err(ApiError::BodyTimeout(timeout.as_millis() as u64)))
     }
+}
+
+/// A body whose Content-Length is over `limit` is refused before any of it is read.
+fn refuse_announced_excess(headers: &axum::http::HeaderMap, limit: usize) -> Result<(), ApiError> {
+    match headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+    {
+        Some(len) if len > limit as u64 => Err(ApiError::BodyTooLarge { limit }),
+        _ => Ok(()),
+    }
+}
+
+/// A whole body of any type (the inference protocols' requests), within the body limit and the
+/// body read timeout, as the image forms are read.
+pub async fn read_body(req: Request, state: &AppState) -> Result<Bytes, ApiError> {
+    let limit = state.config.body_limit;
+    refuse_announced_excess(req.headers(), limit)?;
+    let timeout = state.config.body_read_timeout();
+    tokio::time::timeout(timeout, collect(req.into_body(), limit))
+        .await
+        .unwrap_or(Err(ApiError::BodyTimeout(timeout.as_millis() as u64)))
 }
 
 fn is_raw_image_type(t: &str) -> bool {

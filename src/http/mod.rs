@@ -16,6 +16,7 @@ mod negotiate;
 mod ops;
 pub mod options;
 pub mod problem;
+mod protocols;
 mod ui;
 mod work;
 
@@ -136,13 +137,15 @@ impl AppState {
 pub fn app(state: AppState) -> Router {
     let model_routes = Router::new()
         .route("/explain", post(explain::explain))
-        .route("/predict", post(explain::predict));
+        .route("/predict", post(explain::predict))
+        .merge(protocols::model_routes());
     // Test builds: the fault a request to the model names travels beside its job (see
     // `crate::fault`); the other routes never reach the model and ignore the header.
     #[cfg(feature = "fault-injection")]
     let model_routes = model_routes.route_layer(middleware::from_fn(injected_fault));
     let router = Router::new()
         .merge(model_routes)
+        .merge(protocols::routes())
         .route("/health/live", get(ops::live))
         .route("/health/ready", get(ops::ready))
         .route("/metrics", get(ops::metrics))
@@ -154,6 +157,7 @@ pub fn app(state: AppState) -> Router {
         .route_layer(middleware::from_fn(tag_route))
         .fallback(ops::not_found)
         .method_not_allowed_fallback(ops::method_not_allowed)
+        .layer(middleware::from_fn(protocols::error_shape))
         .layer(middleware::from_fn_with_state(state.clone(), observe))
         // Our own body limit check gives the problem response; this one stops axum's default
         // 2 MB cap on multipart from getting in first.

@@ -383,9 +383,11 @@ impl Model {
         Ok(predictions
             .into_iter()
             .zip(explanations)
-            .map(|(predictions, explanations)| ExplainResult {
+            .zip(&logit_rows)
+            .map(|((predictions, explanations), logits)| ExplainResult {
                 predictions,
                 explanations,
+                probabilities: backend::probabilities(logits),
             })
             .collect())
     }

@@ -153,6 +153,7 @@ pub fn explain_one(x: &[f32], o: ExplainOptions) -> ExplainResult {
     ExplainResult {
         predictions,
         explanations,
+        probabilities: backend::probabilities(&logits),
     }
 }
 
