@@ -40,12 +40,12 @@ impl ApiKeys {
     /// Whether a request to `route` must carry a key.
     fn guards(&self, route: &str) -> bool {
         // The inference protocols' routes go by their protocol's name (see KEYED_PATHS_ALLOWED).
-        let named = if route.starts_with("/v1/") {
-            "/v1"
-        } else if route.starts_with("/v2/models") {
-            "/v2"
-        } else {
-            route
+        let named = match route {
+            r if r.starts_with("/v1/") => "/v1",
+            r if r.starts_with("/v2/models") => "/v2",
+            // The protocol's health and server metadata stay open to probes.
+            r if r == "/v2" || r.starts_with("/v2/") => return false,
+            r => r,
         };
         (self.deny_all || !self.digests.is_empty()) && self.paths.iter().any(|p| p == named)
     }

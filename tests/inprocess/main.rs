@@ -17,6 +17,7 @@ mod ops;
 mod options;
 mod parsing;
 mod problems;
+mod protocols;
 mod support;
 mod toy;
 mod url_form;

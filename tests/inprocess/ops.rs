@@ -360,9 +360,15 @@ fn routed_paths() -> Vec<String> {
     for source in [
         include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/src/http/mod.rs")),
         include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/src/http/ui.rs")),
+        include_str!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/src/http/protocols/mod.rs"
+        )),
     ] {
-        for part in source.split(".route(\"").skip(1) {
-            out.push(part[..part.find('"').unwrap()].to_string());
+        for part in source.split(".route(").skip(1) {
+            if let Some(path) = part.trim_start().strip_prefix('"') {
+                out.push(path[..path.find('"').unwrap()].to_string());
+            }
         }
     }
     out.sort();
@@ -383,10 +389,17 @@ async fn every_route_is_in_openapi_yaml_and_answers_as_documented() {
     );
     let (app, _) = app(&[]);
     let docs = send(&app, get("/docs")).await.text();
+    let models = send(&app, get("/v1/models")).await.json();
+    let model = models["models"][0].as_str().unwrap().to_string();
     for (path, media) in documented {
-        if matches!(path.as_str(), "/explain" | "/predict") {
-            continue; // POST only; tests/inprocess/answers.rs
+        if matches!(path.as_str(), "/explain" | "/predict") || path.ends_with("/infer") {
+            continue; // POST only; tests/inprocess/answers.rs, protocols.rs
         }
+        // The inference protocols' routes name the model (and its one version).
+        let path = path
+            .replace("{name}", &model)
+            .replace("{spec}", &model)
+            .replace("{version}", "1");
         let a = send(&app, get(&path)).await;
         // A build without swagger-ui-dist has no reference assets, and its /docs says so.
         if path.starts_with("/docs/") && docs.contains("no interactive reference") {

@@ -88,7 +88,7 @@ pub async fn verb(
                     Output::Explain(r) => r.predictions.as_slice(),
                 })
                 .collect();
-            return Ok(Json(json!({ "predictions": predictions })).into_response());
+            return Ok(Json(Predicted { predictions }).into_response());
         }
         let r = options.explain(state.config.max_overlay_side, classes)?;
         let keep = r.overlay.map(|o| o.max_side);
@@ -125,6 +125,11 @@ pub async fn verb(
         Ok(([(header::CONTENT_TYPE, "application/json")], json).into_response())
     })
     .await
+}
+
+#[derive(Serialize)]
+struct Predicted<'a> {
+    predictions: Vec<&'a [Prediction]>,
 }
 
 #[derive(Default, Serialize)]

@@ -248,19 +248,6 @@ impl Data {
         }
     }
 
-    fn json(&self) -> Value {
-        match self {
-            Data::Fp32(v) => serde_json::json!(v),
-            Data::Int64(v) => serde_json::json!(v),
-            Data::Text(v) => serde_json::json!(v),
-            Data::Files(v) => Value::Array(
-                v.iter()
-                    .map(|f| Value::String(base64_simd::STANDARD.encode_to_string(f)))
-                    .collect(),
-            ),
-        }
-    }
-
     fn append_binary(&self, out: &mut Vec<u8>) {
         let element = |out: &mut Vec<u8>, bytes: &[u8]| {
             out.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
@@ -275,6 +262,21 @@ impl Data {
                 .for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
             Data::Text(v) => v.iter().for_each(|s| element(out, s.as_bytes())),
             Data::Files(v) => v.iter().for_each(|f| element(out, f)),
+        }
+    }
+}
+
+/// JSON `data`: numbers as they are (f32 as f32, the shortest text that reads back the same),
+/// text as strings, files in base64.
+impl Serialize for Data {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Data::Fp32(v) => v.serialize(s),
+            Data::Int64(v) => v.serialize(s),
+            Data::Text(v) => v.serialize(s),
+            Data::Files(v) => {
+                s.collect_seq(v.iter().map(|f| base64_simd::STANDARD.encode_to_string(f)))
+            }
         }
     }
 }
@@ -296,12 +298,19 @@ struct OutputHead<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     parameters: Option<Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    data: Option<Value>,
+    data: Option<&'a Data>,
+}
+
+#[derive(Serialize)]
+struct Head<'a> {
+    #[serde(flatten)]
+    head: Map<String, Value>,
+    outputs: Vec<OutputHead<'a>>,
 }
 
 /// The answer: `head` (model name, version, id) with the outputs, all in JSON, or, when any
 /// output is binary, the JSON with `binary_data_size` in their place and their bytes after it.
-pub fn answer(mut head: Map<String, Value>, outputs: &[Tensor]) -> Result<Response, ApiError> {
+pub fn answer(head: Map<String, Value>, outputs: &[Tensor]) -> Result<Response, ApiError> {
     let mut binary = Vec::new();
     let mut heads = Vec::with_capacity(outputs.len());
     for t in outputs {
@@ -311,20 +320,22 @@ pub fn answer(mut head: Map<String, Value>, outputs: &[Tensor]) -> Result<Respon
             let size = binary.len() - before;
             (Some(serde_json::json!({ "binary_data_size": size })), None)
         } else {
-            (None, Some(t.data.json()))
+            (None, Some(&t.data))
         };
-        let o = OutputHead {
+        heads.push(OutputHead {
             name: t.name,
             datatype: t.data.datatype(),
             shape: &t.shape,
             parameters,
             data,
-        };
-        heads.push(serde_json::to_value(o).map_err(|e| ApiError::Internal(e.to_string()))?);
+        });
     }
-    head.insert("outputs".into(), Value::Array(heads));
-    let mut json = serde_json::to_vec(&head).map_err(|e| ApiError::Internal(e.to_string()))?;
-    if binary.is_empty() && outputs.iter().all(|t| !t.binary) {
+    let doc = Head {
+        head,
+        outputs: heads,
+    };
+    let mut json = serde_json::to_vec(&doc).map_err(|e| ApiError::Internal(e.to_string()))?;
+    if outputs.iter().all(|t| !t.binary) {
         return Ok(([(header::CONTENT_TYPE, "application/json")], json).into_response());
     }
     let json_len = json.len();
