@@ -58,6 +58,19 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "$want" > "$stamp"
 fi
 
+# The real clients of the inference platforms (tritonclient, KServe's SDK) for
+# tests/e2e/protocols.rs, constrained by the pins above so that they move nothing the references
+# depend on; a file and a stamp of their own, outside the references' inputs.
+want="$(sha256sum "$here/requirements-clients.txt" | cut -d' ' -f1)"
+stamp="$GRADCAM_VENV/.requirements-clients.sha256"
+if [ "${GRADCAM_SKIP_SYSTEM_PACKAGES:-0}" != 1 ] &&
+   { [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; }; then
+  echo "setup: installing the inference platforms' clients into $GRADCAM_VENV" >&2
+  "$GRADCAM_VENV/bin/pip" install --quiet --disable-pip-version-check \
+    -r "$here/requirements-clients.txt" -c "$here/requirements.txt"
+  echo "$want" > "$stamp"
+fi
+
 # The pure-Python wheels the device kit carries to a machine without network
 # (scripts/device-bundle.sh): pytorch-grad-cam, built into a wheel from its source archive,
 # and the two small packages its import needs that torch does not bring.

@@ -22,5 +22,6 @@ mod k8s;
 mod layout;
 mod memory;
 mod nginx;
+mod protocols;
 mod runtime;
 mod server;

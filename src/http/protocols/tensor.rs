@@ -17,8 +17,9 @@ pub const HEADER_LENGTH: &str = "inference-header-content-length";
 /// Most elements one input tensor may have (each is at least a float).
 const MAX_ELEMENTS: u64 = 1 << 28;
 
+/// An inference request. Other members are ignored: clients add their own (KServe's SDK sends
+/// `model_name`).
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct InferRequest {
     pub id: Option<String>,
     #[serde(default)]
