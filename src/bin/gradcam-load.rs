@@ -29,6 +29,10 @@ struct Args {
     file: PathBuf,
     #[arg(long, default_value = "image/jpeg")]
     content_type: String,
+    /// Another request header, `NAME: VALUE` (repeatable), e.g. the binary tensor data
+    /// extension's `Inference-Header-Content-Length: 123`.
+    #[arg(long = "header", value_parser = parse_header)]
+    headers: Vec<(String, String)>,
     /// Clients, each with one request in flight.
     #[arg(long, default_value_t = 16)]
     concurrency: usize,
@@ -44,6 +48,13 @@ struct Args {
     /// Write the figures as JSON to FILE too.
     #[arg(long)]
     json: Option<PathBuf>,
+}
+
+fn parse_header(s: &str) -> Result<(String, String), String> {
+    let (name, value) = s
+        .split_once(':')
+        .ok_or_else(|| format!("{s:?} is not `NAME: VALUE`"))?;
+    Ok((name.trim().to_string(), value.trim().to_string()))
 }
 
 /// What one client saw.
@@ -68,12 +79,13 @@ async fn client(
     let mut t = Tally::default();
     while Instant::now() < until {
         let started = Instant::now();
-        let sent = http
+        let mut request = http
             .post(&args.url)
-            .header("content-type", &args.content_type)
-            .body(body.clone())
-            .send()
-            .await;
+            .header("content-type", &args.content_type);
+        for (name, value) in &args.headers {
+            request = request.header(name, value);
+        }
+        let sent = request.body(body.clone()).send().await;
         let answer = match sent {
             Ok(r) => {
                 let status = r.status().as_u16();
