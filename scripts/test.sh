@@ -5,15 +5,10 @@
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
-. scripts/env.sh
-# The PyTorch references, made once per version into the cache (minutes the first time: the
-# trained one trains a network). Made before cargo runs, not beside it: on two cores the
-# training and the build took turns and both ran slower, even with the training at the lowest
-# priority (empty-cache runs: 1924 s beside it, 1851 s at nice 19 beside it, 1728 s in order).
-GRADCAM_TEST_REFERENCE="$(scripts/reference.sh)"
-GRADCAM_TEST_FAMILY="$(scripts/reference.sh family)"
-GRADCAM_TEST_TRAINED="$(scripts/reference.sh trained)"
-export GRADCAM_TEST_REFERENCE GRADCAM_TEST_FAMILY GRADCAM_TEST_TRAINED
+# The PyTorch references are made before cargo runs, not beside it: on two cores the training
+# and the build took turns and both ran slower, even with the training at the lowest priority
+# (empty-cache runs: 1924 s beside it, 1851 s at nice 19 beside it, 1728 s in order).
+. scripts/test_env.sh
 
 # The code as written: formatted, and clean under the lints Cargo.toml's [lints] table names.
 cargo fmt --check

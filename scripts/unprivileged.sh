@@ -8,11 +8,7 @@
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
-. scripts/env.sh
-GRADCAM_TEST_REFERENCE="$(scripts/reference.sh)"
-GRADCAM_TEST_FAMILY="$(scripts/reference.sh family)"
-GRADCAM_TEST_TRAINED="$(scripts/reference.sh trained)"
-export GRADCAM_TEST_REFERENCE GRADCAM_TEST_FAMILY GRADCAM_TEST_TRAINED
+. scripts/test_env.sh
 tests=("$@")
 [ ${#tests[@]} -gt 0 ] || tests=(container:: server::forms::raw_body_explain_matches_the_engine)
 
