@@ -150,7 +150,9 @@ fn from_binary(input: &RequestInput, n: usize, mut raw: Bytes) -> Result<Content
             raw.len()
         ))),
         "BYTES" => {
-            let mut elements = Vec::with_capacity(n);
+            // Each element takes at least its 4 bytes of length: the shape alone, which costs the
+            // client nothing to claim, does not size anything.
+            let mut elements = Vec::with_capacity(n.min(raw.len() / 4));
             while !raw.is_empty() {
                 let len = raw
                     .get(..4)
@@ -185,7 +187,7 @@ fn unsupported_type(name: &str, datatype: &str) -> ApiError {
 
 fn from_json(input: &RequestInput, n: usize, data: &Value) -> Result<Contents, ApiError> {
     let name = &input.name;
-    let mut flat = Vec::with_capacity(n);
+    let mut flat = Vec::new();
     flatten(data, &mut flat);
     if flat.len() != n {
         return Err(malformed(format!(
@@ -394,6 +396,21 @@ mod tests {
             panic!()
         };
         assert_eq!(files, &[Bytes::from_static(&[0, 1, 2])]);
+    }
+
+    #[test]
+    fn a_shape_claims_nothing_the_data_does_not_hold() {
+        let huge = serde_json::json!({"name": "image", "shape": [MAX_ELEMENTS], "datatype": "BYTES",
+            "parameters": {"binary_data_size": 4}});
+        let Err(ApiError::Malformed(message)) =
+            contents(&[input(huge)], Bytes::from_static(&[0, 0, 0, 0]))
+        else {
+            panic!("taken");
+        };
+        assert!(message.contains("1 BYTES elements for shape"), "{message}");
+        let json = serde_json::json!({"name": "input", "shape": [MAX_ELEMENTS], "datatype": "FP32",
+            "data": [1.0]});
+        assert!(contents(&[input(json)], Bytes::new()).is_err());
     }
 
     #[test]
