@@ -5,8 +5,8 @@
 //! each (but the death) the same app answers normally again.
 
 use crate::support::{
-    assert_explained, detail, fixture_bytes, get, metric, metrics_text, problem, scripted_app,
-    send, until, upload,
+    assert_explained, detail, fixture_bytes, get, metric, metrics_text, problem, protocol_error,
+    protocol_requests, scripted_app, send, until, upload,
 };
 use crate::toy::{Act, Gate, Script};
 use axum::Router;
@@ -91,6 +91,13 @@ async fn out_of_memory_is_503_with_retry_after() {
         let p = problem(case, &a, 503, "out_of_memory");
         assert_eq!(a.header("retry-after"), "1", "{case}");
         assert!(detail(&p).contains("out of memory"), "{case}: {p}");
+    }
+    // The inference protocols: the same refusal, in their shape.
+    for (case, req) in protocol_requests(&app, &fixture_bytes("coffee.jpg")).await {
+        script.push(Act::OutOfMemory);
+        let a = send(&app, req).await;
+        protocol_error(case, &a, 503, "out of memory");
+        assert_eq!(a.header("retry-after"), "1", "{case}");
     }
     assert_eq!(send(&app, get("/health/ready")).await.status, 200);
     assert_serves("after running out of memory", &app).await;
@@ -268,6 +275,11 @@ async fn a_full_queue_is_429_with_retry_after_at_once() {
         assert_eq!(a.header("retry-after"), "1", "{case}");
         assert!(detail(&p).contains("queue is full"), "{case}: {p}");
     }
+    for (case, req) in protocol_requests(&app, &fixture_bytes("coffee.jpg")).await {
+        let a = send(&app, req).await;
+        protocol_error(case, &a, 429, "queue is full");
+        assert_eq!(a.header("retry-after"), "1", "{case}");
+    }
     gate.open();
     let (held, queued) = (held.await.unwrap(), queued.await.unwrap());
     assert_eq!(held.status, 200, "the held request");
@@ -280,7 +292,7 @@ async fn a_full_queue_is_429_with_retry_after_at_once() {
     let text = metrics_text(&app).await;
     assert_eq!(
         metric(&text, "gradcam_rejections_total{reason=\"queue_full\"}"),
-        2.0,
+        4.0,
         "{text}"
     );
     assert_serves("after the queue drained", &app).await;

@@ -15,12 +15,6 @@ fn b64(bytes: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
-async fn model_name(app: &axum::Router) -> String {
-    let a = send(app, get("/v1/models")).await;
-    assert_eq!(a.status, 200);
-    a.json()["models"][0].as_str().unwrap().to_string()
-}
-
 /// `/explain`'s JSON answer for a photo.
 async fn explained(app: &axum::Router, photo: &[u8], query: &str) -> Value {
     let a = send(
@@ -30,16 +24,6 @@ async fn explained(app: &axum::Router, photo: &[u8], query: &str) -> Value {
     .await;
     assert_eq!(a.status, 200, "{}", a.text());
     a.json()
-}
-
-/// A refusal in the protocols' shape: the status and `{"error": ...}` containing `says`.
-fn refused(case: &str, a: &Answer, status: u16, says: &str) {
-    assert_eq!(a.status, status, "{case}: {}", a.text());
-    assert_eq!(a.header("content-type"), "application/json", "{case}");
-    let e = a.json();
-    let message = e["error"].as_str().unwrap_or_else(|| panic!("{case}: {e}"));
-    assert!(message.contains(says), "{case}: {message}");
-    assert_eq!(e.as_object().unwrap().len(), 1, "{case}: {e}");
 }
 
 fn overlay_options(top_k: usize) -> ExplainOptions {
@@ -438,7 +422,7 @@ async fn refusals_come_in_the_protocols_shape_and_say_what_is_allowed() {
         ),
     ];
     for (case, req, status, says) in cases {
-        refused(case, &send(&app, req).await, status, says);
+        protocol_error(case, &send(&app, req).await, status, says);
     }
 }
 
@@ -461,7 +445,7 @@ async fn keys_guard_the_model_routes_and_leave_the_probes_open() {
         format!("/v2/models/{name}/ready"),
     ] {
         let a = send(&app, get(&path)).await;
-        refused(&path, &a, 401, "");
+        protocol_error(&path, &a, 401, "");
         assert!(a.header("www-authenticate").starts_with("Bearer"), "{path}");
         assert_eq!(send(&app, with_key(get(&path))).await.status, 200, "{path}");
     }

@@ -299,3 +299,43 @@ pub async fn until(what: &str, cond: impl Fn() -> bool) {
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
 }
+
+/// The model's name in the inference protocols.
+pub async fn model_name(app: &Router) -> String {
+    let a = send(app, get("/v1/models")).await;
+    assert_eq!(a.status, 200);
+    a.json()["models"][0].as_str().unwrap().to_string()
+}
+
+/// A photograph through each inference protocol: KServe v1 `:predict` and OIP REST `infer`.
+pub async fn protocol_requests(app: &Router, photo: &[u8]) -> [(&'static str, Request<Body>); 2] {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(photo);
+    let name = model_name(app).await;
+    let v1 = serde_json::json!({ "instances": [{ "b64": b64 }] });
+    let v2 = serde_json::json!({
+        "inputs": [{ "name": "image", "shape": [1], "datatype": "BYTES", "data": [b64] }],
+        "outputs": [{ "name": "class_index" }],
+    });
+    [
+        (
+            "KServe v1",
+            post_json(&format!("/v1/models/{name}:predict"), &v1),
+        ),
+        (
+            "OIP REST",
+            post_json(&format!("/v2/models/{name}/infer"), &v2),
+        ),
+    ]
+}
+
+/// A refusal in the inference protocols' shape: the status and `{"error": ...}` (alone) that
+/// contains `says`.
+pub fn protocol_error(case: &str, a: &Answer, status: u16, says: &str) {
+    assert_eq!(a.status, status, "{case}: {}", a.text());
+    assert_eq!(a.header("content-type"), "application/json", "{case}");
+    let e = a.json();
+    let message = e["error"].as_str().unwrap_or_else(|| panic!("{case}: {e}"));
+    assert!(message.contains(says), "{case}: {message}");
+    assert_eq!(e.as_object().unwrap().len(), 1, "{case}: {e}");
+}
