@@ -305,3 +305,75 @@ fn the_custom_metric_autoscaler_names_a_metric_the_server_exports() {
         );
     }
 }
+
+/// deploy/kserve: every field is one KServe's schema knows, with a value of its type
+/// (scripts/kserve_manifest.py, with KServe's SDK); every variable is a flag the server takes;
+/// a server started with them answers the probes, and serves the model under the name the
+/// manifest gives it on both protocols.
+#[test]
+fn the_kserve_inference_service_fits_kserves_schema_and_the_server() {
+    let out = Command::new("python")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/scripts/kserve_manifest.py"
+        ))
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/deploy/kserve/inferenceservice.yaml"
+        ))
+        .output()
+        .expect("python with kserve is installed by scripts/setup.sh");
+    assert!(
+        out.status.success(),
+        "the InferenceService does not fit KServe's schema:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let service: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let predictor = &service["spec"]["predictor"];
+    let c = &predictor["containers"][0];
+    assert_eq!(
+        c["name"], "kserve-container",
+        "KServe's name for the model container"
+    );
+    let env: Vec<(String, String)> = c["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            let pair = (e["name"].as_str().unwrap(), e["value"].as_str().unwrap());
+            (pair.0.to_string(), pair.1.to_string())
+        })
+        .collect();
+    let help = help();
+    for (name, _) in &env {
+        let flag = format!("[env: {name}=");
+        assert!(
+            help.iter().any(|b| b.contains(&flag)),
+            "{name} is not a flag of serve --help"
+        );
+    }
+    let port = setting(&env, &help, "GRADCAM_PORT");
+    assert_eq!(c["ports"][0]["containerPort"].to_string(), port);
+    assert_eq!(
+        predictor["securityContext"]["runAsUser"], 10001,
+        "the image's user"
+    );
+    let server = start(&env);
+    for probe in ["startupProbe", "readinessProbe", "livenessProbe"] {
+        let path = c[probe]["httpGet"]["path"].as_str().unwrap();
+        assert_eq!(c[probe]["httpGet"]["port"].to_string(), port, "{probe}");
+        assert_eq!(get(&server.url(path)).0, 200, "{probe} {path}");
+    }
+    let name = setting(&env, &help, "GRADCAM_MODEL_NAME");
+    assert_eq!(
+        service["metadata"]["name"],
+        name.as_str(),
+        "the service is named after the model"
+    );
+    for path in [
+        format!("/v1/models/{name}"),
+        format!("/v2/models/{name}/ready"),
+    ] {
+        assert_eq!(get(&server.url(&path)).0, 200, "{path}");
+    }
+}
