@@ -1,7 +1,7 @@
 //! Compact pictures for answers: the overlay in PNG, JPEG or WebP, and the colour-mapped map
 //! alone as an RGBA PNG whose alpha is the map, for clients that blend in the browser.
 
-use super::{Colormap, encode_png, level, upsample_bilinear};
+use super::{Colormap, encode_png, level, unit, upsample_bilinear};
 use crate::names::named_enum;
 use image::{ImageEncoder, RgbImage, RgbaImage};
 
@@ -80,10 +80,12 @@ pub fn heatmap_rgba(
     size: Option<(u32, u32)>,
 ) -> RgbaImage {
     let (w, h) = size.unwrap_or((map_w as u32, map_h as u32));
+    // Clamped before upsampling, as the overlay does.
+    let clamped: Vec<f32> = map.iter().map(|&t| unit(t)).collect();
     let values = if (w as usize, h as usize) == (map_w, map_h) {
-        map.to_vec()
+        clamped
     } else {
-        upsample_bilinear(map, map_w, map_h, w as usize, h as usize)
+        upsample_bilinear(&clamped, map_w, map_h, w as usize, h as usize)
     };
     let lut = colormap.lut();
     let mut out = RgbaImage::new(w, h);

@@ -122,10 +122,24 @@ pub fn blend(pixel: [u8; 3], color: [u8; 3], alpha: f32) -> [u8; 3] {
     })
 }
 
-/// A map value in [0, 1] (clamped, NaN as 0) as a colour-table index.
+/// A map value clamped to [0, 1], NaN as 0: what every picture of a map draws.
+fn unit(t: f32) -> f32 {
+    if t.is_nan() { 0.0 } else { t.clamp(0.0, 1.0) }
+}
+
+/// A map value in [0, 1] (clamped, NaN as 0) as a colour-table index: `255 t` rounded to the
+/// nearest level, ties to even.
 fn level(t: f32) -> usize {
-    // Float-to-int `as` saturates and maps NaN to 0.
-    ((t * 255.0 + 0.5) as i32).clamp(0, 255) as usize
+    usize::from(unit_level(unit(t)))
+}
+
+/// [`level`] of a value already in [0, 1], in a form the compiler vectorises: adding 2^23 to a
+/// float in [0, 2^23) leaves it rounded to an integer (ties to even, the default rounding),
+/// held in the low bits of the sum's mantissa. A value a rounding step outside [0, 1] still
+/// gives 0 or 255.
+fn unit_level(t: f32) -> u8 {
+    const ROUND: f32 = 8_388_608.0;
+    (t * 255.0 + ROUND).to_bits() as u8
 }
 
 /// Options for [`overlay`].
@@ -187,9 +201,11 @@ pub fn overlay(
 
 /// The blend of [`overlay`] over a whole picture, one output row at a time: the map's value
 /// for each pixel of the row, its colour-table level, then `(1 - alpha) * pixel + alpha *
-/// colour` in 8.8 fixed point. The same arithmetic as [`upsample_bilinear`], [`level`] and
-/// [`blend`], without the picture-sized buffer of map values between them, the blend in
-/// 16-bit lanes the compiler vectorises (see README's Performance for the stage's cost).
+/// colour` in 8.8 fixed point. The same arithmetic as [`unit`], [`upsample_bilinear`],
+/// [`level`] and [`blend`] one after the other, without the picture-sized buffer of map values
+/// between them: the map is clamped before it is upsampled, so that every value is in [0, 1]
+/// and its level vectorises ([`unit_level`]), and the blend runs in 16-bit lanes (see README's
+/// Performance for the stage's cost).
 fn tint(
     base: &RgbImage,
     map: &[f32],
@@ -203,9 +219,11 @@ fn tint(
         map_w * map_h,
         "map shape mismatch: this is a bug"
     );
-    // The map's rows, each upsampled horizontally once (`map_h` rows of `w` values).
+    // The map's rows, clamped and each upsampled horizontally once (`map_h` rows of `w`
+    // values, all in [0, 1]).
     let xs = axis(map_w, w);
-    let rows: Vec<f32> = map
+    let clamped: Vec<f32> = map.iter().map(|&t| unit(t)).collect();
+    let rows: Vec<f32> = clamped
         .chunks_exact(map_w)
         .flat_map(|r| {
             xs.iter()
@@ -224,11 +242,7 @@ fn tint(
     for ((y0, y1, fy), (dst, src)) in axis(map_h, h).into_iter().zip(rows_out) {
         let (upper, lower) = (&rows[y0 * w..][..w], &rows[y1 * w..][..w]);
         for ((l, &p), &q) in levels.iter_mut().zip(upper).zip(lower) {
-            // As `level`, in a form the compiler vectorises: `max` and `min` return the number
-            // when the other operand is NaN, so NaN becomes level 0 there too.
-            #[allow(clippy::manual_clamp, reason = "clamp keeps NaN; this form vectorises")]
-            let level = ((p + (q - p) * fy) * 255.0 + 0.5).max(0.0).min(255.0) as u8;
-            *l = level;
+            *l = unit_level(p + (q - p) * fy);
         }
         for (c, &l) in colors.iter_mut().zip(&levels) {
             *c = lut[usize::from(l)];
@@ -372,8 +386,9 @@ mod tests {
 
     #[test]
     fn overlay_equals_upsample_then_level_then_blend() {
-        // The fused rows of `tint` against the three steps it fuses, pixel by pixel, with
-        // values outside [0, 1], NaN, odd sizes and every alpha's extremes.
+        // The fused rows of `tint` against the steps it fuses (clamping, upsampling, level,
+        // blend), pixel by pixel, with values outside [0, 1], NaN, odd sizes and every
+        // alpha's extremes.
         let img = RgbImage::from_fn(37, 23, |x, y| {
             let v = x.wrapping_mul(2_654_435_761).wrapping_add(y * 40_503);
             Rgb([v as u8, (v >> 8) as u8, (v >> 16) as u8])
@@ -393,7 +408,8 @@ mod tests {
                 max_side: 1024,
             };
             let out = overlay(&img, &map, 5, 3, &opts, None);
-            let heat = upsample_bilinear(&map, 5, 3, 37, 23);
+            let clamped: Vec<f32> = map.iter().map(|&t| unit(t)).collect();
+            let heat = upsample_bilinear(&clamped, 5, 3, 37, 23);
             let lut = colormap.lut();
             for ((p, q), t) in out.pixels().zip(img.pixels()).zip(heat) {
                 assert_eq!(p.0, blend(q.0, lut[level(t)], alpha), "{colormap} {alpha}");
