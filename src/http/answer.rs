@@ -210,6 +210,11 @@ pub struct RenderTime {
 }
 
 impl RenderTime {
+    /// Counts time spent serialising an answer.
+    pub fn serialized(&mut self, took: StageTime) {
+        self.serialize += took;
+    }
+
     /// Each part in `gradcam_stage_seconds` and `gradcam_stage_cpu_seconds_total`, those of a
     /// JSON answer only when there was one.
     pub fn record(&self, metrics: &Metrics, json: bool) {

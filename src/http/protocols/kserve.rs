@@ -28,7 +28,6 @@ use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use serde_json::{Value, json};
-use std::collections::HashMap;
 use std::time::Instant;
 
 pub async fn models(State(state): State<AppState>) -> Json<Value> {
@@ -40,7 +39,7 @@ pub async fn model(
     State(state): State<AppState>,
     Path(spec): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let name = served(&state, &HashMap::from([("name".to_string(), spec)]))?;
+    let name = served(&state, &spec, None)?;
     Ok(Json(
         json!({ "name": name, "ready": state.ready().is_ok() }),
     ))
@@ -54,10 +53,7 @@ pub async fn verb(
 ) -> Result<Response, ApiError> {
     let started = Instant::now();
     let (name, verb) = spec.rsplit_once(':').unwrap_or((&spec, ""));
-    served(
-        &state,
-        &HashMap::from([("name".to_string(), name.to_string())]),
-    )?;
+    served(&state, name, None)?;
     let explain = match verb {
         "predict" => false,
         "explain" => true,
@@ -71,12 +67,17 @@ pub async fn verb(
     with_deadline(&state, started, async {
         state.serving()?;
         let body = read_body(req, &state).await?;
-        let (instances, options) = request(&body)?;
         let size = state.engine.description().input.size;
-        let images = instances
-            .into_iter()
-            .map(|v| instance(v, size))
-            .collect::<Result<Vec<_>, _>>()?;
+        // Megabytes of JSON and base64 are picture work: parsed on the blocking pool.
+        let (images, options) = blocking(&state, move || {
+            let (instances, options) = request(&body)?;
+            let images = instances
+                .into_iter()
+                .map(|v| instance(v, size))
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok::<_, ApiError>((images, options))
+        })
+        .await??;
         let classes = state.engine.description().classes;
         if !explain {
             let top_k = options.predict(classes)?;

@@ -8,7 +8,7 @@
 //! `heatmap_normalized` (FP32 `[N, k, h, w]`) and `overlay` (BYTES `[N, k]`, the picture in
 //! `overlay_format`). `/explain`'s options are the request's `parameters`.
 
-use super::run::{Answered, Image, MODEL_VERSION, check_tensor, run_all, served};
+use super::run::{Answered, Image, MODEL_VERSION, check_tensor, run_all, served_at};
 use super::tensor::{self, Contents, Data, InferRequest, Tensor};
 use crate::backend::{self, Description};
 use crate::engine::{Output, Task};
@@ -19,10 +19,12 @@ use crate::http::input::read_body;
 use crate::http::options::{ExplainRequest, RawOptions, Value as OptionValue};
 use crate::http::problem::ApiError;
 use crate::http::work::blocking;
+use crate::metrics::Clock;
 use axum::Json;
 use axum::extract::{Path, Request, State};
 use axum::response::Response;
 use serde_json::{Map, Value, json};
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::time::Instant;
 
@@ -63,7 +65,7 @@ pub async fn model_ready(
     State(state): State<AppState>,
     Path(path): Path<HashMap<String, String>>,
 ) -> Result<Json<Value>, ApiError> {
-    let name = served(&state, &path)?;
+    let name = served_at(&state, &path)?;
     state.ready()?;
     Ok(Json(json!({ "name": name, "ready": true })))
 }
@@ -72,7 +74,7 @@ pub async fn model_metadata(
     State(state): State<AppState>,
     Path(path): Path<HashMap<String, String>>,
 ) -> Result<Json<Value>, ApiError> {
-    let name = served(&state, &path)?;
+    let name = served_at(&state, &path)?;
     Ok(Json(metadata(&name, state.engine.description())))
 }
 
@@ -176,13 +178,8 @@ impl Plan {
     }
 }
 
-/// The request's images, from its one input.
-fn images(
-    state: &AppState,
-    request: &InferRequest,
-    contents: Vec<Contents>,
-) -> Result<Vec<Image>, ApiError> {
-    let size = state.engine.description().input.size;
+/// The request's images, from its one input (`size`: the network's input side).
+fn images(size: u32, request: &InferRequest, contents: Vec<Contents>) -> Result<Vec<Image>, ApiError> {
     let one = "send one input: image (BYTES, shape [N], encoded image files) or input (FP32, \
                shape [N, 3, S, S], preprocessed)";
     let (Some(input), Some(contents), 1) = (
@@ -196,12 +193,23 @@ fn images(
         ("image", Contents::Bytes(files)) if matches!(input.shape.as_slice(), [_] | [_, 1]) => {
             Ok(files.into_iter().map(Image::File).collect())
         }
-        ("input", Contents::Fp32(values)) if matches!(input.shape.as_slice(), [_, 3, h, w] if *h == i64::from(size) && *w == i64::from(size)) =>
+        ("input", Contents::Fp32(mut values)) if matches!(input.shape.as_slice(), [_, 3, h, w] if *h == i64::from(size) && *w == i64::from(size)) =>
         {
-            let each = values.len() / input.shape[0].max(1) as usize;
-            values
-                .chunks(each.max(1))
-                .map(|x| check_tensor(x, size).map(|()| Image::Tensor(x.to_vec())))
+            // Each image's values cut from the end, so that the first (the only one, usually)
+            // keeps the request's buffer instead of a copy.
+            let each = 3 * (size as usize).pow(2);
+            if values.is_empty() || values.len() % each != 0 {
+                check_tensor(&values, size)?;
+            }
+            let mut tensors = Vec::with_capacity(values.len() / each);
+            while values.len() > each {
+                tensors.push(values.split_off(values.len() - each));
+            }
+            tensors.push(values);
+            tensors
+                .into_iter()
+                .rev()
+                .map(|x| check_tensor(&x, size).map(|()| Image::Tensor(x)))
                 .collect()
         }
         ("image" | "input", _) => Err(ApiError::Malformed(format!(
@@ -227,31 +235,41 @@ pub async fn infer(
     req: Request,
 ) -> Result<Response, ApiError> {
     let started = Instant::now();
-    let name = served(&state, &path)?;
+    let name = served_at(&state, &path)?;
     with_deadline(&state, started, async {
         state.serving()?;
         let headers = req.headers().clone();
         let body = read_body(req, &state).await?;
-        let (request, binary) = tensor::split(&headers, body)?;
-        let contents = tensor::contents(&request.inputs, binary)?;
-        let images = images(&state, &request, contents)?;
+        let size = state.engine.description().input.size;
+        // Megabytes of JSON, base64 or binary tensors are picture work: read on the blocking
+        // pool, as the answer is made there.
+        let (request, images) = blocking(&state, move || {
+            let (request, binary) = tensor::split(&headers, body)?;
+            let contents = tensor::contents(&request.inputs, binary)?;
+            let images = images(size, &request, contents)?;
+            Ok::<_, ApiError>((request, images))
+        })
+        .await??;
         let files = matches!(images.first(), Some(Image::File(_)));
         let plan = Plan::of(&state, &request, files)?;
         let answered = run_all(&state, images, plan.task, plan.keep, started).await?;
         let engine = state.engine.clone();
-        let (outputs, time) = blocking(&state, move || {
-            let mut time = RenderTime::default();
-            outputs(&plan, engine.description(), &answered, &mut time).map(|o| (o, time))
-        })
-        .await??;
-        time.record(&state.metrics, false);
         let mut head = Map::new();
         head.insert("model_name".into(), Value::String(name));
         head.insert("model_version".into(), Value::String(MODEL_VERSION.into()));
         if let Some(id) = request.id {
             head.insert("id".into(), Value::String(id));
         }
-        tensor::answer(head, &outputs)
+        let (answer, time) = blocking(&state, move || {
+            let mut time = RenderTime::default();
+            let outputs = outputs(&plan, engine.description(), &answered, &mut time)?;
+            let (answer, took) = Clock::time(|| tensor::answer(head, &outputs));
+            time.serialized(took);
+            Ok::<_, ApiError>((answer?, time))
+        })
+        .await??;
+        time.record(&state.metrics, true);
+        Ok(answer)
     })
     .await
 }
@@ -272,15 +290,15 @@ fn targets(plan: &Plan, d: &Description, output: &Output) -> Vec<(i64, String)> 
 }
 
 /// Every class's probability, in class order.
-fn probabilities(d: &Description, output: &Output) -> Vec<f32> {
+fn probabilities<'a>(d: &Description, output: &'a Output) -> Cow<'a, [f32]> {
     match output {
-        Output::Explain(r) => r.probabilities.clone(),
+        Output::Explain(r) => Cow::Borrowed(&r.probabilities),
         Output::Predict(predictions) => {
             let mut p = vec![0.0; d.classes];
             for prediction in predictions {
                 p[prediction.index as usize] = prediction.probability;
             }
-            p
+            Cow::Owned(p)
         }
     }
 }
@@ -310,15 +328,13 @@ fn outputs(
     let mut out = Vec::with_capacity(plan.outputs.len());
     for &(name, binary) in &plan.outputs {
         let (shape, data) = match name {
-            "probabilities" => (
-                vec![n, d.classes],
-                Data::Fp32(
-                    answered
-                        .iter()
-                        .flat_map(|a| probabilities(d, &a.output))
-                        .collect(),
-                ),
-            ),
+            "probabilities" => {
+                let mut all = Vec::with_capacity(n * d.classes);
+                for a in answered {
+                    all.extend_from_slice(&probabilities(d, &a.output));
+                }
+                (vec![n, d.classes], Data::Fp32(all))
+            }
             "class_index" => (
                 vec![n, k],
                 Data::Int64(targets.iter().flatten().map(|t| t.0).collect()),

@@ -115,15 +115,10 @@ pub fn check_tensor(values: &[f32], size: u32) -> Result<(), ApiError> {
 /// The one version of the model the protocols name.
 pub const MODEL_VERSION: &str = "1";
 
-/// The served model's name (`--model-name`, or its architecture) when the route's `name` (and
-/// `version`, where the route has one) name it; 404 otherwise.
-pub fn served(
-    state: &AppState,
-    path: &std::collections::HashMap<String, String>,
-) -> Result<String, ApiError> {
+/// The served model's name (`--model-name`, or its architecture) when the route's `asked`
+/// name (and `version`, where the route has one) name it; 404 otherwise.
+pub fn served(state: &AppState, asked: &str, version: Option<&str>) -> Result<String, ApiError> {
     let name = model_name(state);
-    let asked = path.get("name").map_or("", String::as_str);
-    let version = path.get("version");
     if asked != name || version.is_some_and(|v| v != MODEL_VERSION) {
         let version = version.map_or(String::new(), |v| format!(" version {v}"));
         return Err(ApiError::NotFound(format!(
@@ -132,6 +127,15 @@ pub fn served(
         )));
     }
     Ok(name)
+}
+
+/// [`served`] for a route whose path holds `name` and, for some, `version`.
+pub fn served_at(
+    state: &AppState,
+    path: &std::collections::HashMap<String, String>,
+) -> Result<String, ApiError> {
+    let asked = path.get("name").map_or("", String::as_str);
+    served(state, asked, path.get("version").map(String::as_str))
 }
 
 /// The name the protocols give the model.
