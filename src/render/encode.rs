@@ -106,12 +106,7 @@ pub fn heatmap_png(
     size: Option<(u32, u32)>,
 ) -> Vec<u8> {
     let image = heatmap_rgba(map, map_w, map_h, colormap, size);
-    super::png_bytes(
-        image.as_raw(),
-        image.width(),
-        image.height(),
-        png::ColorType::Rgba,
-    )
+    super::png::png_bytes(image.as_raw(), image.width(), image.height(), 4)
 }
 
 #[cfg(test)]

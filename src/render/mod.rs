@@ -2,6 +2,7 @@
 //! photograph, PNG encoding. Pure Rust, no libtorch.
 
 mod encode;
+mod png;
 
 pub use encode::{DEFAULT_JPEG_QUALITY, PictureFormat, encode, heatmap_png, heatmap_rgba};
 
@@ -273,44 +274,9 @@ pub fn overlay_png(
     encode_png(&overlay(image, map, map_w, map_h, opts, None))
 }
 
-/// Encodes as PNG, favouring speed over size (see [`png_bytes`]).
+/// Encodes as PNG, favouring speed over size (see [`png::png_bytes`]).
 pub fn encode_png(image: &RgbImage) -> Vec<u8> {
-    png_bytes(
-        image.as_raw(),
-        image.width(),
-        image.height(),
-        png::ColorType::Rgb,
-    )
-}
-
-/// The PNG compression of every picture we encode. Overlays are photographs, on which deflate
-/// gains little and costs most of what a request spends outside the model. Measured on the
-/// 1 MP photograph's overlay (benches/render.rs, see README's Performance): the fastest
-/// level (fdeflate) takes 3.9 ms for 1.59 MB; stored blocks about 1 ms (a side measurement on
-/// the photograph) for 2.6 MB, 65% more to send and to base64, so the fastest level stays.
-const PNG_COMPRESSION: png::Compression = png::Compression::Fastest;
-/// The row filter that goes with it: Up encodes that overlay in 5.4 ms against Sub's 7.6 (with
-/// the codec's overflow checks on), for answers 0.3% larger.
-const PNG_FILTER: png::Filter = png::Filter::Up;
-
-/// 8-bit pixels of `color` as PNG, at [`PNG_COMPRESSION`].
-fn png_bytes(pixels: &[u8], width: u32, height: u32, color: png::ColorType) -> Vec<u8> {
-    let mut out = Vec::with_capacity(pixels.len() / 2);
-    let mut encoder = png::Encoder::new(&mut out, width, height);
-    encoder.set_color(color);
-    encoder.set_depth(png::BitDepth::Eight);
-    encoder.set_compression(PNG_COMPRESSION);
-    encoder.set_filter(PNG_FILTER);
-    let mut writer = encoder
-        .write_header()
-        .expect("writing to memory cannot fail: this is a bug");
-    writer
-        .write_image_data(pixels)
-        .expect("the buffer matches the header: this is a bug");
-    writer
-        .finish()
-        .expect("writing to memory cannot fail: this is a bug");
-    out
+    png::png_bytes(image.as_raw(), image.width(), image.height(), 3)
 }
 
 #[cfg(test)]
