@@ -42,10 +42,14 @@ COPY --from=build ${SITE}/nvidia ${SITE}/nvidia
 COPY --from=build /usr/local/bin/gradcam-serve /usr/local/bin/gradcam-serve
 USER gradcam
 # Downloaded weights live in the cache volume (or mount a file and set GRADCAM_WEIGHTS).
+# libtorch's OpenMP threads spin 10 000 times, not libgomp's 300 000, before they sleep after
+# each parallel region, so that decoding and rendering get the cores the idle model held
+# (README's Performance: "Cores").
 ENV GRADCAM_CACHE=/cache \
     GRADCAM_HOST=0.0.0.0 \
     GRADCAM_PORT=8080 \
-    GRADCAM_LOG_FORMAT=json
+    GRADCAM_LOG_FORMAT=json \
+    GOMP_SPINCOUNT=10000
 VOLUME ["/cache"]
 EXPOSE 8080
 HEALTHCHECK --interval=10s --timeout=3s --start-period=120s --retries=3 \

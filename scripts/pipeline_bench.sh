@@ -31,6 +31,9 @@ if [ -z "${PIPELINE_BIN:-}" ]; then
 fi
 bin="${PIPELINE_BIN:-${CARGO_TARGET_DIR:-target}/release}"
 export GRADCAM_SERVE_BIN="$bin/gradcam-serve"
+# The engine and the server both with libtorch's OpenMP threads as the image runs them
+# (README's Performance: "Cores"; scripts/spin_bench.sh compares settings).
+[ -n "${OMP_WAIT_POLICY:-}" ] || export GOMP_SPINCOUNT="${GOMP_SPINCOUNT:-10000}"
 tmp="$(mktemp -d)"
 log="$tmp/server.log"
 pid=""

@@ -5,6 +5,8 @@
 start_server() {
   local log="$1"
   shift
+  # As the image and scripts/run.sh run it (README's Performance: "Cores").
+  [ -n "${OMP_WAIT_POLICY:-}" ] || export GOMP_SPINCOUNT="${GOMP_SPINCOUNT:-10000}"
   local weights="${GRADCAM_WEIGHTS:-$(scripts/reference.sh)/weights.safetensors}"
   # Port 0: the server binds a free port itself and names it in its "ready" line, so no other
   # process can take the port between choosing and binding it.

@@ -54,8 +54,12 @@ pub fn load(config: &ModelConfig) -> anyhow::Result<Model> {
     if config.torch_threads > 0 {
         tch::set_num_threads(i32::try_from(config.torch_threads).unwrap_or(i32::MAX));
     }
+    // libgomp reads how its idle threads wait once, when it is loaded: reported, not set.
+    let wait = |k: &str| std::env::var(k).unwrap_or_else(|_| "unset".into());
     tracing::info!(
         threads = tch::get_num_threads(),
+        gomp_spincount = %wait("GOMP_SPINCOUNT"),
+        omp_wait_policy = %wait("OMP_WAIT_POLICY"),
         "libtorch intra-op threads"
     );
     let file = weights::resolve(&config.weights, &config.cache_dir())?;

@@ -179,7 +179,11 @@ impl Plan {
 }
 
 /// The request's images, from its one input (`size`: the network's input side).
-fn images(size: u32, request: &InferRequest, contents: Vec<Contents>) -> Result<Vec<Image>, ApiError> {
+fn images(
+    size: u32,
+    request: &InferRequest,
+    contents: Vec<Contents>,
+) -> Result<Vec<Image>, ApiError> {
     let one = "send one input: image (BYTES, shape [N], encoded image files) or input (FP32, \
                shape [N, 3, S, S], preprocessed)";
     let (Some(input), Some(contents), 1) = (
