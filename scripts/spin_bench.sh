@@ -36,7 +36,7 @@ for round in 1 2; do
       --batches 1,8 --seconds 6 --json "$tmp/engine.json" >/dev/null 2>&1
     engine="$(python3 -c 'import json, sys
 d = json.load(open(sys.argv[1]))
-print(", ".join(f"batch {r["batch"]} {r["images_per_s"]:.1f} images/s" for r in d["results"]))' "$tmp/engine.json")"
+print(", ".join("batch %s %.1f images/s" % (r["batch"], r["images_per_s"]) for r in d["results"]))' "$tmp/engine.json")"
     start_server "$tmp/server.log" --precision "$precision" --drain-delay-ms 0
     "$bin/gradcam-load" --url "$base/explain" --file "$photo" --concurrency 16 --seconds 3 >/dev/null
     many="$("$bin/gradcam-load" --url "$base/explain" --file "$photo" --concurrency 16 --seconds 12 | tail -1)"
