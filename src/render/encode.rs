@@ -1,7 +1,7 @@
 //! Compact pictures for answers: the overlay in PNG, JPEG or WebP, and the colour-mapped map
 //! alone as an RGBA PNG whose alpha is the map, for clients that blend in the browser.
 
-use super::{Colormap, encode_png, level, unit, upsample_bilinear};
+use super::{Colormap, clamped, encode_png, level, upsample_bilinear};
 use crate::names::named_enum;
 use image::{ImageEncoder, RgbImage, RgbaImage};
 
@@ -81,11 +81,11 @@ pub fn heatmap_rgba(
 ) -> RgbaImage {
     let (w, h) = size.unwrap_or((map_w as u32, map_h as u32));
     // Clamped before upsampling, as the overlay does.
-    let clamped: Vec<f32> = map.iter().map(|&t| unit(t)).collect();
+    let values = clamped(map);
     let values = if (w as usize, h as usize) == (map_w, map_h) {
-        clamped
+        values
     } else {
-        upsample_bilinear(&clamped, map_w, map_h, w as usize, h as usize)
+        upsample_bilinear(&values, map_w, map_h, w as usize, h as usize)
     };
     let lut = colormap.lut();
     let mut out = RgbaImage::new(w, h);

@@ -128,6 +128,11 @@ fn unit(t: f32) -> f32 {
     if t.is_nan() { 0.0 } else { t.clamp(0.0, 1.0) }
 }
 
+/// The map with every value [`unit`]: what the pictures upsample.
+fn clamped(map: &[f32]) -> Vec<f32> {
+    map.iter().map(|&t| unit(t)).collect()
+}
+
 /// A map value in [0, 1] (clamped, NaN as 0) as a colour-table index: `255 t` rounded to the
 /// nearest level, ties to even.
 fn level(t: f32) -> usize {
@@ -223,8 +228,7 @@ fn tint(
     // The map's rows, clamped and each upsampled horizontally once (`map_h` rows of `w`
     // values, all in [0, 1]).
     let xs = axis(map_w, w);
-    let clamped: Vec<f32> = map.iter().map(|&t| unit(t)).collect();
-    let rows: Vec<f32> = clamped
+    let rows: Vec<f32> = clamped(map)
         .chunks_exact(map_w)
         .flat_map(|r| {
             xs.iter()
@@ -374,8 +378,7 @@ mod tests {
                 max_side: 1024,
             };
             let out = overlay(&img, &map, 5, 3, &opts, None);
-            let clamped: Vec<f32> = map.iter().map(|&t| unit(t)).collect();
-            let heat = upsample_bilinear(&clamped, 5, 3, 37, 23);
+            let heat = upsample_bilinear(&clamped(&map), 5, 3, 37, 23);
             let lut = colormap.lut();
             for ((p, q), t) in out.pixels().zip(img.pixels()).zip(heat) {
                 assert_eq!(p.0, blend(q.0, lut[level(t)], alpha), "{colormap} {alpha}");

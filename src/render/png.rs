@@ -11,8 +11,6 @@
 //! copied into chunks: under a server's allocation pattern that took 5.5 ms against this
 //! writer's 3.5.
 
-use std::io::Write;
-
 /// A PNG file's first eight bytes.
 const SIGNATURE: [u8; 8] = [0x89, b'P', b'N', b'G', b'\r', b'\n', 0x1a, b'\n'];
 /// The filter byte of a row predicted from the row above (PNG's filter type 2).
@@ -39,25 +37,22 @@ pub fn png_bytes(pixels: &[u8], width: u32, height: u32, channels: u8) -> Vec<u8
     // 8 bits per sample, the colour type, deflate, adaptive filtering, no interlace.
     header[8..].copy_from_slice(&[8, colour_type, 0, 0, 0]);
 
-    let mut out = Vec::with_capacity(pixels.len() * 2 / 3 + 128);
-    out.extend_from_slice(&SIGNATURE);
-    chunk(&mut out, b"IHDR", &header);
-    let idat = out.len();
-    // The IDAT's length is filled in once the compressor is done.
-    out.extend_from_slice(&[0, 0, 0, 0]);
-    out.extend_from_slice(b"IDAT");
+    // Everything before the IDAT's data; its length is filled in once the data is written.
+    let start = |capacity: usize| {
+        let mut out = Vec::with_capacity(capacity);
+        out.extend_from_slice(&SIGNATURE);
+        chunk(&mut out, b"IHDR", &header);
+        out.extend_from_slice(&[0, 0, 0, 0]);
+        out.extend_from_slice(b"IDAT");
+        out
+    };
+    // Where the IDAT chunk starts: after the signature and the IHDR chunk (4 + 4 + 13 + 4).
+    let idat = SIGNATURE.len() + 25;
     let raw = (stride + 1) * height as usize;
-    let out = match deflated(out, pixels, stride) {
+    let out = match deflated(start(pixels.len() * 2 / 3 + 128), pixels, stride) {
         Some(out) if out.len() - idat - 8 <= stored_size(raw) => out,
         // Noise deflates to more than it is: stored blocks instead, as the png crate does.
-        _ => {
-            let mut out = Vec::with_capacity(idat + 8 + stored_size(raw) + 16);
-            out.extend_from_slice(&SIGNATURE);
-            chunk(&mut out, b"IHDR", &header);
-            out.extend_from_slice(&[0, 0, 0, 0]);
-            out.extend_from_slice(b"IDAT");
-            stored(out, pixels, stride)
-        }
+        _ => stored(start(idat + 8 + stored_size(raw) + 16), pixels, stride),
     };
     finish(out, idat)
 }
@@ -125,8 +120,7 @@ fn chunk(out: &mut Vec<u8>, kind: &[u8; 4], data: &[u8]) {
     out.extend_from_slice(kind);
     out.extend_from_slice(data);
     let crc = crc32fast::hash(&out[start..]);
-    out.write_all(&crc.to_be_bytes())
-        .expect("writing to memory cannot fail");
+    out.extend_from_slice(&crc.to_be_bytes());
 }
 
 #[cfg(test)]
