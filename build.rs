@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 
 fn main() {
     embed_api_reference();
+    compile_protocol();
     println!("cargo:rerun-if-env-changed=DEP_TCH_LIBTORCH_LIB");
     let Ok(dir) = std::env::var("DEP_TCH_LIBTORCH_LIB") else {
         println!("cargo:warning=torch-sys did not report a libtorch directory; no rpath set");
@@ -33,6 +34,19 @@ fn main() {
             }
         }
     }
+}
+
+/// The Open Inference Protocol's gRPC service (proto/inference.proto), compiled with protox (no
+/// `protoc` needed): the server's side and the client's (the load generator's). Byte fields are
+/// `bytes::Bytes`, so that a request's images are slices of its buffer, not copies.
+fn compile_protocol() {
+    println!("cargo:rerun-if-changed=proto/inference.proto");
+    let files =
+        protox::compile(["inference.proto"], ["proto"]).expect("proto/inference.proto compiles");
+    tonic_prost_build::configure()
+        .bytes(".")
+        .compile_fds(files)
+        .expect("code for proto/inference.proto is generated");
 }
 
 /// The interactive API reference at `/docs` is swagger-ui-dist from npm, which

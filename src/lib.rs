@@ -22,6 +22,8 @@
 //!   normalisation, as plain arithmetic on activations and gradients.
 //! - [`render`]: bilinear upsampling, colour maps, blending onto the photograph, PNG.
 //! - [`metrics`]: Prometheus counters and histograms.
+//! - [`proto`]: the Open Inference Protocol's gRPC messages and service, generated from
+//!   `proto/inference.proto`.
 //! - [`config`]: settings types (flags and `GRADCAM_*` environment variables), validated at
 //!   start-up.
 //! - [`service`]: `serve` from start to stop (engine, listener, HTTP, draining);
@@ -46,5 +48,6 @@ pub mod metrics;
 pub mod model;
 mod names;
 pub mod offline;
+pub mod proto;
 pub mod render;
 pub mod service;

@@ -68,6 +68,8 @@ pub struct Metrics {
     /// The model's name and device, known once the backend is built.
     model: std::sync::OnceLock<(String, String)>,
     requests: Mutex<BTreeMap<(String, u16), u64>>,
+    /// Requests by the protocol they spoke (see [`Metrics::protocol_request`]) and status.
+    protocols: Mutex<BTreeMap<(&'static str, u16), u64>>,
     rejections: Mutex<BTreeMap<String, u64>>,
     /// Requests refused for want of a valid API key, by reason (`missing`, `malformed`,
     /// `invalid`).
@@ -117,6 +119,7 @@ impl Metrics {
         Self {
             model: std::sync::OnceLock::new(),
             requests: Mutex::default(),
+            protocols: Mutex::default(),
             rejections: Mutex::default(),
             auth_failures: Mutex::default(),
             stages: Mutex::default(),
@@ -152,6 +155,12 @@ impl Metrics {
         *lock(&self.requests)
             .entry((route.to_string(), status))
             .or_default() += 1;
+    }
+
+    /// A request in `protocol` (`own`: the service's API; `kserve_v1`, `oip_rest`,
+    /// `oip_grpc`), answered with `status` (for gRPC, the HTTP status its outcome means).
+    pub fn protocol_request(&self, protocol: &'static str, status: u16) {
+        *lock(&self.protocols).entry((protocol, status)).or_default() += 1;
     }
 
     /// A request refused for `reason` (a problem type such as `queue_full`).
@@ -201,6 +210,17 @@ impl Metrics {
             let _ = writeln!(
                 out,
                 "gradcam_requests_total{{route=\"{route}\",status=\"{status}\"}} {n}"
+            );
+        }
+        out.push_str(
+            "# HELP gradcam_protocol_requests_total Requests answered, by protocol and status \
+             code (for gRPC, the HTTP status its code means).\n",
+        );
+        out.push_str("# TYPE gradcam_protocol_requests_total counter\n");
+        for ((protocol, status), n) in lock(&self.protocols).iter() {
+            let _ = writeln!(
+                out,
+                "gradcam_protocol_requests_total{{protocol=\"{protocol}\",status=\"{status}\"}} {n}"
             );
         }
         out.push_str(

@@ -23,9 +23,13 @@ pub async fn run(
     let metrics = Arc::new(Metrics::new());
     let engine = start_engine(&config, model_loader(&config), metrics.clone()).await?;
     let listener = TcpListener::bind((config.host, config.port)).await?;
+    let grpc = match config.protocols.grpc_port {
+        Some(port) => Some(TcpListener::bind((config.host, port)).await?),
+        None => None,
+    };
     let state = AppState::new(config, engine.clone(), metrics);
-    log_ready(&listener, &engine)?;
-    http::serve(listener, state, shutdown).await;
+    log_ready(&listener, grpc.as_ref(), &engine)?;
+    http::serve(listener, grpc, state, shutdown).await;
     tokio::task::spawn_blocking(move || engine.shutdown()).await?;
     tracing::info!("stopped");
     Ok(())
@@ -59,11 +63,23 @@ async fn start_engine(
     Ok(Arc::new(engine))
 }
 
-fn log_ready(listener: &TcpListener, engine: &Engine) -> anyhow::Result<()> {
+fn log_ready(
+    listener: &TcpListener,
+    grpc: Option<&TcpListener>,
+    engine: &Engine,
+) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
+    let grpc_addr = grpc.map(TcpListener::local_addr).transpose()?;
     #[cfg(feature = "fault-injection")]
     tracing::warn!("built with fault injection (header x-gradcam-fault): for tests only");
     let d = engine.description();
-    tracing::info!(%addr, device = %d.device, model = %d.model, sha256 = %d.weights.sha256, "ready");
+    match grpc_addr {
+        Some(grpc_addr) => {
+            tracing::info!(%addr, %grpc_addr, device = %d.device, model = %d.model, sha256 = %d.weights.sha256, "ready")
+        }
+        None => {
+            tracing::info!(%addr, device = %d.device, model = %d.model, sha256 = %d.weights.sha256, "ready")
+        }
+    }
     Ok(())
 }

@@ -9,6 +9,12 @@ pub struct ProtocolConfig {
     /// default the architecture read from the weights (`resnet50`, `resnet18`, ...).
     #[arg(long, env = "GRADCAM_MODEL_NAME", value_name = "NAME")]
     pub model_name: Option<String>,
+
+    /// Serve the Open Inference Protocol over gRPC (and `grpc.health.v1`) on this port, beside
+    /// the HTTP port, on the same host; off unless set (0: any free port, named in the "ready"
+    /// log line).
+    #[arg(long, env = "GRADCAM_GRPC_PORT", value_name = "PORT")]
+    pub grpc_port: Option<u16>,
 }
 
 impl ProtocolConfig {

@@ -38,7 +38,7 @@ impl ApiKeys {
     }
 
     /// Whether a request to `route` must carry a key.
-    fn guards(&self, route: &str) -> bool {
+    pub(in crate::http) fn guards(&self, route: &str) -> bool {
         // The inference protocols' routes go by their protocol's name (see KEYED_PATHS_ALLOWED).
         let named = match route {
             r if r.starts_with("/v1/") => "/v1",
@@ -51,7 +51,7 @@ impl ApiKeys {
     }
 
     /// Checks an `Authorization` header's value against every key, in constant time.
-    fn check(&self, authorization: Option<&[u8]>) -> Result<(), AuthFailure> {
+    pub(in crate::http) fn check(&self, authorization: Option<&[u8]>) -> Result<(), AuthFailure> {
         let value = authorization.ok_or(AuthFailure::Missing)?;
         let token = value
             .split(|b| *b == b' ')

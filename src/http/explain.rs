@@ -99,7 +99,12 @@ async fn infer<T>(
 ) -> Result<(Inferred<T>, budget::Reservation), ApiError> {
     state.serving()?;
     let incoming = Incoming::from_request(req, state).await?;
-    infer_incoming(state, incoming, started, parse).await
+    infer_incoming(state, incoming, deadline(state, started), parse).await
+}
+
+/// When a request that began at `started` must be answered by, under the server's own limit.
+pub(super) fn deadline(state: &AppState, started: Instant) -> Instant {
+    started + state.config.request_timeout()
 }
 
 /// One image read from a request (by any protocol) through the service: check the options
@@ -108,11 +113,10 @@ async fn infer<T>(
 pub(super) async fn infer_incoming<T>(
     state: &AppState,
     incoming: Incoming,
-    started: Instant,
+    deadline: Instant,
     parse: impl FnOnce(&RawOptions) -> Result<(Task, T, Option<u32>), ApiError>,
 ) -> Result<(Inferred<T>, budget::Reservation), ApiError> {
     state.serving()?;
-    let deadline = started + state.config.request_timeout();
     let (task, request, keep) = parse(&incoming.options)?;
     let mut timings = Timings::default();
     let mut reservation = state.budget.reservation();
@@ -218,9 +222,20 @@ pub(super) async fn with_deadline(
     started: Instant,
     f: impl std::future::Future<Output = Result<Response, ApiError>>,
 ) -> Result<Response, ApiError> {
-    let r = tokio::time::timeout(state.config.request_timeout(), f)
+    within(state, started, state.config.request_timeout(), f).await
+}
+
+/// Runs a handler body for at most `limit` from `started` (a 504 `timeout` after it), and
+/// counts its time in the `total` stage.
+pub(super) async fn within<T>(
+    state: &AppState,
+    started: Instant,
+    limit: std::time::Duration,
+    f: impl std::future::Future<Output = Result<T, ApiError>>,
+) -> Result<T, ApiError> {
+    let r = tokio::time::timeout_at((started + limit).into(), f)
         .await
-        .unwrap_or(Err(ApiError::Timeout(state.config.request_timeout_ms)));
+        .unwrap_or(Err(ApiError::Timeout(limit.as_millis() as u64)));
     state
         .metrics
         .stage("total", started.elapsed().as_secs_f64());

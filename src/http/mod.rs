@@ -268,6 +268,9 @@ async fn observe(State(state): State<AppState>, req: Request, next: Next) -> Res
         .map_or("unmatched", |r| r.0.as_str())
         .to_string();
     state.metrics.request(&route, res.status().as_u16());
+    state
+        .metrics
+        .protocol_request(protocols::of_route(&route), res.status().as_u16());
     if let Some(&ProblemType(problem)) = res.extensions().get::<ProblemType>() {
         state.metrics.rejection(problem);
         log_refusal(&route, res.status().as_u16(), problem);
@@ -298,12 +301,14 @@ fn log_refusal(route: &str, status: u16, problem: &'static str) {
     }
 }
 
-/// Serves `state`'s routes on `listener` until `shutdown` resolves. Then readiness turns 503 at
+/// Serves `state`'s routes on `listener` (and the gRPC services on `grpc`, if given) until
+/// `shutdown` resolves. Then readiness turns 503 at
 /// once while the server goes on accepting and serving for the drain delay; then it stops
 /// accepting, refuses new work, and lets accepted requests finish within the drain timeout. The
 /// engine is the caller's to stop.
 pub async fn serve(
     listener: TcpListener,
+    grpc: Option<TcpListener>,
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
@@ -327,7 +332,20 @@ pub async fn serve(
         max_connections: state.config.max_connections,
     };
     let drain_timeout = state.config.drain_timeout();
-    let mut server = std::pin::pin!(listen::serve(listener, app(state), limits, stop_rx.clone()));
+    let grpc = grpc.map(|l| {
+        let router = protocols::grpc::router(state.clone());
+        listen::serve(l, router, limits, stop_rx.clone())
+    });
+    let rest = listen::serve(listener, app(state), limits, stop_rx.clone());
+    // Both accept loops on this task (each connection has its own).
+    let mut server = std::pin::pin!(async move {
+        let grpc = async move {
+            if let Some(g) = grpc {
+                g.await;
+            }
+        };
+        tokio::join!(rest, grpc);
+    });
     tokio::select! {
         () = &mut server => {},
         _ = stop_rx.wait_for(|s| *s) => {

@@ -16,7 +16,7 @@ use crate::engine::{Output, Task};
 use crate::http::AppState;
 use crate::http::answer::{RenderTime, explanation_bodies};
 use crate::http::bodies::{ExplanationBody, json_with_pictures};
-use crate::http::explain::with_deadline;
+use crate::http::explain::{deadline, with_deadline};
 use crate::http::input::read_body;
 use crate::http::options::{RawOptions, Value as OptionValue};
 use crate::http::problem::ApiError;
@@ -81,7 +81,14 @@ pub async fn verb(
         let classes = state.engine.description().classes;
         if !explain {
             let top_k = options.predict(classes)?;
-            let answered = run_all(&state, images, Task::Predict { top_k }, None, started).await?;
+            let answered = run_all(
+                &state,
+                images,
+                Task::Predict { top_k },
+                None,
+                deadline(&state, started),
+            )
+            .await?;
             let predictions: Vec<&[Prediction]> = answered
                 .iter()
                 .map(|a| match &a.output {
@@ -93,7 +100,14 @@ pub async fn verb(
         }
         let r = options.explain(state.config.max_overlay_side, classes)?;
         let keep = r.overlay.map(|o| o.max_side);
-        let answered = run_all(&state, images, Task::Explain(r.explain), keep, started).await?;
+        let answered = run_all(
+            &state,
+            images,
+            Task::Explain(r.explain),
+            keep,
+            deadline(&state, started),
+        )
+        .await?;
         let (json, time) = blocking(&state, move || {
             let mut time = RenderTime::default();
             let mut answer = Explained::default();

@@ -4,6 +4,7 @@
 //! Refusals on their routes come in their shape, `{"error": "..."}`, with the status and
 //! headers the service's own API gives them.
 
+pub mod grpc;
 mod kserve;
 mod oip;
 mod run;
@@ -46,6 +47,16 @@ pub fn routes() -> Router<AppState> {
             "/v2/models/{name}/versions/{version}/ready",
             get(oip::model_ready),
         )
+}
+
+/// The protocol a REST route (or, unmatched, `unmatched`) belongs to, for the metrics:
+/// `kserve_v1`, `oip_rest`, or `own` (the service's API, and its unknown routes).
+pub fn of_route(route: &str) -> &'static str {
+    match route {
+        r if r.starts_with("/v1/") => "kserve_v1",
+        r if r == "/v2" || r.starts_with("/v2/") => "oip_rest",
+        _ => "own",
+    }
 }
 
 /// Whether a path is one of the protocols'.

@@ -14,7 +14,7 @@ use crate::backend::{self, Description};
 use crate::engine::{Output, Task};
 use crate::http::AppState;
 use crate::http::answer::{RenderTime, draw};
-use crate::http::explain::with_deadline;
+use crate::http::explain::{deadline, with_deadline};
 use crate::http::input::read_body;
 use crate::http::options::{ExplainRequest, RawOptions, Value as OptionValue};
 use crate::http::problem::ApiError;
@@ -79,7 +79,7 @@ pub async fn model_metadata(
 }
 
 /// What the model takes and gives (-1: any size).
-fn metadata(name: &str, d: &Description) -> Value {
+pub(super) fn metadata(name: &str, d: &Description) -> Value {
     let s = d.input.size;
     let tensor = |name: &str, datatype: &str, shape: Value| json!({ "name": name, "datatype": datatype, "shape": shape });
     json!({
@@ -102,7 +102,7 @@ fn metadata(name: &str, d: &Description) -> Value {
 }
 
 /// What one request asks for.
-struct Plan {
+pub(super) struct Plan {
     /// The outputs to answer, in order, each with whether it goes as binary data.
     outputs: Vec<(&'static str, bool)>,
     options: ExplainRequest,
@@ -179,7 +179,7 @@ impl Plan {
 }
 
 /// The request's images, from its one input (`size`: the network's input side).
-fn images(
+pub(super) fn images(
     size: u32,
     request: &InferRequest,
     contents: Vec<Contents>,
@@ -254,9 +254,8 @@ pub async fn infer(
             Ok::<_, ApiError>((request, images))
         })
         .await??;
-        let files = matches!(images.first(), Some(Image::File(_)));
-        let plan = Plan::of(&state, &request, files)?;
-        let answered = run_all(&state, images, plan.task, plan.keep, started).await?;
+        let (plan, answered) =
+            run_plan(&state, &request, images, deadline(&state, started)).await?;
         let engine = state.engine.clone();
         let mut head = Map::new();
         head.insert("model_name".into(), Value::String(name));
@@ -276,6 +275,20 @@ pub async fn infer(
         Ok(answer)
     })
     .await
+}
+
+/// Plans a request (its images read by either transport) and runs its images through the
+/// service, to be answered by `deadline`.
+pub(super) async fn run_plan(
+    state: &AppState,
+    request: &InferRequest,
+    images: Vec<Image>,
+    deadline: Instant,
+) -> Result<(Plan, Vec<Answered>), ApiError> {
+    let files = matches!(images.first(), Some(Image::File(_)));
+    let plan = Plan::of(state, request, files)?;
+    let answered = run_all(state, images, plan.task, plan.keep, deadline).await?;
+    Ok((plan, answered))
 }
 
 /// The classes each image's answer is about, with their labels.
@@ -308,7 +321,7 @@ fn probabilities<'a>(d: &Description, output: &'a Output) -> Cow<'a, [f32]> {
 }
 
 /// The outputs the plan asks for, over all images, drawing overlays where asked.
-fn outputs(
+pub(super) fn outputs(
     plan: &Plan,
     d: &Description,
     answered: &[Answered],

@@ -34,14 +34,14 @@ pub struct Answered {
 }
 
 /// Runs every image with `task` (the overlay's longer side `keep`, if one is drawn), all
-/// queued at once; answers in order. The first failure fails the request (the others are then
+/// queued at once, to be answered by `deadline`; answers in order. The first failure fails the request (the others are then
 /// dropped, and their jobs skipped).
 pub async fn run_all(
     state: &AppState,
     images: Vec<Image>,
     task: Task,
     keep: Option<u32>,
-    started: Instant,
+    deadline: Instant,
 ) -> Result<Vec<Answered>, ApiError> {
     let most = state.config.queue_capacity;
     if images.is_empty() {
@@ -55,7 +55,7 @@ pub async fn run_all(
     }
     let runs = images
         .into_iter()
-        .map(|image| run(state, image, task, keep, started));
+        .map(|image| run(state, image, task, keep, deadline));
     futures_util::future::try_join_all(runs).await
 }
 
@@ -64,12 +64,11 @@ async fn run(
     image: Image,
     task: Task,
     keep: Option<u32>,
-    started: Instant,
+    deadline: Instant,
 ) -> Result<Answered, ApiError> {
     let source = match image {
         Image::Tensor(x) => {
             state.serving()?;
-            let deadline = started + state.config.request_timeout();
             let mut timings = Timings::default();
             let done = submit(state, x, task, deadline, &mut timings).await?;
             return Ok(Answered {
@@ -86,7 +85,7 @@ async fn run(
         options: RawOptions::default(),
     };
     let parse = |_: &RawOptions| Ok((task, (), keep));
-    let (inferred, reservation) = infer_incoming(state, incoming, started, parse).await?;
+    let (inferred, reservation) = infer_incoming(state, incoming, deadline, parse).await?;
     Ok(Answered {
         decoded: Some(inferred.decoded),
         output: inferred.done.output,

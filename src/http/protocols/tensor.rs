@@ -137,7 +137,8 @@ pub fn contents(inputs: &[RequestInput], mut binary: Bytes) -> Result<Vec<Conten
     Ok(out)
 }
 
-fn from_binary(input: &RequestInput, n: usize, mut raw: Bytes) -> Result<Contents, ApiError> {
+/// One input's contents from its raw bytes (little-endian numbers, length-prefixed BYTES).
+pub fn from_binary(input: &RequestInput, n: usize, mut raw: Bytes) -> Result<Contents, ApiError> {
     let name = &input.name;
     match input.datatype.as_str() {
         "FP32" if raw.len() == n * 4 => Ok(Contents::Fp32(
@@ -243,7 +244,7 @@ pub enum Data {
 }
 
 impl Data {
-    fn datatype(&self) -> &'static str {
+    pub fn datatype(&self) -> &'static str {
         match self {
             Data::Fp32(_) => "FP32",
             Data::Int64(_) => "INT64",
@@ -251,7 +252,8 @@ impl Data {
         }
     }
 
-    fn append_binary(&self, out: &mut Vec<u8>) {
+    /// The contents as raw bytes: little-endian numbers, BYTES elements length-prefixed.
+    pub fn append_binary(&self, out: &mut Vec<u8>) {
         let element = |out: &mut Vec<u8>, bytes: &[u8]| {
             out.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
             out.extend_from_slice(bytes);

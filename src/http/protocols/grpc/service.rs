@@ -1,0 +1,220 @@
+//! `inference.GRPCInferenceService`: the REST routes' twins, on the same state. Every call is
+//! counted in `gradcam_requests_total` under its gRPC path (with the HTTP status its outcome
+//! means) and in `gradcam_protocol_requests_total{protocol="oip_grpc"}`; refusals are counted
+//! and logged as REST's are.
+
+use super::convert;
+use crate::http::AppState;
+use crate::http::answer::RenderTime;
+use crate::http::explain::within;
+use crate::http::problem::ApiError;
+use crate::http::protocols::oip;
+use crate::http::protocols::run::{MODEL_VERSION, served};
+use crate::http::work::blocking;
+use crate::metrics::Clock;
+use crate::proto::inference as pb;
+use crate::proto::inference::grpc_inference_service_server::GrpcInferenceService;
+use serde_json::Value;
+use std::time::Instant;
+use tonic::metadata::MetadataMap;
+use tonic::{Request, Response, Status};
+
+pub struct Inference {
+    pub state: AppState,
+}
+
+/// The service's path, before each method's name.
+const SERVICE: &str = "/inference.GRPCInferenceService/";
+
+impl Inference {
+    /// Counts one call's outcome and logs a refusal, as the REST side's middleware does; a
+    /// refusal becomes its status.
+    fn finish<T>(&self, method: &str, r: Result<T, ApiError>) -> Result<Response<T>, Status> {
+        let route = format!("{SERVICE}{method}");
+        let metrics = &self.state.metrics;
+        match r {
+            Ok(answer) => {
+                metrics.request(&route, 200);
+                metrics.protocol_request("oip_grpc", 200);
+                Ok(Response::new(answer))
+            }
+            Err(e) => {
+                let (status, kind, _) = e.parts();
+                metrics.request(&route, status.as_u16());
+                metrics.protocol_request("oip_grpc", status.as_u16());
+                metrics.rejection(kind);
+                crate::http::log_refusal(&route, status.as_u16(), kind);
+                if let ApiError::Internal(detail) = &e {
+                    tracing::error!(%route, %detail, "internal error");
+                }
+                Err(convert::status(&e))
+            }
+        }
+    }
+
+    /// The key, in the `authorization` metadata as REST's header (`Bearer KEY`), where the
+    /// REST side's `/v2/models` routes need one.
+    fn authorize(&self, metadata: &MetadataMap) -> Result<(), ApiError> {
+        let keys = &self.state.keys;
+        if !keys.guards("/v2/models") {
+            return Ok(());
+        }
+        let presented = metadata.get("authorization").map(|v| v.as_bytes());
+        keys.check(presented).map_err(|failure| {
+            self.state.metrics.auth_failure(failure.reason());
+            ApiError::Unauthorized(failure)
+        })
+    }
+
+    /// The served model's name when `name` and `version` (empty: any) name it.
+    fn model(&self, name: &str, version: &str) -> Result<String, ApiError> {
+        served(&self.state, name, Some(version).filter(|v| !v.is_empty()))
+    }
+
+    async fn infer(
+        &self,
+        metadata: MetadataMap,
+        req: pb::ModelInferRequest,
+    ) -> Result<pb::ModelInferResponse, ApiError> {
+        let started = Instant::now();
+        let state = &self.state;
+        self.authorize(&metadata)?;
+        let name = self.model(&req.model_name, &req.model_version)?;
+        let server_limit = state.config.request_timeout();
+        let limit =
+            convert::client_timeout(&metadata)?.map_or(server_limit, |t| t.min(server_limit));
+        within(state, started, limit, async {
+            state.serving()?;
+            let size = state.engine.description().input.size;
+            let (request, images) = blocking(state, move || {
+                let (request, contents) = convert::request(req)?;
+                let images = oip::images(size, &request, contents)?;
+                Ok::<_, ApiError>((request, images))
+            })
+            .await??;
+            let (plan, answered) = oip::run_plan(state, &request, images, started + limit).await?;
+            let engine = state.engine.clone();
+            let id = request.id;
+            let (answer, time) = blocking(state, move || {
+                let mut time = RenderTime::default();
+                let outputs = oip::outputs(&plan, engine.description(), &answered, &mut time)?;
+                let (answer, took) =
+                    Clock::time(|| convert::response(name, MODEL_VERSION.into(), id, &outputs));
+                time.serialized(took);
+                Ok::<_, ApiError>((answer, time))
+            })
+            .await??;
+            time.record(&state.metrics, true);
+            Ok(answer)
+        })
+        .await
+    }
+}
+
+/// The tensors of the REST side's model metadata.
+fn tensors(list: &Value) -> Vec<pb::model_metadata_response::TensorMetadata> {
+    let items = list.as_array().map_or(&[][..], Vec::as_slice);
+    items
+        .iter()
+        .map(|t| pb::model_metadata_response::TensorMetadata {
+            name: t["name"].as_str().unwrap_or_default().to_string(),
+            datatype: t["datatype"].as_str().unwrap_or_default().to_string(),
+            shape: t["shape"]
+                .as_array()
+                .map(|s| s.iter().filter_map(Value::as_i64).collect())
+                .unwrap_or_default(),
+        })
+        .collect()
+}
+
+#[tonic::async_trait]
+impl GrpcInferenceService for Inference {
+    async fn server_live(
+        &self,
+        _: Request<pb::ServerLiveRequest>,
+    ) -> Result<Response<pb::ServerLiveResponse>, Status> {
+        self.finish("ServerLive", Ok(pb::ServerLiveResponse { live: true }))
+    }
+
+    async fn server_ready(
+        &self,
+        _: Request<pb::ServerReadyRequest>,
+    ) -> Result<Response<pb::ServerReadyResponse>, Status> {
+        let ready = self.state.ready().is_ok();
+        self.finish("ServerReady", Ok(pb::ServerReadyResponse { ready }))
+    }
+
+    async fn model_ready(
+        &self,
+        request: Request<pb::ModelReadyRequest>,
+    ) -> Result<Response<pb::ModelReadyResponse>, Status> {
+        let r = self.authorize(request.metadata()).and_then(|()| {
+            let m = request.get_ref();
+            self.model(&m.name, &m.version)?;
+            Ok(pb::ModelReadyResponse {
+                ready: self.state.ready().is_ok(),
+            })
+        });
+        self.finish("ModelReady", r)
+    }
+
+    async fn server_metadata(
+        &self,
+        _: Request<pb::ServerMetadataRequest>,
+    ) -> Result<Response<pb::ServerMetadataResponse>, Status> {
+        let answer = pb::ServerMetadataResponse {
+            name: "gradcam-serve".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            extensions: vec!["binary_tensor_data".into()],
+        };
+        self.finish("ServerMetadata", Ok(answer))
+    }
+
+    async fn model_metadata(
+        &self,
+        request: Request<pb::ModelMetadataRequest>,
+    ) -> Result<Response<pb::ModelMetadataResponse>, Status> {
+        let r = self.authorize(request.metadata()).and_then(|()| {
+            let m = request.get_ref();
+            let name = self.model(&m.name, &m.version)?;
+            let meta = oip::metadata(&name, self.state.engine.description());
+            Ok(pb::ModelMetadataResponse {
+                name,
+                versions: vec![MODEL_VERSION.into()],
+                platform: meta["platform"].as_str().unwrap_or_default().into(),
+                inputs: tensors(&meta["inputs"]),
+                outputs: tensors(&meta["outputs"]),
+            })
+        });
+        self.finish("ModelMetadata", r)
+    }
+
+    async fn model_infer(
+        &self,
+        request: Request<pb::ModelInferRequest>,
+    ) -> Result<Response<pb::ModelInferResponse>, Status> {
+        let (metadata, _, req) = request.into_parts();
+        #[cfg(feature = "fault-injection")]
+        let r = match injected_fault(&metadata) {
+            Ok(fault) => crate::fault::within(fault, self.infer(metadata, req)).await,
+            Err(e) => Err(e),
+        };
+        #[cfg(not(feature = "fault-injection"))]
+        let r = self.infer(metadata, req).await;
+        self.finish("ModelInfer", r)
+    }
+}
+
+/// Test builds: the fault named in the `x-gradcam-fault` metadata, as REST's header.
+#[cfg(feature = "fault-injection")]
+fn injected_fault(metadata: &MetadataMap) -> Result<Option<crate::fault::Fault>, ApiError> {
+    metadata
+        .get("x-gradcam-fault")
+        .map(|v| {
+            v.to_str()
+                .map_err(|_| "not text".to_string())
+                .and_then(str::parse)
+                .map_err(|e| ApiError::Malformed(format!("x-gradcam-fault: {e}")))
+        })
+        .transpose()
+}

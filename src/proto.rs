@@ -1,0 +1,8 @@
+//! The Open Inference Protocol's gRPC messages and service (`proto/inference.proto`), generated
+//! at build time: the server's side (served by [`crate::http`] on `--grpc-port`) and the
+//! client's (the load generator's).
+
+#[allow(clippy::all, clippy::pedantic, missing_docs)]
+pub mod inference {
+    tonic::include_proto!("inference");
+}
