@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 pub struct Server {
     pub child: Child,
     pub addr: SocketAddr,
+    /// The gRPC port's address, when the server was started with `--grpc-port`.
+    pub grpc_addr: Option<SocketAddr>,
     /// Every log line so far (JSON), collected by a reader thread.
     pub log: Arc<Mutex<Vec<String>>>,
     /// The reader thread: it ends when the process has exited and its last line is in `log`.
@@ -117,15 +119,17 @@ impl Server {
                 if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
                     && v["fields"]["message"] == "ready"
                 {
-                    let _ = tx.send(v["fields"]["addr"].as_str().unwrap_or_default().to_string());
+                    let field = |f: &str| v["fields"][f].as_str().map(str::to_string);
+                    let _ = tx.send((field("addr").unwrap_or_default(), field("grpc_addr")));
                 }
                 thread_log.lock().unwrap().push(line);
             }
         });
         match rx.recv_timeout(Duration::from_secs(120)) {
-            Ok(a) => Ok(Server {
+            Ok((a, grpc)) => Ok(Server {
                 child,
                 addr: a.parse().expect("the ready line carries the address"),
+                grpc_addr: grpc.map(|g| g.parse().expect("grpc_addr is an address")),
                 log,
                 reader: Some(reader),
             }),
@@ -141,6 +145,14 @@ impl Server {
 
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
+    }
+
+    /// `HOST:PORT` of the gRPC services (the server must have been started with
+    /// `--grpc-port 0`).
+    pub fn grpc_target(&self) -> String {
+        self.grpc_addr
+            .expect("the server was started with --grpc-port")
+            .to_string()
     }
 
     /// The value of one Prometheus sample, e.g. `gradcam_queue_depth` or
