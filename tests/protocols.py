@@ -1,9 +1,9 @@
 """The real server through the clients of the inference platforms: tritonclient (HTTP, binary
-tensor data on and off) and KServe's Python SDK (REST v1 :predict and :explain, REST v2, JSON and
-binary), against the server's own /explain and /predict for the same photographs and options.
-Run by tests/e2e/protocols.rs:
+tensor data on and off; gRPC) and KServe's Python SDK (REST v1 :predict and :explain, REST v2,
+JSON and binary; gRPC), against the server's own /explain and /predict for the same photographs
+and options. Run by tests/e2e/protocols.rs:
 
-    python tests/protocols.py URL MODEL PHOTO...
+    python tests/protocols.py URL GRPC_TARGET MODEL PHOTO...
 
 Prints what it checked; exits non-zero at the first difference. Answers made in one batch and
 in another may differ in the last bits of a float (the model's arithmetic follows the batch), so
@@ -19,13 +19,13 @@ import urllib.request
 
 import httpx
 import numpy as np
+import subprocess
 import tritonclient.http as triton
-from kserve import InferenceRESTClient, InferInput, InferRequest, RESTConfig
-from kserve.protocol.infer_type import RequestedOutput
 from PIL import Image
 from tritonclient.utils import InferenceServerException
 
-URL, MODEL, PHOTOS = sys.argv[1].rstrip("/"), sys.argv[2], sys.argv[3:]
+URL, GRPC, MODEL = sys.argv[1].rstrip("/"), sys.argv[2], sys.argv[3]
+PHOTOS = [a for a in sys.argv[4:] if not a.startswith("--")]
 OPTIONS = {"top_k": 2, "method": "gradcam++", "layer": "layer3"}
 QUERY = "top_k=2&method=gradcam%2B%2B&layer=layer3"
 OUTPUTS = ["probabilities", "class_index", "label", "heatmap", "heatmap_normalized", "overlay"]
@@ -126,7 +126,47 @@ def tritonclient_http():
     print("tritonclient http: bad input refused with the protocol's error")
 
 
+def tritonclient_grpc():
+    # tritonclient.grpc and KServe's SDK register the same protocol messages in protobuf's
+    # global pool: each can be imported only in a process without the other (see the end).
+    import tritonclient.grpc as triton_grpc
+
+    client = triton_grpc.InferenceServerClient(url=GRPC)
+    assert client.is_server_live() and client.is_server_ready() and client.is_model_ready(MODEL)
+    meta = client.get_model_metadata(MODEL, as_json=True)
+    assert [t["name"] for t in meta["inputs"]] == ["image", "input"], meta
+    # Over gRPC the images go as raw bytes, the answer in raw_output_contents (no base64).
+    image = triton_grpc.InferInput("image", [len(photos)], "BYTES")
+    image.set_data_from_numpy(np.array(photos, dtype=np.object_))
+    result = client.infer(MODEL, [image], outputs=[triton_grpc.InferRequestedOutput(n) for n in OUTPUTS],
+                          parameters=OPTIONS, request_id="grpc")
+    assert result.get_response().id == "grpc"
+    check_outputs("tritonclient grpc", {n: result.as_numpy(n) for n in OUTPUTS})
+    for name in OUTPUTS:
+        alone = client.infer(MODEL, [image], outputs=[triton_grpc.InferRequestedOutput(name)], parameters=OPTIONS)
+        assert [o.name for o in alone.get_response().outputs] == [name]
+        check_outputs(f"tritonclient grpc {name} alone", {name: alone.as_numpy(name)})
+    print(f"tritonclient grpc: {len(photos)} photos, every output (together and alone) as /explain's")
+    bad = triton_grpc.InferInput("image", [1], "BYTES")
+    bad.set_data_from_numpy(np.array([b"not an image"], dtype=np.object_))
+    for model, outputs, code, says in [
+        (MODEL, [triton_grpc.InferRequestedOutput("logits")], "StatusCode.INVALID_ARGUMENT", "unknown output"),
+        (MODEL, None, "StatusCode.INVALID_ARGUMENT", "image"),
+        ("resnet7", None, "StatusCode.NOT_FOUND", "serves"),
+    ]:
+        try:
+            client.infer(model, [bad], outputs=outputs)
+        except InferenceServerException as e:
+            assert e.status() == code and says in e.message(), (e.status(), e.message())
+        else:
+            raise AssertionError(f"tritonclient grpc: {says} was answered")
+    print("tritonclient grpc: bad input refused with the protocol's codes")
+
+
 async def kserve_sdk():
+    from kserve import InferenceGRPCClient, InferenceRESTClient, InferInput, InferRequest, RESTConfig
+    from kserve.protocol.infer_type import RequestedOutput
+
     v2 = InferenceRESTClient(RESTConfig(protocol="v2"))
     assert await v2.is_server_ready(URL) and await v2.is_model_ready(URL, MODEL)
     for binary in (True, False):
@@ -178,7 +218,25 @@ async def kserve_sdk():
     await v1.close()
     await v2.close()
 
+    grpc_client = InferenceGRPCClient(GRPC, retries=0)
+    assert await grpc_client.is_server_ready() and await grpc_client.is_model_ready(MODEL)
+    image = InferInput("image", [len(photos)], "BYTES")
+    image.set_data_from_numpy(np.array(photos, dtype=np.object_))
+    request = InferRequest(MODEL, [image], parameters=OPTIONS, request_id="sdk-grpc")
+    response = await grpc_client.infer(request)
+    assert response.id == "sdk-grpc", response.id
+    outputs = {o.name: o.as_numpy() for o in response.outputs}
+    assert sorted(outputs) == sorted(OUTPUTS), sorted(outputs)
+    # The SDK reads raw BYTES back as text: the overlay's files are compared by the others.
+    check_outputs("kserve gRPC", {n: v for n, v in outputs.items() if n != "overlay"})
+    print(f"kserve SDK gRPC: {', '.join(n for n in OUTPUTS if n != 'overlay')} as /explain's")
+    await grpc_client.close()
 
+
+if sys.argv[-1] == "--tritonclient-grpc":
+    tritonclient_grpc()
+    sys.exit(0)
 tritonclient_http()
+subprocess.run([sys.executable, *sys.argv, "--tritonclient-grpc"], check=True)
 asyncio.run(kserve_sdk())
 print("all protocol clients agree with /explain")

@@ -1,8 +1,10 @@
 //! The Kubernetes manifests (deploy/k8s) against the real server: they validate against the
 //! Kubernetes schemas (offline, scripts/k8s_manifests.py), every GRADCAM_* variable they set is
-//! a flag of `serve --help` and a started server accepts their values, every probe path and
-//! port answers on that server, the drain fits in the grace period, and the custom metric the
-//! autoscaler variant names is one the server's /metrics exports.
+//! a flag of `serve --help` and a started server accepts their values, the container ports are
+//! the HTTP and gRPC ports that server binds, every probe answers on it (an HTTP probe's path
+//! with 200, a gRPC probe's health check with SERVING, asked with scripts/grpc_health.py), the
+//! drain fits in the grace period, and the custom metric the autoscaler variant names is one
+//! the server's /metrics exports.
 
 use crate::common::server::{Server, client};
 use serde_json::Value;
@@ -101,10 +103,144 @@ fn setting(env: &[(String, String)], help: &[String], name: &str) -> String {
 }
 
 /// The real server with the manifests' environment (flags win over variables: a loopback port
-/// of its own, the CPU, the test weights instead of the download).
+/// of its own, the CPU, the test weights instead of the download; and a gRPC port of its own
+/// when the manifests set one, so that tests in parallel do not collide on it).
 fn start(env: &[(String, String)]) -> Server {
-    Server::try_start_env(env, &[])
+    let grpc: &[&str] = if env.iter().any(|(k, _)| k == "GRADCAM_GRPC_PORT") {
+        &["--grpc-port", "0"]
+    } else {
+        &[]
+    };
+    Server::try_start_env(env, grpc)
         .unwrap_or_else(|log| panic!("the server refused the manifests' settings {env:?}:\n{log}"))
+}
+
+/// `grpc.health.v1.Health/Check` of `service` ("" for the server) at `target` (`HOST:PORT`), as
+/// Kubernetes' gRPC probe asks it (scripts/grpc_health.py, with grpcio): whether the answer is
+/// SERVING, and the answer (a serving status, or the gRPC code of a refusal).
+pub(crate) fn grpc_health(target: &str, service: &str) -> (bool, String) {
+    let out = Command::new("python")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/scripts/grpc_health.py"
+        ))
+        .args([target, service])
+        .output()
+        .expect("python with grpcio is installed by scripts/setup.sh");
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let serving = out.status.success();
+    assert_eq!(
+        serving,
+        said.starts_with("SERVING\n"),
+        "grpc_health.py exits 0 exactly on SERVING: {said}"
+    );
+    (serving, said.trim().to_string())
+}
+
+/// The container's ports against the server's settings: one port (named `names[0]`) is
+/// GRADCAM_PORT; one (named `names[1]`) is GRADCAM_GRPC_PORT when that is set; there are no
+/// others.
+struct Ports {
+    http: (String, u64),
+    grpc: Option<(String, u64)>,
+}
+
+impl Ports {
+    fn of(
+        c: &Value,
+        env: &[(String, String)],
+        help: &[String],
+        names: [&str; 2],
+        what: &str,
+    ) -> Ports {
+        let ports = c["ports"].as_array().unwrap();
+        let find = |variable: &str, name: &str| {
+            let number: u64 = setting(env, help, variable).parse().unwrap();
+            let port = ports
+                .iter()
+                .find(|p| p["containerPort"].as_u64() == Some(number))
+                .unwrap_or_else(|| panic!("{what}: no container port is {variable} ({number})"));
+            assert_eq!(port["name"], name, "{what}: the name of port {number}");
+            assert_eq!(port["protocol"], "TCP", "{what}: port {number}");
+            (name.to_string(), number)
+        };
+        let http = find("GRADCAM_PORT", names[0]);
+        let grpc = env
+            .iter()
+            .any(|(k, _)| k == "GRADCAM_GRPC_PORT")
+            .then(|| find("GRADCAM_GRPC_PORT", names[1]));
+        assert_eq!(
+            ports.len(),
+            1 + usize::from(grpc.is_some()),
+            "{what}: a container port the server does not bind: {ports:?}"
+        );
+        Ports { http, grpc }
+    }
+
+    /// The number of the container port that `port` (a name or a number) names.
+    fn resolve(&self, port: &Value) -> Option<u64> {
+        [Some(&self.http), self.grpc.as_ref()]
+            .into_iter()
+            .flatten()
+            .find(|(name, number)| port == name.as_str() || port.as_u64() == Some(*number))
+            .map(|(_, number)| *number)
+    }
+}
+
+/// Every probe answers on the started (ready) server: an HTTP probe's path on the HTTP port
+/// with 200, a gRPC probe's health check on the gRPC port with SERVING; and a probe watches the
+/// gRPC port exactly when there is one. A path or a service that is not there would not answer
+/// so (checked, so these checks can fail).
+fn probes_answer(c: &Value, ports: &Ports, server: &Server, what: &str) {
+    let mut grpc_probed = false;
+    for probe in ["startupProbe", "readinessProbe", "livenessProbe"] {
+        let p = &c[probe];
+        assert!(p.is_object(), "{what}: no {probe}");
+        if p.get("httpGet").is_some() {
+            let get_ = &p["httpGet"];
+            assert_eq!(
+                ports.resolve(&get_["port"]),
+                Some(ports.http.1),
+                "{what}: {probe} port {}",
+                get_["port"]
+            );
+            let path = get_["path"].as_str().unwrap();
+            let (status, body) = get(&server.url(path));
+            assert_eq!(status, 200, "{what}: {probe} {path}: {body}");
+        } else if p.get("grpc").is_some() {
+            let grpc = ports
+                .grpc
+                .as_ref()
+                .unwrap_or_else(|| panic!("{what}: a gRPC {probe} without a gRPC port"));
+            // Kubernetes' gRPC probe takes a number; its schema refuses a name.
+            assert_eq!(
+                p["grpc"]["port"].as_u64(),
+                Some(grpc.1),
+                "{what}: {probe} port {}",
+                p["grpc"]["port"]
+            );
+            let service = p["grpc"]["service"].as_str().unwrap_or("");
+            let (serving, said) = grpc_health(&server.grpc_target(), service);
+            assert!(serving, "{what}: {probe} (service {service:?}): {said}");
+            grpc_probed = true;
+        } else {
+            panic!("{what}: {probe} is neither httpGet nor grpc: {p}");
+        }
+    }
+    assert_eq!(get(&server.url("/health/nothing")).0, 404);
+    if server.grpc_addr.is_some() {
+        let (serving, said) = grpc_health(&server.grpc_target(), "no.such.Service");
+        assert!(!serving && said.starts_with("NOT_FOUND"), "{said}");
+    }
+    assert_eq!(
+        grpc_probed,
+        ports.grpc.is_some(),
+        "{what}: a probe watches the gRPC port exactly when there is one"
+    );
 }
 
 fn get(url: &str) -> (u16, String) {
@@ -147,39 +283,38 @@ fn agrees_with_the_server(dir: &str) {
     }
     let server = start(&env);
 
-    // The container port is the one the server binds with these settings, and every named
-    // port the probes and the Service use is the container's.
-    let ports = c["ports"].as_array().unwrap();
-    assert_eq!(ports.len(), 1);
-    let port = ports[0]["containerPort"].as_u64().unwrap();
-    assert_eq!(setting(&env, &help, "GRADCAM_PORT"), port.to_string());
-    let resolves = |p: &Value| p == &ports[0]["name"] || p.as_u64() == Some(port);
+    // The container ports are the ones the server binds with these settings (HTTP, and gRPC:
+    // the manifests set GRADCAM_GRPC_PORT). The Service exposes both and targets nothing else;
+    // its gRPC port is declared cleartext HTTP/2 (h2c) for gateways and meshes.
+    let ports = Ports::of(c, &env, &help, ["http", "grpc"], dir);
+    let grpc = ports.grpc.as_ref().map(|g| g.1);
+    assert!(grpc.is_some(), "{dir}: no gRPC port");
     let service = resource(&resources, "Service");
+    let mut targets = Vec::new();
     for p in service["spec"]["ports"].as_array().unwrap() {
+        let target = ports.resolve(&p["targetPort"]);
         assert!(
-            resolves(&p["targetPort"]),
-            "Service targetPort {}",
+            target.is_some(),
+            "{dir}: Service targetPort {}",
             p["targetPort"]
         );
+        if target == grpc {
+            assert_eq!(p["appProtocol"], "kubernetes.io/h2c", "{dir}: {p}");
+        }
+        targets.push(target);
     }
+    assert!(
+        targets.contains(&Some(ports.http.1)) && targets.contains(&grpc),
+        "{dir}: the Service exposes the HTTP and the gRPC port"
+    );
 
-    // Every probe's path answers 200 on the started (ready) server; a path that is not there
-    // would not (checked, so this check can fail).
-    for probe in ["startupProbe", "readinessProbe", "livenessProbe"] {
-        let get_ = &c[probe]["httpGet"];
-        assert!(resolves(&get_["port"]), "{probe} port {}", get_["port"]);
-        let path = get_["path"]
-            .as_str()
-            .unwrap_or_else(|| panic!("{dir}: no {probe}"));
-        let (status, body) = get(&server.url(path));
-        assert_eq!(status, 200, "{dir}: {probe} {path}: {body}");
-    }
-    assert_eq!(get(&server.url("/health/nothing")).0, 404);
+    // Every probe answers on the started (ready) server, on the port it names.
+    probes_answer(c, &ports, &server, dir);
 
     // Prometheus scrapes the port and path the annotations name.
     let annotations =
         &resource(&resources, "Deployment")["spec"]["template"]["metadata"]["annotations"];
-    assert_eq!(annotations["prometheus.io/port"], port.to_string());
+    assert_eq!(annotations["prometheus.io/port"], ports.http.1.to_string());
     let (status, metrics) = get(&server.url(annotations["prometheus.io/path"].as_str().unwrap()));
     assert_eq!(status, 200);
     assert!(
@@ -308,7 +443,8 @@ fn the_custom_metric_autoscaler_names_a_metric_the_server_exports() {
 
 /// deploy/kserve: every field is one KServe's schema knows, with a value of its type
 /// (scripts/kserve_manifest.py, with KServe's SDK); every variable is a flag the server takes;
-/// a server started with them answers the probes, and serves the model under the name the
+/// the container ports are the HTTP and gRPC ports a server started with them binds, that
+/// server answers the probes (HTTP and gRPC), and it serves the model under the name the
 /// manifest gives it on both protocols.
 #[test]
 fn the_kserve_inference_service_fits_kserves_schema_and_the_server() {
@@ -352,18 +488,17 @@ fn the_kserve_inference_service_fits_kserves_schema_and_the_server() {
             "{name} is not a flag of serve --help"
         );
     }
-    let port = setting(&env, &help, "GRADCAM_PORT");
-    assert_eq!(c["ports"][0]["containerPort"].to_string(), port);
+    // KServe's port names: http1 (HTTP/1.1) and h2c (gRPC); the HTTP one first, since the
+    // Service KServe makes puts the first container port on port 80.
+    let ports = Ports::of(c, &env, &help, ["http1", "h2c"], "InferenceService");
+    assert!(ports.grpc.is_some(), "no gRPC port");
+    assert_eq!(c["ports"][0]["name"], "http1", "the HTTP port first");
     assert_eq!(
         predictor["securityContext"]["runAsUser"], 10001,
         "the image's user"
     );
     let server = start(&env);
-    for probe in ["startupProbe", "readinessProbe", "livenessProbe"] {
-        let path = c[probe]["httpGet"]["path"].as_str().unwrap();
-        assert_eq!(c[probe]["httpGet"]["port"].to_string(), port, "{probe}");
-        assert_eq!(get(&server.url(path)).0, 200, "{probe} {path}");
-    }
+    probes_answer(c, &ports, &server, "InferenceService");
     let name = setting(&env, &help, "GRADCAM_MODEL_NAME");
     assert_eq!(
         service["metadata"]["name"],

@@ -17,6 +17,7 @@ mod device_kit;
 mod documented_errors;
 mod faults;
 mod fetch;
+mod grpc;
 mod images;
 mod k8s;
 mod layout;

@@ -1,9 +1,11 @@
 //! The deployment's load balancer, natively: two real replicas and Debian's nginx running the
 //! project's own deploy/nginx.conf (only addresses rewritten) on loopback. Stopping one replica
-//! must not cost any request its correct answer.
+//! must not cost any request its correct answer, and gRPC passes through to the replicas' gRPC
+//! ports (a health check through nginx answers SERVING, before and after).
 
 use crate::common::REFERENCE;
 use crate::common::server::{Server, post_fixture};
+use crate::k8s::grpc_health;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -11,6 +13,8 @@ use std::time::{Duration, Instant};
 struct Nginx {
     child: Child,
     port: u16,
+    /// The port of its gRPC (h2c) server.
+    grpc_port: u16,
     dir: PathBuf,
 }
 
@@ -51,19 +55,30 @@ fn nginx_binary() -> String {
 fn start_nginx(a: &Server, b: &Server) -> Nginx {
     let conf =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/nginx.conf")).unwrap();
-    let port = free_port();
+    let (port, grpc_port) = (free_port(), free_port());
     let dir = std::env::temp_dir().join(format!("gradcam-nginx-{}", std::process::id()));
     std::fs::create_dir_all(dir.join("logs")).unwrap();
-    let replaced = conf
-        .replace("gradcam-a:8080", &a.addr.to_string())
-        .replace("gradcam-b:8080", &b.addr.to_string())
-        .replace("listen 8080;", &format!("listen 127.0.0.1:{port};"))
+    let rewrites = [
+        ("gradcam-a:8080", a.addr.to_string()),
+        ("gradcam-b:8080", b.addr.to_string()),
+        ("gradcam-a:8081", a.grpc_target()),
+        ("gradcam-b:8081", b.grpc_target()),
+        ("listen 8080;", format!("listen 127.0.0.1:{port};")),
+        (
+            "listen 8081 http2;",
+            format!("listen 127.0.0.1:{grpc_port} http2;"),
+        ),
         // One worker: each worker keeps its own round robin, and the test counts on one.
-        .replace("worker_processes auto;", "worker_processes 1;");
-    assert_ne!(
-        replaced, conf,
-        "deploy/nginx.conf no longer names the replicas as expected"
-    );
+        ("worker_processes auto;", "worker_processes 1;".to_string()),
+    ];
+    let mut replaced = conf.clone();
+    for (from, to) in &rewrites {
+        assert!(
+            replaced.contains(from),
+            "deploy/nginx.conf no longer says {from:?} (the replicas, the ports)"
+        );
+        replaced = replaced.replace(from, to);
+    }
     // Keep nginx's temporary files in our directory so the test needs no system paths.
     let replaced = replaced.replacen(
         "http {",
@@ -92,14 +107,21 @@ fn start_nginx(a: &Server, b: &Server) -> Nginx {
         .spawn()
         .expect("nginx is installed by scripts/setup.sh");
     let started = Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "nginx did not start"
-        );
-        std::thread::sleep(Duration::from_millis(20));
+    for p in [port, grpc_port] {
+        while std::net::TcpStream::connect(("127.0.0.1", p)).is_err() {
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "nginx did not start"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
-    Nginx { child, port, dir }
+    Nginx {
+        child,
+        port,
+        grpc_port,
+        dir,
+    }
 }
 
 fn explain_through(port: u16, file: &str) -> (u16, i64) {
@@ -119,15 +141,24 @@ fn explain_through(port: u16, file: &str) -> (u16, i64) {
 
 #[test]
 fn load_balancer_keeps_answering_when_a_replica_stops() {
-    let a = Server::start(&[]);
-    let mut b = Server::start(&[]);
+    let a = Server::start(&["--grpc-port", "0"]);
+    let mut b = Server::start(&["--grpc-port", "0"]);
     let nginx = start_nginx(&a, &b);
     let photos = &REFERENCE.meta.photos;
+    let grpc = format!("127.0.0.1:{}", nginx.grpc_port);
     let check_round = |round: &str| {
         for photo in photos {
             let (status, top1) = explain_through(nginx.port, &photo.file);
             assert_eq!(status, 200, "{round}: {}", photo.file);
             assert_eq!(top1, photo.top3[0], "{round}: {}", photo.file);
+        }
+        // gRPC through nginx's h2c listener to the replicas' gRPC ports.
+        for service in ["", "inference.GRPCInferenceService"] {
+            let (serving, said) = grpc_health(&grpc, service);
+            assert!(
+                serving,
+                "{round}: gRPC health of {service:?} through nginx: {said}"
+            );
         }
     };
     check_round("both replicas");

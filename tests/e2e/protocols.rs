@@ -1,6 +1,6 @@
 //! The inference protocols through the clients people use on those platforms, against the real
-//! binary and model: tritonclient (HTTP, binary tensor data on and off) and KServe's Python SDK
-//! (REST v1 and v2) must give what `/explain` and `/predict` give for the same photographs and
+//! binary and model: tritonclient (HTTP, binary tensor data on and off; gRPC) and KServe's
+//! Python SDK (REST v1 and v2; gRPC) must give what `/explain` and `/predict` give for the same photographs and
 //! options, several photographs in one request, every output alone, and refuse bad input in
 //! each protocol's shape (tests/protocols.py does the checking).
 
@@ -9,11 +9,12 @@ use std::process::Command;
 
 #[test]
 fn the_platforms_clients_get_what_explain_gives() {
-    let server = Server::start(&[]);
+    let server = Server::start(&["--grpc-port", "0"]);
     let root = env!("CARGO_MANIFEST_DIR");
     let out = Command::new("python")
         .arg(format!("{root}/tests/protocols.py"))
         .arg(server.url(""))
+        .arg(server.grpc_target())
         .arg("resnet50")
         .arg(format!("{root}/tests/fixtures/chelsea.png"))
         .arg(format!("{root}/tests/fixtures/coffee.jpg"))
