@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The same 1 MP photograph (scikit-image's hubble_deep_field.jpg) through /explain and through
-# the Open Inference Protocol over REST, JSON and binary tensor data, in one run on one machine:
+# the Open Inference Protocol over REST (JSON and binary tensor data) and over gRPC (raw
+# contents), in one run on one machine:
 # `gradcam-load` at 1 client (p50, p99) and 16 clients (throughput), each answer with the same
 # content (the top class's raw and normalised map, an overlay PNG, the probabilities), and the
 # size of each answer.
@@ -17,7 +18,7 @@ photo="$(hubble_photo)"
 cargo build --release --quiet --bin gradcam-serve --bin gradcam-load
 echo "cpu: $(lscpu | sed -n 's/^Model name: *//p' | head -1), $(nproc) cores"
 tmp="$(mktemp -d)"
-serve_for_bench "$@"
+serve_for_bench --grpc-port 0 "$@"
 trap '[ -z "$pid" ] || kill "$pid" 2>/dev/null || true; rm -rf "$tmp" "$log"' EXIT
 model="$(curl -s "$base/v1/models" | python3 -c 'import json, sys; print(json.load(sys.stdin)["models"][0])')"
 
@@ -56,4 +57,5 @@ for clients in 1 16; do
   run "OIP REST, JSON" "$clients" "$base/v2/models/$model/infer" "$tmp/json.body" application/json
   run "OIP REST, binary" "$clients" "$base/v2/models/$model/infer" "$tmp/binary.body" \
     application/octet-stream "Inference-Header-Content-Length: $header_len"
+  run "OIP gRPC" "$clients" "grpc://$grpc/$model" "$photo" application/octet-stream
 done

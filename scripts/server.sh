@@ -1,6 +1,7 @@
 # Sourced by smoke.sh, load.sh and overload.sh: start_server LOG [SERVE ARGS...] starts the
 # release binary on a loopback port of its choosing with the weights in $GRADCAM_WEIGHTS (else the test
-# weights from the cache; the binary in $GRADCAM_SERVE_BIN, else the release build), sets $pid and $base, and waits until it is ready (at most 120 s).
+# weights from the cache; the binary in $GRADCAM_SERVE_BIN, else the release build), sets $pid and $base (and
+# $grpc, HOST:PORT, when started with --grpc-port), and waits until it is ready (at most 120 s).
 # Returns 1, with the log on stderr, when the server exits or does not become ready.
 start_server() {
   local log="$1"
@@ -13,9 +14,10 @@ start_server() {
   "${GRADCAM_SERVE_BIN:-${CARGO_TARGET_DIR:-target}/release/gradcam-serve}" serve --host 127.0.0.1 --port 0 --weights "$weights" \
     --log-format json "$@" >"$log" 2>&1 &
   pid=$!
-  local _ addr
+  local _ addr found
+  grpc=""
   for _ in $(seq 1 240); do
-    addr="$(python3 -c '
+    found="$(python3 -c '
 import json, sys
 for line in open(sys.argv[1], errors="replace"):
     try:
@@ -24,9 +26,10 @@ for line in open(sys.argv[1], errors="replace"):
         continue
     f = e.get("fields") if isinstance(e, dict) else None
     if isinstance(f, dict) and f.get("message") == "ready":
-        print(f.get("addr", ""))
+        print(f.get("addr", ""), f.get("grpc_addr", ""))
         break
 ' "$log")"
+    read -r addr grpc <<<"$found" || true
     if [ -n "$addr" ]; then
       base="http://$addr"
       curl -sf "$base/health/ready" >/dev/null && return 0

@@ -1,12 +1,19 @@
-//! `gradcam-load`: a closed-loop HTTP load generator for the service, small enough to travel
-//! with the binary to a machine that has no load tool.
+//! `gradcam-load`: a closed-loop HTTP and gRPC load generator for the service, small enough to
+//! travel with the binary to a machine that has no load tool.
 //!
 //! `--concurrency` clients each post the same file (raw body, the given content type) again
-//! as soon as the previous answer has been read, for `--seconds`. Prints and optionally writes
+//! as soon as the previous answer has been read, for `--seconds`. With a `grpc://HOST:PORT/MODEL`
+//! URL each client calls the Open Inference Protocol's `ModelInfer` instead, on a connection of
+//! its own, with the file as the one element of the `image` input (raw bytes, every output
+//! answered); statuses are then gRPC codes (`OK`, `ResourceExhausted`, ...). Prints and optionally writes
 //! as JSON: requests, answers by status, transport errors, throughput, and latency quantiles
 //! over every request answered within the window. Each client's last request, answered after
 //! the window, is left out of those figures and counted apart (`late`), so that a run on a
 //! machine slower than the window still shows whether answers came.
+
+mod pb {
+    tonic::include_proto!("inference");
+}
 
 use clap::Parser;
 use serde_json::json;
@@ -21,7 +28,8 @@ use std::time::{Duration, Instant};
     about = "Closed-loop HTTP load for gradcam-serve"
 )]
 struct Args {
-    /// Where to post, e.g. http://127.0.0.1:8080/explain?overlay=false
+    /// Where to post, e.g. http://127.0.0.1:8080/explain?overlay=false, or the gRPC port and
+    /// model to call, e.g. grpc://127.0.0.1:8081/resnet50
     #[arg(long)]
     url: String,
     /// The request body.
@@ -61,37 +69,100 @@ fn parse_header(s: &str) -> Result<(String, String), String> {
 #[derive(Default)]
 struct Tally {
     latencies_us: Vec<u64>,
-    status: BTreeMap<u16, u64>,
+    /// Answers by status: the HTTP status, or the gRPC code's name.
+    status: BTreeMap<String, u64>,
     transport_errors: u64,
     first_error: Option<String>,
     /// Answers that arrived after the window, by status.
-    late: BTreeMap<u16, u64>,
+    late: BTreeMap<String, u64>,
     /// Bytes of the answers' bodies counted in `latencies_us`.
     answer_bytes: u64,
 }
 
+/// One request's outcome: its status and the answer's size, or a transport error.
+type Outcome = Result<(String, u64), String>;
+
+/// Where and how the clients send.
+#[derive(Clone)]
+enum Target {
+    Http(reqwest::Client),
+    /// A `grpc://` URL's endpoint and model.
+    Grpc(tonic::transport::Endpoint, String),
+}
+
+/// One `--url` of the form `grpc://HOST:PORT/MODEL`.
+fn grpc_target(url: &str, timeout: Duration) -> anyhow::Result<Option<Target>> {
+    let Some(rest) = url.strip_prefix("grpc://") else {
+        return Ok(None);
+    };
+    let (host, model) = rest
+        .split_once('/')
+        .filter(|(_, m)| !m.is_empty())
+        .ok_or_else(|| anyhow::anyhow!("a gRPC URL is grpc://HOST:PORT/MODEL"))?;
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{host}"))?
+        .timeout(timeout)
+        .tcp_nodelay(true);
+    Ok(Some(Target::Grpc(endpoint, model.to_string())))
+}
+
+/// The `ModelInfer` request for `file`: one image, every output.
+fn infer_request(model: &str, file: &[u8]) -> pb::ModelInferRequest {
+    let mut raw = Vec::with_capacity(4 + file.len());
+    raw.extend_from_slice(&(file.len() as u32).to_le_bytes());
+    raw.extend_from_slice(file);
+    pb::ModelInferRequest {
+        model_name: model.to_string(),
+        inputs: vec![pb::model_infer_request::InferInputTensor {
+            name: "image".into(),
+            datatype: "BYTES".into(),
+            shape: vec![1],
+            ..Default::default()
+        }],
+        raw_input_contents: vec![raw.into()],
+        ..Default::default()
+    }
+}
+
 async fn client(
-    http: reqwest::Client,
+    target: Target,
     args: std::sync::Arc<Args>,
     body: bytes::Bytes,
     until: Instant,
 ) -> Tally {
+    let mut grpc = match &target {
+        Target::Grpc(endpoint, _) => match endpoint.connect().await {
+            Ok(channel) => Some(
+                pb::grpc_inference_service_client::GrpcInferenceServiceClient::new(channel)
+                    .max_decoding_message_size(usize::MAX)
+                    .max_encoding_message_size(usize::MAX),
+            ),
+            Err(e) => {
+                return Tally {
+                    transport_errors: 1,
+                    first_error: Some(e.to_string()),
+                    ..Default::default()
+                };
+            }
+        },
+        Target::Http(_) => None,
+    };
+    let request = match &target {
+        Target::Grpc(_, model) => Some(infer_request(model, &body)),
+        Target::Http(_) => None,
+    };
     let mut t = Tally::default();
     while Instant::now() < until {
         let started = Instant::now();
-        let mut request = http
-            .post(&args.url)
-            .header("content-type", &args.content_type);
-        for (name, value) in &args.headers {
-            request = request.header(name, value);
-        }
-        let sent = request.body(body.clone()).send().await;
-        let answer = match sent {
-            Ok(r) => {
-                let status = r.status().as_u16();
-                r.bytes().await.map(|b| (status, b.len() as u64))
-            }
-            Err(e) => Err(e),
+        let answer: Outcome = match (&target, grpc.as_mut(), &request) {
+            (Target::Http(http), _, _) => post(http, &args, body.clone()).await,
+            (_, Some(c), Some(r)) => match c.model_infer(r.clone()).await {
+                Ok(a) => Ok(("OK".into(), prost::Message::encoded_len(a.get_ref()) as u64)),
+                Err(s) if std::error::Error::source(&s).is_none() => {
+                    Ok((format!("{:?}", s.code()), 0))
+                }
+                Err(s) => Err(s.to_string()),
+            },
+            _ => unreachable!("a gRPC target has its client and request"),
         };
         if Instant::now() > until {
             if let Ok((status, _)) = answer {
@@ -107,13 +178,27 @@ async fn client(
             }
             Err(e) => {
                 t.transport_errors += 1;
-                t.first_error.get_or_insert_with(|| e.to_string());
+                t.first_error.get_or_insert(e);
                 // A refused connection fails at once: do not spin.
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
         }
     }
     t
+}
+
+/// One HTTP request: its status and the answer's size.
+async fn post(http: &reqwest::Client, args: &Args, body: bytes::Bytes) -> Outcome {
+    let mut request = http
+        .post(&args.url)
+        .header("content-type", &args.content_type);
+    for (name, value) in &args.headers {
+        request = request.header(name, value);
+    }
+    let r = request.body(body).send().await.map_err(|e| e.to_string())?;
+    let status = r.status().as_u16().to_string();
+    let bytes = r.bytes().await.map_err(|e| e.to_string())?;
+    Ok((status, bytes.len() as u64))
 }
 
 fn quantile(sorted: &[u64], q: f64) -> f64 {
@@ -132,15 +217,21 @@ fn main() -> anyhow::Result<()> {
         .worker_threads(args.threads.max(1))
         .enable_all()
         .build()?;
-    let http = reqwest::Client::builder()
-        .pool_max_idle_per_host(args.concurrency)
-        .timeout(Duration::from_secs_f64(args.timeout))
-        .build()?;
+    let timeout = Duration::from_secs_f64(args.timeout);
+    let target = match grpc_target(&args.url, timeout)? {
+        Some(grpc) => grpc,
+        None => Target::Http(
+            reqwest::Client::builder()
+                .pool_max_idle_per_host(args.concurrency)
+                .timeout(timeout)
+                .build()?,
+        ),
+    };
     let started = Instant::now();
     let until = started + Duration::from_secs_f64(args.seconds);
     let tallies: Vec<Tally> = runtime.block_on(async {
         let tasks: Vec<_> = (0..args.concurrency)
-            .map(|_| tokio::spawn(client(http.clone(), args.clone(), body.clone(), until)))
+            .map(|_| tokio::spawn(client(target.clone(), args.clone(), body.clone(), until)))
             .collect();
         let mut out = Vec::with_capacity(tasks.len());
         for t in tasks {
@@ -150,10 +241,10 @@ fn main() -> anyhow::Result<()> {
     });
     let elapsed = started.elapsed().as_secs_f64().min(args.seconds);
     let mut latencies: Vec<u64> = Vec::new();
-    let mut status: BTreeMap<u16, u64> = BTreeMap::new();
+    let mut status: BTreeMap<String, u64> = BTreeMap::new();
     let mut transport_errors = 0;
     let mut first_error = None;
-    let mut late: BTreeMap<u16, u64> = BTreeMap::new();
+    let mut late: BTreeMap<String, u64> = BTreeMap::new();
     let mut answer_bytes = 0;
     for t in tallies {
         answer_bytes += t.answer_bytes;
@@ -169,7 +260,7 @@ fn main() -> anyhow::Result<()> {
     }
     latencies.sort_unstable();
     let answered = latencies.len() as u64;
-    let ok = status.get(&200).copied().unwrap_or(0);
+    let ok: u64 = ["200", "OK"].iter().filter_map(|s| status.get(*s)).sum();
     let doc = json!({
         "url": args.url,
         "file": args.file,
@@ -177,10 +268,10 @@ fn main() -> anyhow::Result<()> {
         "concurrency": args.concurrency,
         "seconds": elapsed,
         "requests": answered + transport_errors,
-        "status": status.iter().map(|(s, n)| (s.to_string(), *n)).collect::<BTreeMap<_, _>>(),
+        "status": status,
         "transport_errors": transport_errors,
         "first_transport_error": first_error,
-        "late": late.iter().map(|(s, n)| (s.to_string(), *n)).collect::<BTreeMap<_, _>>(),
+        "late": late,
         "throughput_per_s": answered as f64 / elapsed,
         "mean_answer_bytes": answer_bytes as f64 / answered.max(1) as f64,
         "ok_per_s": ok as f64 / elapsed,
