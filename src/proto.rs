@@ -1,5 +1,5 @@
 //! The Open Inference Protocol's gRPC messages and service (`proto/inference.proto`), generated
-//! at build time: the server's side (served by [`crate::http`] on `--grpc-port`) and the
+//! at build time: the server's side (served on `--grpc-port` beside the HTTP API) and the
 //! client's (the load generator's).
 
 #[allow(clippy::all, clippy::pedantic, missing_docs)]

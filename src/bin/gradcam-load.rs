@@ -11,6 +11,7 @@
 //! the window, is left out of those figures and counted apart (`late`), so that a run on a
 //! machine slower than the window still shows whether answers came.
 
+#[allow(clippy::all, clippy::pedantic)]
 mod pb {
     tonic::include_proto!("inference");
 }
@@ -87,7 +88,7 @@ type Outcome = Result<(String, u64), String>;
 enum Target {
     Http(reqwest::Client),
     /// A `grpc://` URL's endpoint and model.
-    Grpc(tonic::transport::Endpoint, String),
+    Grpc(Box<tonic::transport::Endpoint>, String),
 }
 
 /// One `--url` of the form `grpc://HOST:PORT/MODEL`.
@@ -102,7 +103,7 @@ fn grpc_target(url: &str, timeout: Duration) -> anyhow::Result<Option<Target>> {
     let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{host}"))?
         .timeout(timeout)
         .tcp_nodelay(true);
-    Ok(Some(Target::Grpc(endpoint, model.to_string())))
+    Ok(Some(Target::Grpc(Box::new(endpoint), model.to_string())))
 }
 
 /// The `ModelInfer` request for `file`: one image, every output.
