@@ -37,16 +37,29 @@ fn main() {
 }
 
 /// The Open Inference Protocol's gRPC service (proto/inference.proto), compiled with protox (no
-/// `protoc` needed): the server's side and the client's (the load generator's). Byte fields are
-/// `bytes::Bytes`, so that a request's images are slices of its buffer, not copies.
+/// `protoc` needed): the server's side and the client's, with the library's checking codec
+/// (`crate::proto::codec`), and a client with prost's own codec for the load generator, which
+/// links nothing of the library. Byte fields are `bytes::Bytes`, so that a request's images are
+/// slices of its buffer, not copies.
 fn compile_protocol() {
     println!("cargo:rerun-if-changed=proto/inference.proto");
     let files =
         protox::compile(["inference.proto"], ["proto"]).expect("proto/inference.proto compiles");
     tonic_prost_build::configure()
         .bytes(".")
-        .compile_fds(files)
+        .codec_path("crate::proto::codec::Checked")
+        .compile_fds(files.clone())
         .expect("code for proto/inference.proto is generated");
+    let out =
+        PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR for build scripts"));
+    let plain = out.join("plain");
+    std::fs::create_dir_all(&plain).expect("OUT_DIR is writable");
+    tonic_prost_build::configure()
+        .bytes(".")
+        .build_server(false)
+        .out_dir(plain)
+        .compile_fds(files)
+        .expect("client code for proto/inference.proto is generated");
 }
 
 /// The interactive API reference at `/docs` is swagger-ui-dist from npm, which

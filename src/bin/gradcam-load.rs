@@ -11,9 +11,10 @@
 //! the window, is left out of those figures and counted apart (`late`), so that a run on a
 //! machine slower than the window still shows whether answers came.
 
+/// The protocol's client, with prost's own codec (build.rs).
 #[allow(clippy::all, clippy::pedantic)]
 mod pb {
-    tonic::include_proto!("inference");
+    include!(concat!(env!("OUT_DIR"), "/plain/inference.rs"));
 }
 
 use clap::Parser;
@@ -39,7 +40,8 @@ struct Args {
     #[arg(long, default_value = "image/jpeg")]
     content_type: String,
     /// Another request header, `NAME: VALUE` (repeatable), e.g. the binary tensor data
-    /// extension's `Inference-Header-Content-Length: 123`.
+    /// extension's `Inference-Header-Content-Length: 123`; over gRPC, metadata (e.g.
+    /// `authorization: Bearer KEY`).
     #[arg(long = "header", value_parser = parse_header)]
     headers: Vec<(String, String)>,
     /// Clients, each with one request in flight.
@@ -156,7 +158,7 @@ async fn client(
         let started = Instant::now();
         let answer: Outcome = match (&target, grpc.as_mut(), &request) {
             (Target::Http(http), _, _) => post(http, &args, body.clone()).await,
-            (_, Some(c), Some(r)) => match c.model_infer(r.clone()).await {
+            (_, Some(c), Some(r)) => match c.model_infer(with_metadata(r, &args.headers)).await {
                 Ok(a) => Ok(("OK".into(), prost::Message::encoded_len(a.get_ref()) as u64)),
                 Err(s) if std::error::Error::source(&s).is_none() => {
                     Ok((format!("{:?}", s.code()), 0))
@@ -186,6 +188,21 @@ async fn client(
         }
     }
     t
+}
+
+/// A call carrying the `--header`s as metadata (names in lower case), e.g. `authorization`.
+fn with_metadata(
+    r: &pb::ModelInferRequest,
+    headers: &[(String, String)],
+) -> tonic::Request<pb::ModelInferRequest> {
+    let mut req = tonic::Request::new(r.clone());
+    for (name, value) in headers {
+        let key = tonic::metadata::MetadataKey::from_bytes(name.to_lowercase().as_bytes());
+        if let (Ok(key), Ok(value)) = (key, value.parse()) {
+            req.metadata_mut().insert(key, value);
+        }
+    }
+    req
 }
 
 /// One HTTP request: its status and the answer's size.

@@ -20,21 +20,29 @@ pub struct ConnectionLimits {
     pub max_connections: usize,
 }
 
+/// Most streams (requests, gRPC calls) one HTTP/2 connection may have open at once: each may
+/// hold a body of up to `--body-limit` while it arrives.
+pub const MAX_STREAMS: u32 = 32;
+
 /// Serves `app` on `listener` until `stop` turns true, then waits for open connections to end.
+/// `slots` are the connections that may be open at once, shared by every listener.
 pub async fn serve(
     listener: TcpListener,
     app: Router,
     limits: ConnectionLimits,
+    slots: Arc<Semaphore>,
     mut stop: watch::Receiver<bool>,
 ) {
     let graceful = GracefulShutdown::new();
-    let slots = Arc::new(Semaphore::new(limits.max_connections));
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout);
-    builder.http2().timer(TokioTimer::new());
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(MAX_STREAMS);
     loop {
         let permit = tokio::select! {
             p = slots.clone().acquire_owned() => p.expect("the semaphore is never closed"),

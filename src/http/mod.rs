@@ -332,11 +332,12 @@ pub async fn serve(
         max_connections: state.config.max_connections,
     };
     let drain_timeout = state.config.drain_timeout();
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
     let grpc = grpc.map(|l| {
         let router = protocols::grpc::router(state.clone());
-        listen::serve(l, router, limits, stop_rx.clone())
+        listen::serve(l, router, limits, slots.clone(), stop_rx.clone())
     });
-    let rest = listen::serve(listener, app(state), limits, stop_rx.clone());
+    let rest = listen::serve(listener, app(state), limits, slots, stop_rx.clone());
     // Both accept loops on this task (each connection has its own).
     let mut server = std::pin::pin!(async move {
         let grpc = async move {

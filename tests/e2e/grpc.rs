@@ -5,8 +5,13 @@
 //! model thread and the drain, each refused with its gRPC code and the server ready after.
 
 use crate::common::server::Server;
+use bytes::Bytes;
 use gradcam_serve::proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
-use gradcam_serve::proto::inference::{ModelInferRequest, ServerReadyRequest, model_infer_request};
+use gradcam_serve::proto::inference::{
+    ModelInferRequest, ModelMetadataRequest, ServerReadyRequest, model_infer_request,
+};
+use http_body::Frame;
+use http_body_util::{BodyExt, StreamBody};
 use hyper_util::client::legacy::Client as LegacyClient;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
@@ -128,16 +133,27 @@ fn keys_guard_the_model_calls_in_metadata_and_leave_health_open() {
         let keyed = [("authorization", "Bearer grpc-key-3e1f")];
         let class = infer(&mut client, &keyed, request()).await.unwrap();
         assert!((0..1000).contains(&class));
+        // The model's metadata is keyed as /v2/models/NAME is.
+        let e = client
+            .model_metadata(ModelMetadataRequest {
+                name: "resnet50".into(),
+                version: String::new(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::Unauthenticated, "{e:?}");
         // Health and the server's own readiness stay open to probes.
         assert!(ready(&mut client).await);
+        assert_eq!(health(&server, "").await.unwrap(), ServingStatus::Serving);
     });
+    // ModelInfer and ModelMetadata without a key.
     assert_eq!(
         server.metric("gradcam_auth_failures_total{reason=\"missing\"}"),
-        1.0
+        2.0
     );
     assert_eq!(
         server.metric("gradcam_protocol_requests_total{protocol=\"oip_grpc\",status=\"401\"}"),
-        3.0
+        4.0
     );
     let log = server.wait_log("\"ready\"");
     assert!(!log.contains("grpc-key-3e1f"), "a key reached the log");
@@ -238,10 +254,8 @@ fn a_message_over_the_body_limit_is_refused_and_bad_input_is_invalid_argument() 
         )
         .await
         .unwrap_err();
-        assert!(
-            [Code::ResourceExhausted, Code::OutOfRange].contains(&e.code()),
-            "{e:?}"
-        );
+        // tonic's own refusal, before the message is read: counted as REST's 413.
+        assert_eq!(e.code(), Code::OutOfRange, "{e:?}");
         assert!(e.message().contains("100000"), "{e:?}");
         let mut bad = infer_request("coffee.jpg", &["class_index"]);
         bad.raw_input_contents = vec![b"\x05\x00\x00\x00hello".to_vec().into()];
@@ -251,14 +265,77 @@ fn a_message_over_the_body_limit_is_refused_and_bad_input_is_invalid_argument() 
         other.model_name = "resnet7".into();
         let e = infer(&mut client, &[], other).await.unwrap_err();
         assert_eq!(e.code(), Code::NotFound, "{e:?}");
+        // More tensors than any request needs: refused before the message is decoded.
+        let mut many = infer_request("coffee.jpg", &["class_index"]);
+        many.inputs = vec![Default::default(); 100];
+        let e = infer(&mut client, &[], many).await.unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+        assert!(e.message().contains("at most 16"), "{e:?}");
         assert!(ready(&mut client).await);
     });
+    let route = "route=\"/inference.GRPCInferenceService/ModelInfer\"";
+    assert_eq!(
+        server.metric(&format!("gradcam_requests_total{{{route},status=\"413\"}}")),
+        1.0
+    );
 }
 
 #[test]
-fn draining_turns_readiness_off_then_refuses_with_unavailable() {
-    let mut server = Server::start(&["--grpc-port", "0", "--drain-delay-ms", "1500"]);
+fn a_message_that_trickles_in_is_cut_off_at_the_body_read_timeout() {
+    let server = Server::start(&["--grpc-port", "0", "--body-read-timeout-ms", "1000"]);
     runtime().block_on(async {
+        // A message frame that announces 1000 bytes, then nothing more.
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, std::io::Error>>(1);
+        tx.send(Ok(Frame::data(Bytes::from_static(&[0, 0, 0, 3, 232]))))
+            .await
+            .unwrap();
+        let body = StreamBody::new(tokio_stream_of(rx));
+        let client = LegacyClient::builder(TokioExecutor::new())
+            .http2_only(true)
+            .build_http();
+        let request = axum::http::Request::post(format!(
+            "http://{}/inference.GRPCInferenceService/ModelInfer",
+            server.grpc_target()
+        ))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(body)
+        .unwrap();
+        let started = std::time::Instant::now();
+        let res = tokio::time::timeout(Duration::from_secs(20), async {
+            let res = client.request(request).await.unwrap();
+            let (parts, body) = res.into_parts();
+            let trailers = body
+                .collect()
+                .await
+                .ok()
+                .and_then(|b| b.trailers().cloned());
+            (parts.headers, trailers)
+        })
+        .await
+        .expect("the call ended, at the server's body deadline");
+        let status = res
+            .0
+            .get("grpc-status")
+            .or(res.1.as_ref().and_then(|t| t.get("grpc-status")));
+        assert!(status.is_some_and(|s| s != "0"), "{res:?}");
+        assert!(started.elapsed() >= Duration::from_millis(900), "{res:?}");
+        drop(tx);
+    });
+    assert_eq!(server.ready(), 200);
+}
+
+/// The receiving half of a channel as a stream of body frames.
+fn tokio_stream_of<T: Send + 'static>(
+    mut rx: tokio::sync::mpsc::Receiver<T>,
+) -> impl futures_util::Stream<Item = T> + Send + 'static {
+    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+#[test]
+fn draining_turns_readiness_off_ends_health_watches_then_refuses_with_unavailable() {
+    let mut server = Server::start(&["--grpc-port", "0", "--drain-delay-ms", "3000"]);
+    let watched = runtime().block_on(async {
         let mut client = connect(&server).await;
         assert!(ready(&mut client).await);
         for service in ["", "inference.GRPCInferenceService"] {
@@ -269,8 +346,21 @@ fn draining_turns_readiness_off_then_refuses_with_unavailable() {
         }
         let e = health(&server, "grpc.other").await.unwrap_err();
         assert_eq!(e.code(), Code::NotFound, "{e:?}");
+        let channel = Channel::from_shared(format!("http://{}", server.grpc_target()))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let mut watch = HealthClient::new(channel)
+            .watch(HealthCheckRequest {
+                service: String::new(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let first = watch.message().await.unwrap().unwrap().status;
         server.signal_term();
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
         // Not ready (what a Kubernetes gRPC probe asks), still serving during the drain delay.
         assert!(!ready(&mut client).await);
         assert_eq!(
@@ -280,9 +370,23 @@ fn draining_turns_readiness_off_then_refuses_with_unavailable() {
         let request = || infer_request("coffee.jpg", &["class_index"]);
         assert!(infer(&mut client, &[], request()).await.is_ok());
         // Past the delay: no new work (refused, or the connection closed for good).
-        tokio::time::sleep(Duration::from_millis(1700)).await;
+        tokio::time::sleep(Duration::from_millis(3000)).await;
         let e = infer(&mut client, &[], request()).await.unwrap_err();
         assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+        // The watch said NOT_SERVING and ended rather than hold the drain open.
+        let mut statuses = vec![first];
+        while let Ok(Some(m)) = watch.message().await {
+            statuses.push(m.status);
+        }
+        statuses
     });
+    let want: Vec<i32> = vec![
+        ServingStatus::Serving.into(),
+        ServingStatus::NotServing.into(),
+    ];
+    assert_eq!(watched, want);
+    let exited = std::time::Instant::now();
     assert!(server.wait_exit().success());
+    // Well before the 30 s drain timeout a watch left open would have held it for.
+    assert!(exited.elapsed() < Duration::from_secs(20));
 }

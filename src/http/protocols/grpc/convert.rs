@@ -69,7 +69,13 @@ pub fn request(req: ModelInferRequest) -> Result<(InferRequest, Vec<Contents>), 
         };
         let n = tensor::elements(&read.name, &read.shape)?;
         let c = match (raw.next(), input.contents) {
-            (Some(bytes), _) => tensor::from_binary(&read, n, bytes)?,
+            (Some(_), Some(_)) => {
+                return Err(malformed(format!(
+                    "input {} has contents and raw_input_contents; send one of them",
+                    read.name
+                )));
+            }
+            (Some(bytes), None) => tensor::from_binary(&read, n, bytes)?,
             (None, Some(c)) => typed(&read, n, c)?,
             (None, None) => {
                 return Err(malformed(format!(
@@ -213,14 +219,27 @@ pub fn code(e: &ApiError) -> Code {
     }
 }
 
+/// The longest message a refusal carries, in bytes.
+const MAX_MESSAGE: usize = 1024;
+
 /// A refusal as a gRPC status: the same message as the REST answer's detail (an internal
 /// error's detail stays in the log), and for load the retry hint, in seconds as REST's
 /// `Retry-After` and in milliseconds as gRPC's own `grpc-retry-pushback-ms`.
 pub fn status(e: &ApiError) -> Status {
-    let message = match e {
+    let mut message = match e {
         ApiError::Internal(_) => "internal error".to_string(),
         other => other.to_string(),
     };
+    // Messages quote what the client sent (names, shapes): kept short enough for any client's
+    // limit on metadata.
+    if message.len() > MAX_MESSAGE {
+        let mut end = MAX_MESSAGE;
+        while !message.is_char_boundary(end) {
+            end -= 1;
+        }
+        message.truncate(end);
+        message.push_str("...");
+    }
     let mut status = Status::new(code(e), message);
     let retry_s = match e {
         ApiError::Overloaded { retry_after_s, .. } => Some(*retry_after_s),
@@ -242,6 +261,7 @@ pub fn status(e: &ApiError) -> Status {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::proto::inference::model_infer_request;
 
     #[test]
     fn every_refusal_has_the_code_its_http_status_means() {
@@ -271,6 +291,93 @@ mod tests {
                 "{e:?}: a retry hint in one protocol, not the other"
             );
         }
+    }
+
+    fn image_input(shape: Vec<i64>) -> model_infer_request::InferInputTensor {
+        model_infer_request::InferInputTensor {
+            name: "image".into(),
+            datatype: "BYTES".into(),
+            shape,
+            ..Default::default()
+        }
+    }
+
+    fn refusal(req: ModelInferRequest) -> String {
+        match request(req) {
+            Err(e) => e.to_string(),
+            Ok(_) => panic!("a bad request was read"),
+        }
+    }
+
+    #[test]
+    fn raw_and_typed_contents_are_read_and_inconsistent_ones_refused() {
+        let file = |b: &[u8]| {
+            let mut raw = (b.len() as u32).to_le_bytes().to_vec();
+            raw.extend_from_slice(b);
+            Bytes::from(raw)
+        };
+        let raw = ModelInferRequest {
+            id: "x".into(),
+            inputs: vec![image_input(vec![2])],
+            raw_input_contents: vec![[file(b"ab"), file(b"c")].concat().into()],
+            ..Default::default()
+        };
+        let (read, contents) = request(raw).expect("read");
+        assert_eq!(read.id.as_deref(), Some("x"));
+        assert!(matches!(&contents[..], [Contents::Bytes(b)] if b[0] == "ab" && b[1] == "c"));
+        let mut typed = image_input(vec![1]);
+        typed.contents = Some(InferTensorContents {
+            bytes_contents: vec![Bytes::from_static(b"png")],
+            ..Default::default()
+        });
+        let (_, contents) = request(ModelInferRequest {
+            inputs: vec![typed.clone()],
+            ..Default::default()
+        })
+        .expect("read");
+        assert!(matches!(&contents[..], [Contents::Bytes(b)] if b[0] == "png"));
+
+        let both = ModelInferRequest {
+            inputs: vec![typed.clone()],
+            raw_input_contents: vec![file(b"png")],
+            ..Default::default()
+        };
+        assert!(refusal(both).contains("send one of them"));
+        let counts = ModelInferRequest {
+            inputs: vec![image_input(vec![1]), image_input(vec![1])],
+            raw_input_contents: vec![file(b"png")],
+            ..Default::default()
+        };
+        assert!(refusal(counts).contains("2 inputs"));
+        let mut short = typed;
+        short.shape = vec![2];
+        let e = refusal(ModelInferRequest {
+            inputs: vec![short],
+            ..Default::default()
+        });
+        assert!(e.contains("1 elements for shape [2]"), "{e}");
+        let e = refusal(ModelInferRequest {
+            inputs: vec![image_input(vec![0])],
+            raw_input_contents: vec![file(b"png")],
+            ..Default::default()
+        });
+        assert!(e.contains("BYTES elements"), "{e}");
+        let e = refusal(ModelInferRequest {
+            inputs: vec![image_input(vec![1])],
+            ..Default::default()
+        });
+        assert!(e.contains("no contents"), "{e}");
+    }
+
+    #[test]
+    fn long_messages_are_cut_on_a_character_boundary() {
+        let e = ApiError::Malformed("é".repeat(2000));
+        let m = status(&e).message().to_string();
+        assert!(
+            m.len() <= MAX_MESSAGE + 3 && m.ends_with("..."),
+            "{}",
+            m.len()
+        );
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! when the instance is ready, as `/health/ready` says (not while starting, draining or with
 //! its model stopped) and NOT_SERVING otherwise; any other service is NOT_FOUND (Check) or
 //! SERVICE_UNKNOWN (Watch). Watch sends the status, then each change, checked every
-//! [`WATCH_PERIOD`].
+//! [`WATCH_PERIOD`], and ends (after NOT_SERVING) when the drain stops taking work.
 
 use crate::http::AppState;
 use std::pin::Pin;
@@ -62,15 +62,22 @@ impl Health for Probe {
     ) -> Result<Response<Self::WatchStream>, Status> {
         let service = request.into_inner().service;
         let state = self.state.clone();
-        // (the status last sent, if any): send the first at once, then only changes.
-        let changes = futures_util::stream::unfold(None, move |last| {
+        // (the status last sent, if any): send the first at once, then only changes. Once the
+        // server no longer takes work the watch says NOT_SERVING and ends, so that it does not
+        // hold the drain open.
+        let changes = futures_util::stream::unfold(Some(None), move |last| {
             let state = state.clone();
             let service = service.clone();
             async move {
+                let last = last?;
                 loop {
-                    let now = status(&service, state.ready().is_ok());
+                    let closing = state.closing.load(std::sync::atomic::Ordering::SeqCst);
+                    let now = status(&service, !closing && state.ready().is_ok());
+                    if closing {
+                        return (last != Some(now)).then(|| (Ok(answer(now)), None));
+                    }
                     if last != Some(now) {
-                        return Some((Ok(answer(now)), Some(now)));
+                        return Some((Ok(answer(now)), Some(Some(now))));
                     }
                     tokio::time::sleep(WATCH_PERIOD).await;
                 }

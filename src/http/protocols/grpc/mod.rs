@@ -2,13 +2,16 @@
 //! `tritonclient.grpc` and KServe's `InferenceGRPCClient` call) and the standard
 //! `grpc.health.v1.Health`, on their own port (`--grpc-port`), behind the same queue, batching,
 //! deadlines (the client's `grpc-timeout` within the server's own), pixel budget, keys
-//! (`authorization` metadata), metrics and logs as the REST routes. A message may be as large
-//! as a REST body (`--body-limit`).
+//! (`authorization` metadata, checked before the message is read), metrics and logs as the REST
+//! routes. A message may be as large as a REST body (`--body-limit`) and must arrive as soon
+//! (`--body-read-timeout-ms`); what it may claim is bounded before it is decoded
+//! ([`crate::proto::codec`]).
 //!
 //! Served by the same accept loop as the REST side (header-read timeout, connection limit,
 //! graceful drain), as HTTP/2 without TLS (h2c), as gRPC is inside a cluster.
 
 mod convert;
+mod edge;
 mod health;
 mod service;
 
@@ -25,8 +28,14 @@ pub fn router(state: AppState) -> axum::Router {
     })
     .max_decoding_message_size(limit)
     .max_encoding_message_size(usize::MAX);
-    let health = HealthServer::new(health::Probe { state });
+    let health = HealthServer::new(health::Probe {
+        state: state.clone(),
+    });
     tonic::service::Routes::new(inference)
         .add_service(health)
         .into_axum_router()
+        .layer(axum::middleware::from_fn_with_state(state, edge::edge))
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(
+            edge::panicked,
+        ))
 }

@@ -1,7 +1,8 @@
-//! `inference.GRPCInferenceService`: the REST routes' twins, on the same state. Every call is
-//! counted in `gradcam_requests_total` under its gRPC path (with the HTTP status its outcome
-//! means) and in `gradcam_protocol_requests_total{protocol="oip_grpc"}`; refusals are counted
-//! and logged as REST's are.
+//! `inference.GRPCInferenceService`: the REST routes' twins, on the same state. The calls it
+//! answers are counted here in `gradcam_requests_total` under their gRPC path (with the HTTP
+//! status of the REST side's same answer) and in
+//! `gradcam_protocol_requests_total{protocol="oip_grpc"}`, refusals counted and logged as
+//! REST's are; [`super::edge`] counts the rest and checks keys before the message is read.
 
 use super::convert;
 use crate::http::AppState;
@@ -32,6 +33,7 @@ impl Inference {
     fn finish<T>(&self, method: &str, r: Result<T, ApiError>) -> Result<Response<T>, Status> {
         let route = format!("{SERVICE}{method}");
         let metrics = &self.state.metrics;
+        super::edge::counted();
         match r {
             Ok(answer) => {
                 metrics.request(&route, 200);
@@ -52,20 +54,6 @@ impl Inference {
         }
     }
 
-    /// The key, in the `authorization` metadata as REST's header (`Bearer KEY`), where the
-    /// REST side's `/v2/models` routes need one.
-    fn authorize(&self, metadata: &MetadataMap) -> Result<(), ApiError> {
-        let keys = &self.state.keys;
-        if !keys.guards("/v2/models") {
-            return Ok(());
-        }
-        let presented = metadata.get("authorization").map(|v| v.as_bytes());
-        keys.check(presented).map_err(|failure| {
-            self.state.metrics.auth_failure(failure.reason());
-            ApiError::Unauthorized(failure)
-        })
-    }
-
     /// The served model's name when `name` and `version` (empty: any) name it.
     fn model(&self, name: &str, version: &str) -> Result<String, ApiError> {
         served(&self.state, name, Some(version).filter(|v| !v.is_empty()))
@@ -78,12 +66,11 @@ impl Inference {
     ) -> Result<pb::ModelInferResponse, ApiError> {
         let started = Instant::now();
         let state = &self.state;
-        self.authorize(&metadata)?;
         let name = self.model(&req.model_name, &req.model_version)?;
         let server_limit = state.config.request_timeout();
-        let limit =
-            convert::client_timeout(&metadata)?.map_or(server_limit, |t| t.min(server_limit));
-        within(state, started, limit, async {
+        let client_limit = convert::client_timeout(&metadata)?.filter(|t| *t < server_limit);
+        let limit = client_limit.unwrap_or(server_limit);
+        let r = within(state, started, limit, async {
             state.serving()?;
             let size = state.engine.description().input.size;
             let (request, images) = blocking(state, move || {
@@ -107,7 +94,17 @@ impl Inference {
             time.record(&state.metrics, true);
             Ok(answer)
         })
-        .await
+        .await;
+        match r {
+            // The client's own deadline, not the server's load: DEADLINE_EXCEEDED, which
+            // clients do not retry elsewhere as they would UNAVAILABLE.
+            Err(ApiError::Overloaded { .. } | ApiError::Expired | ApiError::Timeout(_))
+                if client_limit.is_some() =>
+            {
+                Err(ApiError::Timeout(limit.as_millis() as u64))
+            }
+            r => r,
+        }
     }
 }
 
@@ -148,13 +145,12 @@ impl GrpcInferenceService for Inference {
         &self,
         request: Request<pb::ModelReadyRequest>,
     ) -> Result<Response<pb::ModelReadyResponse>, Status> {
-        let r = self.authorize(request.metadata()).and_then(|()| {
-            let m = request.get_ref();
-            self.model(&m.name, &m.version)?;
-            Ok(pb::ModelReadyResponse {
+        let m = request.get_ref();
+        let r = self
+            .model(&m.name, &m.version)
+            .map(|_| pb::ModelReadyResponse {
                 ready: self.state.ready().is_ok(),
-            })
-        });
+            });
         self.finish("ModelReady", r)
     }
 
@@ -174,17 +170,16 @@ impl GrpcInferenceService for Inference {
         &self,
         request: Request<pb::ModelMetadataRequest>,
     ) -> Result<Response<pb::ModelMetadataResponse>, Status> {
-        let r = self.authorize(request.metadata()).and_then(|()| {
-            let m = request.get_ref();
-            let name = self.model(&m.name, &m.version)?;
+        let m = request.get_ref();
+        let r = self.model(&m.name, &m.version).map(|name| {
             let meta = oip::metadata(&name, self.state.engine.description());
-            Ok(pb::ModelMetadataResponse {
+            pb::ModelMetadataResponse {
                 name,
                 versions: vec![MODEL_VERSION.into()],
                 platform: meta["platform"].as_str().unwrap_or_default().into(),
                 inputs: tensors(&meta["inputs"]),
                 outputs: tensors(&meta["outputs"]),
-            })
+            }
         });
         self.finish("ModelMetadata", r)
     }
