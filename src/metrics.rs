@@ -96,7 +96,7 @@ pub struct Metrics {
 }
 
 /// One gauge with its help and type lines.
-fn gauge(out: &mut String, name: &str, help: &str, value: u64) {
+pub fn gauge(out: &mut String, name: &str, help: &str, value: u64) {
     let _ = writeln!(
         out,
         "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"

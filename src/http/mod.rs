@@ -225,20 +225,27 @@ pub const PREFLIGHT_MAX_AGE_S: u64 = 3600;
 /// [`crate::fault::Fault`]) and handles the request within it.
 #[cfg(feature = "fault-injection")]
 async fn injected_fault(req: Request, next: Next) -> Response {
-    let fault = req
+    let value = req
         .headers()
         .get("x-gradcam-fault")
+        .map(HeaderValue::as_bytes);
+    match fault_named(value) {
+        Ok(fault) => crate::fault::within(fault, next.run(req)).await,
+        Err(e) => e.into_response(),
+    }
+}
+
+/// Test builds: the fault an `x-gradcam-fault` header (or gRPC metadata) names, if any.
+#[cfg(feature = "fault-injection")]
+fn fault_named(value: Option<&[u8]>) -> Result<Option<crate::fault::Fault>, ApiError> {
+    value
         .map(|v| {
-            v.to_str()
+            std::str::from_utf8(v)
                 .map_err(|_| "not text".to_string())
                 .and_then(str::parse)
                 .map_err(|e| ApiError::Malformed(format!("x-gradcam-fault: {e}")))
         })
-        .transpose();
-    match fault {
-        Ok(fault) => crate::fault::within(fault, next.run(req)).await,
-        Err(e) => e.into_response(),
-    }
+        .transpose()
 }
 
 /// The route an answer came from, for [`observe`] (which runs before routing has happened).

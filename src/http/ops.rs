@@ -24,12 +24,27 @@ pub async fn ready(State(state): State<AppState>) -> Result<Json<StatusBody>, Ap
 }
 
 pub async fn metrics(State(state): State<AppState>) -> Response {
+    let mut text = state.metrics.render();
+    // What the instance is now, read at the scrape: alerts on readiness flapping and on a
+    // saturated queue need them beside the counters.
+    crate::metrics::gauge(
+        &mut text,
+        "gradcam_ready",
+        "Whether this instance takes new work: 1 when /health/ready answers 200, else 0.",
+        u64::from(state.ready().is_ok()),
+    );
+    crate::metrics::gauge(
+        &mut text,
+        "gradcam_queue_capacity",
+        "Images the queue holds at most (--queue-capacity).",
+        state.config.queue_capacity as u64,
+    );
     (
         [(
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        state.metrics.render(),
+        text,
     )
         .into_response()
 }

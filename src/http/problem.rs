@@ -280,11 +280,13 @@ impl From<EngineError> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, kind, title) = self.parts();
+        let detail = self.to_string();
+        let shown = ProblemDetail(detail.clone());
         let body = Problem {
             kind,
             title,
             status: status.as_u16(),
-            detail: self.to_string(),
+            detail,
         };
         let mut res = (status, axum::Json(body)).into_response();
         let headers = res.headers_mut();
@@ -323,6 +325,7 @@ impl IntoResponse for ApiError {
         // Lets the middleware count refusals by reason without parsing the body, and log what
         // went wrong inside without telling the client.
         res.extensions_mut().insert(ProblemType(kind));
+        res.extensions_mut().insert(shown);
         if let ApiError::Internal(detail) = self {
             res.extensions_mut().insert(InternalDetail(detail));
         }
@@ -333,6 +336,10 @@ impl IntoResponse for ApiError {
 /// The problem type of an error response, for metrics.
 #[derive(Debug, Clone, Copy)]
 pub struct ProblemType(pub &'static str);
+
+/// The problem's `detail`, for the inference protocols, which answer it in their own shape.
+#[derive(Debug, Clone)]
+pub struct ProblemDetail(pub String);
 
 /// What an internal error was, for the log only.
 #[derive(Debug, Clone)]

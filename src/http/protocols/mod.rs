@@ -11,6 +11,7 @@ mod run;
 mod tensor;
 
 use super::AppState;
+use super::problem::ProblemDetail;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::Request;
@@ -66,25 +67,18 @@ fn is_protocol_path(path: &str) -> bool {
 
 /// A problem (`application/problem+json`) on a protocol's path, unknown routes included, as
 /// `{"error": DETAIL}`: the shape both protocols give errors. Status, headers (Retry-After,
-/// WWW-Authenticate) and what the metrics read stay.
+/// WWW-Authenticate) and what the metrics read stay; the detail comes with the answer (every
+/// problem is made by `ApiError`), so the body is replaced, never parsed.
 pub async fn error_shape(req: Request, next: Next) -> Response {
     let protocol = is_protocol_path(req.uri().path());
-    let res = next.run(req).await;
-    let problem = res
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .is_some_and(|t| t == "application/problem+json");
-    if !protocol || !problem {
+    let mut res = next.run(req).await;
+    if !protocol {
         return res;
     }
-    let (mut parts, body) = res.into_parts();
-    let bytes = axum::body::to_bytes(body, 1 << 20)
-        .await
-        .unwrap_or_default();
-    let detail = serde_json::from_slice::<serde_json::Value>(&bytes)
-        .ok()
-        .and_then(|v| v.get("detail")?.as_str().map(String::from))
-        .unwrap_or_default();
+    let Some(ProblemDetail(detail)) = res.extensions_mut().remove::<ProblemDetail>() else {
+        return res;
+    };
+    let (mut parts, _) = res.into_parts();
     parts.headers.remove(header::CONTENT_LENGTH);
     parts.headers.insert(
         header::CONTENT_TYPE,

@@ -189,27 +189,17 @@ impl GrpcInferenceService for Inference {
         request: Request<pb::ModelInferRequest>,
     ) -> Result<Response<pb::ModelInferResponse>, Status> {
         let (metadata, _, req) = request.into_parts();
+        // Test builds: the fault the metadata names, as REST's header does.
         #[cfg(feature = "fault-injection")]
-        let r = match injected_fault(&metadata) {
-            Ok(fault) => crate::fault::within(fault, self.infer(metadata, req)).await,
-            Err(e) => Err(e),
+        let r = {
+            let fault = metadata.get("x-gradcam-fault").map(|v| v.as_bytes());
+            match crate::http::fault_named(fault) {
+                Ok(fault) => crate::fault::within(fault, self.infer(metadata, req)).await,
+                Err(e) => Err(e),
+            }
         };
         #[cfg(not(feature = "fault-injection"))]
         let r = self.infer(metadata, req).await;
         self.finish("ModelInfer", r)
     }
-}
-
-/// Test builds: the fault named in the `x-gradcam-fault` metadata, as REST's header.
-#[cfg(feature = "fault-injection")]
-fn injected_fault(metadata: &MetadataMap) -> Result<Option<crate::fault::Fault>, ApiError> {
-    metadata
-        .get("x-gradcam-fault")
-        .map(|v| {
-            v.to_str()
-                .map_err(|_| "not text".to_string())
-                .and_then(str::parse)
-                .map_err(|e| ApiError::Malformed(format!("x-gradcam-fault: {e}")))
-        })
-        .transpose()
 }
