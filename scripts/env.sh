@@ -7,4 +7,5 @@ export GRADCAM_CACHE GRADCAM_VENV
 # torch-sys asks this Python for libtorch's headers and libraries.
 export LIBTORCH_USE_PYTORCH=1
 export VIRTUAL_ENV="$GRADCAM_VENV"
-export PATH="$GRADCAM_VENV/bin:$PATH"
+# Tools the set-up unpacks into the cache (promtool), then the environment's.
+export PATH="$GRADCAM_CACHE/bin:$GRADCAM_VENV/bin:$PATH"

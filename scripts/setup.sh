@@ -40,6 +40,19 @@ if [ "${GRADCAM_SKIP_SYSTEM_PACKAGES:-0}" != 1 ]; then
     $sudo apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${tools[@]}" >/dev/null
   fi
+  # promtool checks and unit-tests deploy/observability/rules.yaml (tests/e2e/observability.rs).
+  # It comes from Debian's prometheus package, unpacked into the cache rather than installed,
+  # so that no Prometheus daemon is installed or started on the machine.
+  if ! command -v promtool >/dev/null 2>&1; then
+    echo "setup: unpacking promtool from Debian's prometheus package into $GRADCAM_CACHE/bin" >&2
+    deb="$(mktemp -d)"
+    (cd "$deb" && apt-get download prometheus >/dev/null 2>&1) ||
+      { $sudo apt-get update -qq && (cd "$deb" && apt-get download prometheus >/dev/null); }
+    dpkg-deb -x "$deb"/prometheus_*.deb "$deb/root"
+    mkdir -p "$GRADCAM_CACHE/bin"
+    cp "$deb/root/usr/bin/promtool" "$GRADCAM_CACHE/bin/promtool"
+    rm -rf "$deb"
+  fi
   python3 "$here/runtime_image.py" base >/dev/null 2>&1 ||
     $sudo env GRADCAM_CACHE="$GRADCAM_CACHE" python3 "$here/runtime_image.py" base >/dev/null
 fi

@@ -1,8 +1,9 @@
 //! The end-to-end tests, in one binary (libtorch is linked once): the real `gradcam-serve`
 //! binary over real HTTP with the real model (the server's contract, faults, limits, memory,
 //! keys, the URL form, nginx in front, the playground in Chromium), the command line and
-//! dataset runs, the runtime image and the Kubernetes manifests, the device kit on the CPU, and
-//! the source tree's layout. Each module is one subject; tests/common holds what they share.
+//! dataset runs, the runtime image and the Kubernetes manifests, the Prometheus rules and the
+//! Grafana dashboard, the device kit on the CPU, and the source tree's layout. Each module is
+//! one subject; tests/common holds what they share.
 #![allow(clippy::unwrap_used)] // a test fails on an unexpected error by panicking
 
 #[path = "../common/mod.rs"]
@@ -23,6 +24,7 @@ mod k8s;
 mod layout;
 mod memory;
 mod nginx;
+mod observability;
 mod protocols;
 mod runtime;
 mod server;
