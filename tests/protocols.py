@@ -109,7 +109,7 @@ def tritonclient_http():
     image.set_data_from_numpy(np.array([b"not an image"], dtype=np.object_))
     for outputs, says in [
         ([triton.InferRequestedOutput("logits")], "unknown output"),
-        (None, "image"),
+        (None, "unrecognised image format"),
     ]:
         try:
             client.infer(MODEL, [image], outputs=outputs)
@@ -151,7 +151,7 @@ def tritonclient_grpc():
     bad.set_data_from_numpy(np.array([b"not an image"], dtype=np.object_))
     for model, outputs, code, says in [
         (MODEL, [triton_grpc.InferRequestedOutput("logits")], "StatusCode.INVALID_ARGUMENT", "unknown output"),
-        (MODEL, None, "StatusCode.INVALID_ARGUMENT", "image"),
+        (MODEL, None, "StatusCode.INVALID_ARGUMENT", "unrecognised image format"),
         ("resnet7", None, "StatusCode.NOT_FOUND", "serves"),
     ]:
         try:
