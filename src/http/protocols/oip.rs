@@ -78,26 +78,53 @@ pub async fn model_metadata(
     Ok(Json(metadata(&name, state.engine.description())))
 }
 
-/// What the model takes and gives (-1: any size).
-pub(super) fn metadata(name: &str, d: &Description) -> Value {
-    let s = d.input.size;
-    let tensor = |name: &str, datatype: &str, shape: Value| json!({ "name": name, "datatype": datatype, "shape": shape });
+/// One tensor of the model's metadata (-1 in a shape: any size).
+pub(super) struct TensorSpec {
+    pub name: &'static str,
+    pub datatype: &'static str,
+    pub shape: Vec<i64>,
+}
+
+/// The platform the metadata names.
+pub(super) const PLATFORM: &str = "gradcam-serve";
+
+/// What the model takes and gives: its inputs and its outputs, for both transports.
+pub(super) fn tensors(d: &Description) -> (Vec<TensorSpec>, Vec<TensorSpec>) {
+    let s = i64::from(d.input.size);
+    let t = |name, datatype, shape: &[i64]| TensorSpec {
+        name,
+        datatype,
+        shape: shape.to_vec(),
+    };
+    let inputs = vec![
+        t("image", "BYTES", &[-1]),
+        t("input", "FP32", &[-1, 3, s, s]),
+    ];
+    let outputs = vec![
+        t("probabilities", "FP32", &[-1, d.classes as i64]),
+        t("class_index", "INT64", &[-1, -1]),
+        t("label", "BYTES", &[-1, -1]),
+        t("heatmap", "FP32", &[-1, -1, -1, -1]),
+        t("heatmap_normalized", "FP32", &[-1, -1, -1, -1]),
+        t("overlay", "BYTES", &[-1, -1]),
+    ];
+    (inputs, outputs)
+}
+
+/// The model's metadata in JSON.
+fn metadata(name: &str, d: &Description) -> Value {
+    let (inputs, outputs) = tensors(d);
+    let list = |l: Vec<TensorSpec>| -> Vec<Value> {
+        l.into_iter()
+            .map(|t| json!({ "name": t.name, "datatype": t.datatype, "shape": t.shape }))
+            .collect()
+    };
     json!({
         "name": name,
         "versions": [MODEL_VERSION],
-        "platform": "gradcam-serve",
-        "inputs": [
-            tensor("image", "BYTES", json!([-1])),
-            tensor("input", "FP32", json!([-1, 3, s, s])),
-        ],
-        "outputs": [
-            tensor("probabilities", "FP32", json!([-1, d.classes])),
-            tensor("class_index", "INT64", json!([-1, -1])),
-            tensor("label", "BYTES", json!([-1, -1])),
-            tensor("heatmap", "FP32", json!([-1, -1, -1, -1])),
-            tensor("heatmap_normalized", "FP32", json!([-1, -1, -1, -1])),
-            tensor("overlay", "BYTES", json!([-1, -1])),
-        ],
+        "platform": PLATFORM,
+        "inputs": list(inputs),
+        "outputs": list(outputs),
     })
 }
 

@@ -15,7 +15,6 @@ use crate::http::work::blocking;
 use crate::metrics::Clock;
 use crate::proto::inference as pb;
 use crate::proto::inference::grpc_inference_service_server::GrpcInferenceService;
-use serde_json::Value;
 use std::time::Instant;
 use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status};
@@ -108,18 +107,13 @@ impl Inference {
     }
 }
 
-/// The tensors of the REST side's model metadata.
-fn tensors(list: &Value) -> Vec<pb::model_metadata_response::TensorMetadata> {
-    let items = list.as_array().map_or(&[][..], Vec::as_slice);
-    items
-        .iter()
+/// The metadata's tensors, as the protocol's messages.
+fn specs(list: Vec<oip::TensorSpec>) -> Vec<pb::model_metadata_response::TensorMetadata> {
+    list.into_iter()
         .map(|t| pb::model_metadata_response::TensorMetadata {
-            name: t["name"].as_str().unwrap_or_default().to_string(),
-            datatype: t["datatype"].as_str().unwrap_or_default().to_string(),
-            shape: t["shape"]
-                .as_array()
-                .map(|s| s.iter().filter_map(Value::as_i64).collect())
-                .unwrap_or_default(),
+            name: t.name.into(),
+            datatype: t.datatype.into(),
+            shape: t.shape,
         })
         .collect()
 }
@@ -172,13 +166,13 @@ impl GrpcInferenceService for Inference {
     ) -> Result<Response<pb::ModelMetadataResponse>, Status> {
         let m = request.get_ref();
         let r = self.model(&m.name, &m.version).map(|name| {
-            let meta = oip::metadata(&name, self.state.engine.description());
+            let (inputs, outputs) = oip::tensors(self.state.engine.description());
             pb::ModelMetadataResponse {
                 name,
                 versions: vec![MODEL_VERSION.into()],
-                platform: meta["platform"].as_str().unwrap_or_default().into(),
-                inputs: tensors(&meta["inputs"]),
-                outputs: tensors(&meta["outputs"]),
+                platform: oip::PLATFORM.into(),
+                inputs: specs(inputs),
+                outputs: specs(outputs),
             }
         });
         self.finish("ModelMetadata", r)
