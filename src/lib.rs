@@ -51,3 +51,4 @@ pub mod offline;
 pub mod proto;
 pub mod render;
 pub mod service;
+pub mod telemetry;

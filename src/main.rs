@@ -1,6 +1,7 @@
 use clap::Parser;
 use gradcam_serve::cli::{self, Cli, Command};
 use gradcam_serve::config::LogFormat;
+use gradcam_serve::telemetry::{self, Telemetry};
 
 fn main() -> std::process::ExitCode {
     // `--version` names the libtorch actually loaded, which clap's static text cannot.
@@ -22,27 +23,29 @@ fn main() -> std::process::ExitCode {
             };
         }
     };
-    let format = match &cli.command {
-        Command::Serve(c) => c.log_format,
-        Command::Explain(_) | Command::Bench(_) => LogFormat::Pretty,
+    // Traces are the server's: the offline commands only log.
+    let (format, traces) = match &cli.command {
+        Command::Serve(c) => (
+            c.log_format,
+            telemetry::configured(|name| std::env::var(name).ok()),
+        ),
+        Command::Explain(_) | Command::Bench(_) => (LogFormat::Pretty, Ok(None)),
     };
-    let filter =
-        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    // Colour only on a terminal: a redirected log is plain text.
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Pretty => builder.init(),
-    }
-    match cli::run(cli) {
+    let telemetry = match traces.and_then(|t| Telemetry::install(format, t)) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let code = match cli::run(cli) {
         Ok(code) => code,
         Err(e) => {
             tracing::error!("{e:#}");
             eprintln!("error: {e:#}");
             std::process::ExitCode::FAILURE
         }
-    }
+    };
+    telemetry.shutdown();
+    code
 }

@@ -82,14 +82,17 @@ pub enum EngineError {
     Lost(String),
 }
 
-/// A queued image with its reply channel. The tracing span travels with it, so that the model
-/// thread's log lines belong to the request.
+/// A queued image with its reply channel. The request's span travels with it, so that the
+/// model thread's log lines and spans belong to the request.
 struct Job {
     input: Vec<f32>,
     task: Task,
     deadline: Instant,
     enqueued: Instant,
     span: tracing::Span,
+    /// The job's part of the request's trace: `queue` until its batch starts, then `inference`
+    /// until it is answered (each span closes as the next replaces it).
+    stage: tracing::Span,
     reply: oneshot::Sender<Result<Done, EngineError>>,
     /// Test builds: the fault the request asked for, made to happen by the model thread.
     #[cfg(feature = "fault-injection")]
@@ -191,6 +194,7 @@ impl Engine {
             deadline,
             enqueued: Instant::now(),
             span: tracing::Span::current(),
+            stage: tracing::info_span!("queue"),
             reply,
             #[cfg(feature = "fault-injection")]
             fault: crate::fault::current(),

@@ -97,6 +97,13 @@ impl Health {
     }
 }
 
+/// What the model thread says of its backend in each batch's span (and how it times it).
+struct Model {
+    device: String,
+    precision: String,
+    on_cpu: bool,
+}
+
 /// Why one attempt at a group of jobs failed.
 enum Failure {
     Error(EngineError),
@@ -122,15 +129,21 @@ impl Worker {
 
     fn run(&self, mut backend: Box<dyn Backend>, rx: &mpsc::Receiver<Job>) {
         let mut end = EngineError::Stopped;
+        let described = backend.describe();
         let on_cpu = matches!(
-            crate::config::parse_device(&backend.describe().device),
+            crate::config::parse_device(&described.device),
             Ok(tch::Device::Cpu)
         );
+        let model = Model {
+            device: described.device,
+            precision: described.precision.to_string(),
+            on_cpu,
+        };
         while let Some(batch) = self.next_batch(rx) {
             if batch.is_empty() {
                 continue;
             }
-            match self.run_batch(&*backend, batch, on_cpu) {
+            match self.run_batch(&*backend, batch, &model) {
                 Health::Fine => {}
                 Health::Broken => {
                     drop(backend);
@@ -218,22 +231,38 @@ impl Worker {
         }
     }
 
-    fn run_batch(&self, backend: &dyn Backend, jobs: Vec<Job>, on_cpu: bool) -> Health {
+    fn run_batch(&self, backend: &dyn Backend, mut jobs: Vec<Job>, model: &Model) -> Health {
         let started = Instant::now();
         let cpu_started = crate::metrics::thread_cpu_time();
         let size = jobs.len();
         self.metrics.batch(size);
         self.pace.started(size);
+        // The batch's own trace, linked to each request it serves; each request's `queue` span
+        // ends here and its `inference` span, linked to the batch, begins.
+        let batch = tracing::info_span!(
+            "batch",
+            batch.size = size as i64,
+            model.device = %model.device,
+            model.precision = %model.precision,
+        );
+        for job in &mut jobs {
+            batch.follows_from(&job.span);
+            job.stage =
+                tracing::info_span!(parent: &job.span, "inference", batch.size = size as i64);
+            job.stage.follows_from(&batch);
+        }
+        let entered = batch.enter();
         let (explain, predict): (Vec<Job>, Vec<Job>) = jobs
             .into_iter()
             .partition(|j| matches!(j.task, Task::Explain(_)));
         let mut health = Health::Fine;
         let explain_out = self.run_group(backend, &explain, &mut health);
         let predict_out = self.run_group(backend, &predict, &mut health);
+        drop(entered);
         let inference = started.elapsed();
         // Only a batch that ran normally says how fast the model is; on the CPU its work is the
         // model thread's own CPU time (see `pace`).
-        let work = if on_cpu {
+        let work = if model.on_cpu {
             crate::metrics::thread_cpu_time().saturating_sub(cpu_started)
         } else {
             inference

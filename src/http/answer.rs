@@ -14,6 +14,7 @@ use crate::render;
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use std::time::{Duration, Instant};
+use tracing::Instrument;
 
 /// Headers that carry [`Timings`] (milliseconds), on every answer of these routes.
 pub const TIMING_HEADERS: [&str; 3] = ["x-queue-time", "x-inference-time", "x-total-time"];
@@ -92,6 +93,7 @@ pub async fn overlay_answer(
         let picture = draw(&decoded, &e, &o, &pictures, &mut time)?;
         Ok::<_, ApiError>((e, picture, time))
     })
+    .instrument(tracing::info_span!("render"))
     .await?;
     let (first, bytes, time) = drawn?;
     time.record(&state.metrics, false);
@@ -143,11 +145,15 @@ pub async fn json_answer(
             },
             explanations,
         };
-        let (json, took) = Clock::time(|| body.to_json());
+        let (json, took) = Clock::time(|| {
+            let _span = tracing::info_span!("serialize").entered();
+            body.to_json()
+        });
         time.serialize += took;
         json.map(|json| (json, body.answer.timings, time))
             .map_err(|e| ApiError::Internal(format!("the answer did not serialise: {e}")))
     })
+    .instrument(tracing::info_span!("render"))
     .await??;
     time.record(&state.metrics, true);
     state
@@ -182,6 +188,7 @@ pub fn explanation_bodies<'a>(
                     .heatmap_side
                     .map(|side| render::overlay_size(decoded.width, decoded.height, side));
                 let (png, took) = Clock::time(|| {
+                    let _span = tracing::info_span!("encode", picture.format = "png").entered();
                     render::heatmap_png(
                         &e.normalized,
                         e.heatmap.width,
@@ -240,6 +247,7 @@ pub fn draw(
         .ok_or_else(|| ApiError::Internal("no photograph kept for the overlay".into()))?;
     let region = decoded.region.fraction_of(decoded.width, decoded.height);
     let (picture, took) = Clock::time(|| {
+        let _span = tracing::info_span!("overlay").entered();
         render::overlay(
             base,
             &e.normalized,
@@ -250,7 +258,11 @@ pub fn draw(
         )
     });
     time.overlay += took;
-    let (bytes, took) = Clock::time(|| render::encode(&picture, pictures.format, pictures.quality));
+    let (bytes, took) = Clock::time(|| {
+        let _span =
+            tracing::info_span!("encode", picture.format = pictures.format.media_type()).entered();
+        render::encode(&picture, pictures.format, pictures.quality)
+    });
     time.encode += took;
     Ok(bytes)
 }

@@ -19,6 +19,7 @@ use axum::extract::{FromRequest, Request, State};
 use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
 use std::time::Instant;
+use tracing::Instrument;
 
 /// The size of the overlay drawn from a `display`-sized picture, longer side `keep`.
 fn overlay_of(display: (u32, u32), keep: Option<u32>) -> Option<(u32, u32)> {
@@ -50,11 +51,16 @@ fn prepare(
     keep: Option<u32>,
 ) -> Result<(input::Ready, Vec<f32>, StageTime, StageTime), ApiError> {
     let clock = Clock::start();
+    let span = tracing::info_span!("decode", image.bytes = bytes.len() as i64).entered();
     let opened = input::open(bytes, limits)?;
     let overlay = overlay_of(opened.display_size(), keep);
     let decoded = opened.decode_for(preprocess, overlay)?;
+    drop(span);
     let decode = clock.stop();
-    let ((ready, x), pre) = Clock::time(|| decoded.prepare(preprocess, overlay));
+    let ((ready, x), pre) = Clock::time(|| {
+        let _span = tracing::info_span!("preprocess").entered();
+        decoded.prepare(preprocess, overlay)
+    });
     Ok((ready, x, decode, pre))
 }
 
@@ -117,14 +123,23 @@ pub(super) async fn infer_incoming<T>(
     parse: impl FnOnce(&RawOptions) -> Result<(Task, T, Option<u32>), ApiError>,
 ) -> Result<(Inferred<T>, budget::Reservation), ApiError> {
     state.serving()?;
-    let (task, request, keep) = parse(&incoming.options)?;
+    let (task, request, keep) =
+        tracing::info_span!("options").in_scope(|| parse(&incoming.options))?;
     let mut timings = Timings::default();
     let mut reservation = state.budget.reservation();
     let bytes = match incoming.source {
         Source::Bytes(b) => b,
         Source::Url(url) => {
             let t = Instant::now();
-            let bytes = fetch_within(state, &url, &mut reservation).await?;
+            // The host only: a URL's path and query may carry its owner's secrets.
+            let host = url::Url::parse(&url)
+                .ok()
+                .and_then(|u| u.host_str().map(str::to_string))
+                .unwrap_or_default();
+            let span = tracing::info_span!("fetch", otel.kind = "client", server.address = host);
+            let bytes = fetch_within(state, &url, &mut reservation)
+                .instrument(span)
+                .await?;
             timings.fetch_ms = Some(ms(t.elapsed()));
             state.metrics.stage("fetch", t.elapsed().as_secs_f64());
             bytes
@@ -143,7 +158,10 @@ pub(super) async fn infer_incoming<T>(
     let preprocess = state.engine.description().input;
     let turn = work::turn(state).await?;
     let (bytes, width, height, pixels, header) = work::on_pool(move || {
-        let (measured, header) = Clock::time(|| measure(&bytes, limits, &preprocess, keep));
+        let (measured, header) = Clock::time(|| {
+            let _span = tracing::info_span!("read header").entered();
+            measure(&bytes, limits, &preprocess, keep)
+        });
         let (w, h, pixels) = measured?;
         Ok::<_, ApiError>((bytes, w, h, pixels, header))
     })
@@ -154,6 +172,10 @@ pub(super) async fn infer_incoming<T>(
             height,
             pixels + budget::pixels_of_bytes(bytes.len() as u64),
         )
+        .instrument(tracing::info_span!(
+            "pixel budget wait",
+            image.pixels = pixels as i64
+        ))
         .await?;
     let (decoded, x, mut decode, pre) = work::on_pool(move || {
         let _turn = turn;

@@ -17,6 +17,7 @@ mod ops;
 pub mod options;
 pub mod problem;
 mod protocols;
+mod traced;
 mod ui;
 mod work;
 
@@ -182,7 +183,10 @@ pub fn app(state: AppState) -> Router {
     } else {
         router.layer(cors(&origins))
     };
-    router.with_state(state)
+    // Outermost: the request's span covers everything the server does for it.
+    router
+        .layer(middleware::from_fn(traced::rest))
+        .with_state(state)
 }
 
 fn cors(origins: &[String]) -> CorsLayer {

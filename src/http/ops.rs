@@ -6,7 +6,7 @@ use super::bodies::{InfoBody, Label, LabelsBody, StatusBody};
 use super::problem::ApiError;
 use axum::Json;
 use axum::extract::{Request, State};
-use axum::http::header;
+use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
 
 /// Live unless the model thread has died outside a shutdown: then only a restart helps.
@@ -23,8 +23,13 @@ pub async fn ready(State(state): State<AppState>) -> Result<Json<StatusBody>, Ap
     Ok(Json(StatusBody { status: "ready" }))
 }
 
-pub async fn metrics(State(state): State<AppState>) -> Response {
-    let mut text = state.metrics.render();
+/// The Prometheus text format, or OpenMetrics (with latency exemplars: the traces of requests
+/// in each bucket) for a scraper whose `Accept` prefers it.
+pub async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+    let open = super::negotiate::choose(accept, &["text/plain", "application/openmetrics-text"])
+        .is_ok_and(|t| t == "application/openmetrics-text");
+    let mut text = state.metrics.render(open);
     // What the instance is now, read at the scrape: alerts on readiness flapping and on a
     // saturated queue need them beside the counters.
     crate::metrics::gauge(
@@ -39,6 +44,11 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
         "Images the queue holds at most (--queue-capacity).",
         state.config.queue_capacity as u64,
     );
+    crate::telemetry::render_metrics(&mut text);
+    if open {
+        let text = crate::metrics::openmetrics(&text);
+        return ([(header::CONTENT_TYPE, crate::metrics::OPENMETRICS)], text).into_response();
+    }
     (
         [(
             header::CONTENT_TYPE,

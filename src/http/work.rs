@@ -4,6 +4,7 @@
 use super::AppState;
 use super::problem::ApiError;
 use tokio::sync::OwnedSemaphorePermit;
+use tracing::Instrument;
 
 /// One of the `--image-threads` turns at picture work: many concurrent requests take turns on
 /// the cores instead of all decoding at once, and the model thread keeps its share.
@@ -13,20 +14,24 @@ pub struct Turn {
 
 /// Waits for a turn (within the request's deadline, which cancels the wait).
 pub async fn turn(state: &AppState) -> Result<Turn, ApiError> {
+    let wait = tracing::info_span!("picture work wait");
     state
         .image_work
         .clone()
         .acquire_owned()
+        .instrument(wait)
         .await
         .map(|permit| Turn { _permit: permit })
         .map_err(|_| ApiError::Internal("the picture workers are closed".into()))
 }
 
-/// Runs CPU-heavy work on the blocking pool, never on the async runtime.
+/// Runs CPU-heavy work on the blocking pool, never on the async runtime, inside the caller's
+/// span (so that its own spans belong to the request's trace).
 pub async fn on_pool<T: Send + 'static>(
     f: impl FnOnce() -> T + Send + 'static,
 ) -> Result<T, ApiError> {
-    tokio::task::spawn_blocking(f)
+    let span = tracing::Span::current();
+    tokio::task::spawn_blocking(move || span.in_scope(f))
         .await
         .map_err(|e| ApiError::Internal(format!("blocking task failed: {e}")))
 }

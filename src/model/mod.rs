@@ -241,6 +241,7 @@ impl Model {
     /// Logits `[N, classes]` for a batch, without autograd.
     fn forward(&self, inputs: &[&[f32]]) -> Result<Vec<Vec<f32>>, ModelError> {
         let _guard = tch::no_grad_guard();
+        let _span = tracing::info_span!("forward", batch.size = inputs.len() as i64).entered();
         let x = self.batch(inputs)?;
         let a = self.net.features(&x, Layer::Layer4)?;
         let logits = self.net.head(&a, Layer::Layer4)?;
@@ -311,6 +312,10 @@ impl Model {
             .f_view(shape)?
             .f_to_device(self.device)?;
 
+        // On a GPU these spans time the launches; the device's remaining work is waited for
+        // in `download`.
+        let forward =
+            tracing::info_span!("forward", batch.size = n as i64, layer = layer.name()).entered();
         let x = self.batch(inputs)?;
         // Below the target layer nothing needs gradients: run it without autograd, then make
         // its output the only leaf that requires a gradient. No parameter requires one.
@@ -321,6 +326,8 @@ impl Model {
         let classes = self.net.arch().classes;
         let (_, best) = tch::no_grad(|| logits.f_topk(ranks as i64, 1, true, true))?;
         let chosen = fixed.f_where_self(&fixed.f_ge(0)?, &best)?;
+        drop(forward);
+        let backward = tracing::info_span!("backward", passes = ranks as i64).entered();
 
         let mut grads = Vec::with_capacity(ranks);
         for rank in 0..ranks as i64 {
@@ -342,6 +349,8 @@ impl Model {
             )?);
         }
 
+        drop(backward);
+        let download = tracing::info_span!("download").entered();
         let size = acts.size();
         let (channels, h, w) = (size[1] as usize, size[2] as usize, size[3] as usize);
         let plane = channels * h * w;
@@ -350,6 +359,8 @@ impl Model {
         let mut wanted_back: Vec<&Tensor> = vec![&logits, &chosen, &detached];
         wanted_back.extend(grads.iter());
         let mut host = self.staging.download(&wanted_back)?.into_iter();
+        drop(download);
+        let _maps = tracing::info_span!("maps").entered();
         let mut next = || host.next().expect("one host copy per tensor downloaded");
         let logit_rows = rows(&next(), classes as usize);
         let chosen = next();
@@ -421,6 +432,7 @@ impl Backend for Model {
 
     fn warm_up(&self, max_batch: usize) -> Result<(), BackendError> {
         let started = std::time::Instant::now();
+        let _span = tracing::info_span!("warm-up").entered();
         let blank = vec![0f32; self.preprocess.input_len()];
         let sizes = conv::warm_up_sizes(self.device.is_cuda(), max_batch);
         // layer4 runs every convolution forward; layer1 also every one backward.

@@ -5,12 +5,14 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 pub struct Origin {
     pub addr: SocketAddr,
     hits: Arc<AtomicUsize>,
+    /// The start of each request received (its request line and headers), in order.
+    heads: Arc<Mutex<Vec<String>>>,
 }
 
 impl Origin {
@@ -44,22 +46,31 @@ impl Origin {
         let addr = listener.local_addr().unwrap();
         let hits = Arc::new(AtomicUsize::new(0));
         let thread_hits = hits.clone();
+        let heads = Arc::new(Mutex::new(Vec::new()));
+        let thread_heads = heads.clone();
         let serve = Arc::new(serve);
         std::thread::spawn(move || {
             for stream in listener.incoming() {
                 let Ok(mut s) = stream else { continue };
                 thread_hits.fetch_add(1, Ordering::SeqCst);
                 let serve = serve.clone();
+                let heads = thread_heads.clone();
                 std::thread::spawn(move || {
                     let mut buf = [0u8; 4096];
                     let n = s.read(&mut buf).unwrap_or(0);
                     let head = String::from_utf8_lossy(&buf[..n]);
+                    heads.lock().unwrap().push(head.to_string());
                     let path = head.split(' ').nth(1).unwrap_or("/").to_string();
                     serve(&path, &mut s);
                 });
             }
         });
-        Origin { addr, hits }
+        Origin { addr, hits, heads }
+    }
+
+    /// The start of each request received so far (request line and headers).
+    pub fn heads(&self) -> Vec<String> {
+        self.heads.lock().unwrap().clone()
     }
 
     /// Connections accepted so far.

@@ -24,7 +24,7 @@ use tonic_health::pb::health_client::HealthClient;
 
 type Client = GrpcInferenceServiceClient<Channel>;
 
-fn runtime() -> tokio::runtime::Runtime {
+pub(crate) fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -44,7 +44,7 @@ async fn without_client_deadline(
     GrpcInferenceServiceClient::with_origin(client, origin)
 }
 
-async fn connect(server: &Server) -> Client {
+pub(crate) async fn connect(server: &Server) -> Client {
     let channel = Channel::from_shared(format!("http://{}", server.grpc_target()))
         .unwrap()
         .connect()
@@ -54,7 +54,7 @@ async fn connect(server: &Server) -> Client {
 }
 
 /// A request for `fixture`'s class (no map: the cheapest call that still runs the model).
-fn infer_request(fixture: &str, outputs: &[&str]) -> ModelInferRequest {
+pub(crate) fn infer_request(fixture: &str, outputs: &[&str]) -> ModelInferRequest {
     let photo = crate::common::fixture_bytes(fixture);
     let mut raw = (photo.len() as u32).to_le_bytes().to_vec();
     raw.extend_from_slice(&photo);
@@ -79,7 +79,7 @@ fn infer_request(fixture: &str, outputs: &[&str]) -> ModelInferRequest {
 }
 
 /// One ModelInfer call with metadata `(key, value)` pairs; the class index on success.
-async fn infer(
+pub(crate) async fn infer(
     client: &mut Client,
     metadata: &[(&'static str, &str)],
     request: ModelInferRequest,

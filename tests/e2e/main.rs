@@ -28,3 +28,4 @@ mod observability;
 mod protocols;
 mod runtime;
 mod server;
+mod traces;

@@ -38,6 +38,14 @@ const METHODS: [&str; 8] = [
     "/grpc.health.v1.Health/Watch",
 ];
 
+/// The route a call to `path` is counted (and traced) under.
+pub fn route_of(path: &str) -> &'static str {
+    METHODS
+        .into_iter()
+        .find(|m| *m == path)
+        .unwrap_or("unmatched")
+}
+
 /// Called by the service for a call it counts and logs itself.
 pub fn counted() {
     let _ = COUNTED.try_with(|c| c.set(true));
@@ -88,11 +96,7 @@ impl Drop for Tally {
 
 /// The layer: keys, the message's deadline, counting.
 pub async fn edge(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let path = req.uri().path();
-    let route = METHODS
-        .into_iter()
-        .find(|m| *m == path)
-        .unwrap_or("unmatched");
+    let route = route_of(req.uri().path());
     let keyed = route
         .strip_prefix("/inference.GRPCInferenceService/")
         .is_some_and(|m| KEYED.contains(&m));

@@ -38,4 +38,9 @@ pub fn router(state: AppState) -> axum::Router {
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(
             edge::panicked,
         ))
+        .layer(axum::middleware::from_fn(
+            |req: axum::extract::Request, next| {
+                crate::http::traced::grpc(edge::route_of(req.uri().path()), req, next)
+            },
+        ))
 }

@@ -1,6 +1,10 @@
 //! Prometheus metrics in the text exposition format, kept in memory with plain locks: a few
 //! counters and histograms do not need a metrics framework.
 
+mod exposition;
+
+use exposition::Histogram;
+pub use exposition::{OPENMETRICS, openmetrics};
 use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::Mutex;
@@ -13,54 +17,6 @@ const LATENCY_BUCKETS: &[f64] = &[
     5.0, 10.0, 30.0, 60.0,
 ];
 const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0];
-
-#[derive(Debug, Clone)]
-struct Histogram {
-    bounds: &'static [f64],
-    counts: Vec<u64>,
-    sum: f64,
-    count: u64,
-}
-
-impl Histogram {
-    fn new(bounds: &'static [f64]) -> Self {
-        Self {
-            bounds,
-            counts: vec![0; bounds.len()],
-            sum: 0.0,
-            count: 0,
-        }
-    }
-
-    fn observe(&mut self, v: f64) {
-        if let Some(i) = self.bounds.iter().position(|b| v <= *b) {
-            self.counts[i] += 1;
-        }
-        self.sum += v;
-        self.count += 1;
-    }
-
-    fn render(&self, out: &mut String, name: &str, labels: &str) {
-        let sep = if labels.is_empty() { "" } else { "," };
-        let mut cumulative = 0;
-        for (b, c) in self.bounds.iter().zip(&self.counts) {
-            cumulative += c;
-            let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{b}\"}} {cumulative}");
-        }
-        let _ = writeln!(
-            out,
-            "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {}",
-            self.count
-        );
-        let braces = if labels.is_empty() {
-            String::new()
-        } else {
-            format!("{{{labels}}}")
-        };
-        let _ = writeln!(out, "{name}_sum{braces} {}", self.sum);
-        let _ = writeln!(out, "{name}_count{braces} {}", self.count);
-    }
-}
 
 /// Every metric the service exports.
 #[derive(Debug)]
@@ -200,7 +156,8 @@ impl Metrics {
         if ok { r.0 += 1 } else { r.1 += 1 }
     }
 
-    pub fn render(&self) -> String {
+    /// The exposition text; with exemplars (for OpenMetrics) when `exemplars`.
+    pub fn render(&self, exemplars: bool) -> String {
         let mut out = String::new();
         out.push_str(
             "# HELP gradcam_requests_total Requests answered, by route and status code.\n",
@@ -247,6 +204,7 @@ impl Metrics {
                 &mut out,
                 "gradcam_stage_seconds",
                 &format!("stage=\"{stage}\""),
+                exemplars,
             );
         }
         out.push_str(
@@ -262,7 +220,7 @@ impl Metrics {
         }
         out.push_str("# HELP gradcam_batch_size Images per model batch.\n");
         out.push_str("# TYPE gradcam_batch_size histogram\n");
-        lock(&self.batch_sizes).render(&mut out, "gradcam_batch_size", "");
+        lock(&self.batch_sizes).render(&mut out, "gradcam_batch_size", "", exemplars);
         gauge(
             &mut out,
             "gradcam_inflight_pixels",
@@ -405,7 +363,7 @@ mod tests {
         m.request("/explain", 200);
         m.request("/explain", 200);
         m.rejection("queue_full");
-        let text = m.render();
+        let text = m.render(false);
         assert!(
             text.contains("gradcam_stage_seconds_bucket{stage=\"queue\",le=\"0.001\"} 1"),
             "{text}"
@@ -457,7 +415,7 @@ mod tests {
         let m = Metrics::new();
         m.stage_timed("encode", busy);
         m.stage_timed("encode", slept);
-        let text = m.render();
+        let text = m.render(false);
         let line = text
             .lines()
             .find(|l| l.starts_with("gradcam_stage_cpu_seconds_total{stage=\"encode\"}"))
