@@ -2,6 +2,9 @@
 
 Usage: python tests/otlp_receiver.py OUT_FILE
 
+(OUT_FILE ``-``: spans are only counted, and the count printed at exit; for
+scripts/trace_bench.sh, where the receiver stands for a collector on another machine.)
+
 It listens on 127.0.0.1 at two ports the OS picks:
 
 * OTLP/HTTP: ``POST /v1/traces`` with ``Content-Type: application/x-protobuf`` (optionally
@@ -88,9 +91,15 @@ class Sink:
 
     def __init__(self, path):
         self.lock = threading.Lock()
-        self.file = open(path, "a", encoding="utf-8")
+        self.file = None if path == "-" else open(path, "a", encoding="utf-8")
+        self.count = 0
 
     def record(self, transport, headers, request):
+        if self.file is None:
+            with self.lock:
+                self.count += sum(len(ss.spans) for rs in request.resource_spans
+                                  for ss in rs.scope_spans)
+            return
         spans = [
             span_record(transport, attributes(rs.resource.attributes), ss.scope.name, span)
             for rs in request.resource_spans
@@ -206,7 +215,10 @@ def main():
     httpd.shutdown()
     httpd.server_close()
     with sink.lock:
-        sink.file.close()
+        if sink.file is None:
+            print(json.dumps({"spans": sink.count}), flush=True)
+        else:
+            sink.file.close()
 
 
 if __name__ == "__main__":

@@ -235,7 +235,6 @@ impl Worker {
         let started = Instant::now();
         let cpu_started = crate::metrics::thread_cpu_time();
         let size = jobs.len();
-        self.metrics.batch(size);
         self.pace.started(size);
         // The batch's own trace, linked to each request it serves; each request's `queue` span
         // ends here and its `inference` span, linked to the batch, begins.
@@ -252,6 +251,8 @@ impl Worker {
             job.stage.follows_from(&batch);
         }
         let entered = batch.enter();
+        // Inside the batch's span: a traced batch is the size's exemplar.
+        self.metrics.batch(size);
         let (explain, predict): (Vec<Job>, Vec<Job>) = jobs
             .into_iter()
             .partition(|j| matches!(j.task, Task::Explain(_)));

@@ -209,7 +209,7 @@ fn cors(origins: &[String]) -> CorsLayer {
 
 /// Every response header the documentation promises that a page on another origin could not
 /// read otherwise (CORS safelists only a few, such as Content-Type and Content-Length).
-pub const EXPOSED_HEADERS: [&str; 10] = [
+pub const EXPOSED_HEADERS: [&str; 11] = [
     answer::TIMING_HEADERS[0],
     answer::TIMING_HEADERS[1],
     answer::TIMING_HEADERS[2],
@@ -220,6 +220,7 @@ pub const EXPOSED_HEADERS: [&str; 10] = [
     "retry-after",
     "www-authenticate",
     "allow",
+    "traceresponse",
 ];
 
 /// How long a browser may cache a preflight answer, in seconds (Chromium caps it at 2 hours).
