@@ -4,7 +4,8 @@
 # 1 client (p50), with tracing off, on at 100% sampling (every span exported over OTLP/HTTP to
 # tests/otlp_receiver.py, which only counts them, standing in for a collector elsewhere), and
 # on with the collector down (an endpoint nobody listens on: every span is dropped and
-# counted). One run on one machine; the three servers take turns, ROUNDS times (default 2).
+# counted). One run on one machine; the three servers take turns, ROUNDS times (default 3),
+# each round in a rotated order.
 # Besides the load tool's figures: the server process's CPU time (user and system) per answer,
 # which a shared machine's noise moves far less than throughput.
 # Usage: scripts/trace_bench.sh [SECONDS_PER_RUN] [ROUNDS]
@@ -14,7 +15,7 @@ cd "$root"
 . scripts/env.sh
 scripts/setup.sh
 secs="${1:-20}"
-rounds="${2:-2}"
+rounds="${2:-3}"
 . scripts/server.sh
 photo="$(hubble_photo)"
 cargo build --release --quiet --bin gradcam-serve --bin gradcam-load
@@ -54,8 +55,12 @@ PY
 
 echo "| tracing | clients | throughput | p50 | p99 | server CPU per answer | statuses |"
 echo "|---|---|---|---|---|---|---|"
+modes=(off on down)
 for round in $(seq 1 "$rounds"); do
-  for mode in off on down; do
+  # Each round in another order, so that no setting always follows the same one.
+  shift_by=$(( (round - 1) % 3 ))
+  for i in 0 1 2; do
+    mode="${modes[$(( (i + shift_by) % 3 ))]}"
     case "$mode" in
       off) unset OTEL_EXPORTER_OTLP_ENDPOINT ;;
       on) export OTEL_EXPORTER_OTLP_ENDPOINT="$collector" ;;

@@ -283,7 +283,9 @@ impl Worker {
                 let queue = started.saturating_duration_since(job.enqueued);
                 let reply = match out {
                     Ok(output) => {
-                        job.span.in_scope(|| {
+                        // In the job's own span, not the request's: entering that here would
+                        // move its end to now, though it may have been answered already.
+                        job.stage.in_scope(|| {
                             tracing::debug!(batch_size = size, ?queue, ?inference, "inference done")
                         });
                         Ok(Done {
@@ -294,7 +296,7 @@ impl Worker {
                         })
                     }
                     Err(e) => {
-                        job.span
+                        job.stage
                             .in_scope(|| tracing::error!(error = %e, "model failure"));
                         Err(e)
                     }

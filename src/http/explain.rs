@@ -131,12 +131,16 @@ pub(super) async fn infer_incoming<T>(
         Source::Bytes(b) => b,
         Source::Url(url) => {
             let t = Instant::now();
-            // The host only: a URL's path and query may carry its owner's secrets.
-            let host = url::Url::parse(&url)
-                .ok()
-                .and_then(|u| u.host_str().map(str::to_string))
-                .unwrap_or_default();
-            let span = tracing::info_span!("fetch", otel.kind = "client", server.address = host);
+            // The host only: a URL's path and query may carry its owner's secrets. (A span's
+            // fields are evaluated only when it is traced.)
+            let span = tracing::info_span!(
+                "fetch",
+                otel.kind = "client",
+                server.address = url::Url::parse(&url)
+                    .ok()
+                    .and_then(|u| u.host_str().map(str::to_string))
+                    .unwrap_or_default()
+            );
             let bytes = fetch_within(state, &url, &mut reservation)
                 .instrument(span)
                 .await?;

@@ -184,9 +184,12 @@ pub fn app(state: AppState) -> Router {
         router.layer(cors(&origins))
     };
     // Outermost: the request's span covers everything the server does for it.
-    router
-        .layer(middleware::from_fn(traced::rest))
-        .with_state(state)
+    let router = if crate::telemetry::enabled() {
+        router.layer(middleware::from_fn(traced::rest))
+    } else {
+        router
+    };
+    router.with_state(state)
 }
 
 fn cors(origins: &[String]) -> CorsLayer {

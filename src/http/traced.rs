@@ -2,11 +2,13 @@
 //! of its client's (W3C `traceparent` and `tracestate`). It carries the HTTP semantic
 //! conventions' attributes (method, route, status, body sizes; for gRPC the service, method
 //! and code), the problem type of a refusal as `error.type`, and the answer names it back in
-//! `traceresponse`. The path's query, the headers (API keys) and the body never become
-//! attributes.
+//! `traceresponse`. The path only of a route the server has (a client's made-up path is not
+//! kept), and never the query, the headers (API keys) or the body. Installed only when traces
+//! are exported; `/health/*` and `/metrics` are not traced.
 
 use super::Route;
 use super::problem::ProblemType;
+use super::protocols::grpc::Problem;
 use crate::telemetry;
 use axum::extract::Request;
 use axum::http::{HeaderMap, HeaderValue, header};
@@ -43,7 +45,9 @@ fn length(headers: &HeaderMap) -> Option<u64> {
 }
 
 async fn traced(req: Request, next: Next, grpc: Option<&'static str>) -> Response {
-    if !telemetry::enabled() {
+    // Probes and scrapes are not traced: a trace every few seconds per replica says nothing.
+    let path = req.uri().path().to_string();
+    if grpc.is_none() && (path.starts_with("/health/") || path == "/metrics") {
         return next.run(req).await;
     }
     let method = req.method().clone();
@@ -77,8 +81,6 @@ async fn traced(req: Request, next: Next, grpc: Option<&'static str>) -> Respons
             span.record("rpc.method", rpc);
         }
         rename(&span, name.to_string());
-    } else {
-        span.record("url.path", req.uri().path());
     }
     let mut res = next.run(req).instrument(span.clone()).await;
     let status = res.status().as_u16();
@@ -94,7 +96,14 @@ async fn traced(req: Request, next: Next, grpc: Option<&'static str>) -> Respons
             .unwrap_or(0);
         span.record("rpc.grpc.status_code", i64::from(code));
         if code != 0 {
-            span.record("error.type", format!("{:?}", tonic::Code::from_i32(code)));
+            // The problem type when ours refused it, else the code (tonic's own refusals).
+            let problem = res
+                .extensions()
+                .get::<tonic::Status>()
+                .and_then(|s| std::error::Error::source(s)?.downcast_ref::<Problem>())
+                .map(|p| p.0.to_string());
+            let code = format!("{:?}", tonic::Code::from_i32(code));
+            span.record("error.type", problem.unwrap_or(code));
         }
         // The server's fault: INTERNAL, UNAVAILABLE, UNKNOWN, DATA_LOSS, DEADLINE_EXCEEDED.
         if [2, 4, 13, 14, 15].contains(&code) {
@@ -105,6 +114,7 @@ async fn traced(req: Request, next: Next, grpc: Option<&'static str>) -> Respons
         match &route {
             Some(r) => {
                 span.record("http.route", r.as_str());
+                span.record("url.path", path.as_str());
                 rename(&span, format!("{method} {r}"));
             }
             None => {

@@ -61,14 +61,22 @@ impl Histogram {
         self.count += 1;
     }
 
-    /// The buckets, sum and count; with exemplars when `exemplars` (OpenMetrics only).
+    /// The buckets, sum and count; as OpenMetrics (canonical bounds, exemplars) when
+    /// `exemplars`.
     pub fn render(&self, out: &mut String, name: &str, labels: &str, exemplars: bool) {
         let sep = if labels.is_empty() { "" } else { "," };
         let mut cumulative = 0;
+        // OpenMetrics wants canonical numbers (`1.0`, not `1`); Prometheus's text takes either.
         let les = self
             .bounds
             .iter()
-            .map(|b| b.to_string())
+            .map(|b| {
+                if exemplars {
+                    format!("{b:?}")
+                } else {
+                    b.to_string()
+                }
+            })
             .chain(["+Inf".into()]);
         let counts = self.counts.iter().copied().chain([0]);
         for ((le, c), e) in les.zip(counts).zip(&self.exemplars) {
@@ -149,9 +157,13 @@ mod tests {
         h.observe(5.0);
         let mut out = String::new();
         h.render(&mut out, "t", "", true);
+        // (Prometheus's text keeps the shortest form of a bound.)
+        let mut plain = String::new();
+        h.render(&mut plain, "t", "", false);
+        assert!(plain.contains("t_bucket{le=\"1\"} 1\n"), "{plain}");
         assert_eq!(
             out,
-            "t_bucket{le=\"0.1\"} 0\nt_bucket{le=\"1\"} 1\nt_bucket{le=\"+Inf\"} 2\nt_sum 5.5\nt_count 2\n"
+            "t_bucket{le=\"0.1\"} 0\nt_bucket{le=\"1.0\"} 1\nt_bucket{le=\"+Inf\"} 2\nt_sum 5.5\nt_count 2\n"
         );
     }
 }

@@ -8,7 +8,7 @@
 //! `reason="export_failed"`.
 
 use opentelemetry::Context;
-use opentelemetry_otlp::{WithExportConfig, WithHttpConfig};
+use opentelemetry_otlp::{WithExportConfig, WithHttpConfig, WithTonicConfig};
 use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::trace::{
     BatchConfigBuilder, BatchSpanProcessor, Span, SpanData, SpanExporter, SpanProcessor,
@@ -81,9 +81,21 @@ pub fn processor(
     let timeout = timeout(var);
     let exporter = match protocol {
         Protocol::Grpc => {
+            // The channel is ours so that connecting is bounded by the timeout too (the
+            // exporter's own bounds only the call): a collector that drops packets costs an
+            // export the timeout, not the system's TCP timeout.
+            let endpoint = var("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+                .or_else(|| var("OTEL_EXPORTER_OTLP_ENDPOINT"))
+                .unwrap_or_else(|| "http://localhost:4317".into());
             let _entered = runtime.enter();
+            let channel = tonic::transport::Endpoint::from_shared(endpoint.trim().to_string())
+                .map_err(|e| anyhow::anyhow!("the OTLP endpoint {endpoint:?}: {e}"))?
+                .timeout(timeout)
+                .connect_timeout(timeout)
+                .connect_lazy();
             opentelemetry_otlp::SpanExporter::builder()
                 .with_tonic()
+                .with_channel(channel)
                 .with_timeout(timeout)
                 .build()?
         }
@@ -165,15 +177,13 @@ struct CountingExporter {
 
 impl SpanExporter for CountingExporter {
     async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
-        let n = batch.len() as u64;
-        let result = self.inner.export(batch).await;
-        let outcome = if result.is_ok() {
-            &self.counts.exported
-        } else {
-            &self.counts.export_failed
+        let mut release = Release {
+            counts: &self.counts,
+            spans: batch.len() as u64,
+            exported: false,
         };
-        outcome.fetch_add(n, Ordering::Relaxed);
-        self.counts.held.fetch_sub(n, Ordering::SeqCst);
+        let result = self.inner.export(batch).await;
+        release.exported = result.is_ok();
         result
     }
 
@@ -187,6 +197,26 @@ impl SpanExporter for CountingExporter {
 
     fn set_resource(&mut self, resource: &opentelemetry_sdk::Resource) {
         self.inner.set_resource(resource);
+    }
+}
+
+/// A batch's spans leave the count held however its export ends (an exporter that panics
+/// included), counted as exported or failed.
+struct Release<'a> {
+    counts: &'a Counts,
+    spans: u64,
+    exported: bool,
+}
+
+impl Drop for Release<'_> {
+    fn drop(&mut self) {
+        let outcome = if self.exported {
+            &self.counts.exported
+        } else {
+            &self.counts.export_failed
+        };
+        outcome.fetch_add(self.spans, Ordering::Relaxed);
+        self.counts.held.fetch_sub(self.spans, Ordering::SeqCst);
     }
 }
 

@@ -17,6 +17,8 @@ const KEY: &str = "trace-test-key-0c4f7d";
 /// A client's trace and the span that called us.
 const CLIENT_TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const CLIENT_SPAN: &str = "00f067aa0ba902b7";
+/// The trace of a call that is refused.
+const REFUSED_TRACE: &str = "5c0a7e1b9d3f4a6b8c2d0e1f3a5b7c9d";
 
 /// The receiver, running until the test ends (its standard input closes with it).
 struct Receiver {
@@ -195,6 +197,16 @@ fn traces_over_otlp_http_follow_each_request_through_the_batch() {
     assert_eq!(res.status(), 200);
     let (trace, server_span) = traceresponse(&res);
     assert_eq!(trace, CLIENT_TRACE);
+    // Probes are not traced; a made-up path is, without the path.
+    let probe = client().get(server.url("/health/ready")).send().unwrap();
+    assert_eq!(probe.status(), 200);
+    assert!(probe.headers().get("traceresponse").is_none());
+    let res = client()
+        .get(server.url("/made-up-path-7f3a"))
+        .send()
+        .unwrap();
+    assert_eq!(res.status(), 404);
+    let (made_up, _) = traceresponse(&res);
 
     // Three requests at once: one batch (the delay gathers them), linked to each.
     let batched: Vec<String> = std::thread::scope(|s| {
@@ -262,6 +274,7 @@ fn traces_over_otlp_http_follow_each_request_through_the_batch() {
             .chain(&batched)
             .all(|t| root(spans, t).is_some())
             && root(spans, CLIENT_TRACE).is_some()
+            && root(spans, &made_up).is_some()
             && named(spans, "fetch").len() == 1
     });
 
@@ -275,6 +288,7 @@ fn traces_over_otlp_http_follow_each_request_through_the_batch() {
     assert_eq!(request["name"], "POST /explain");
     assert_eq!(attr(request, "http.request.method"), "POST");
     assert_eq!(attr(request, "http.route"), "/explain");
+    assert_eq!(attr(request, "url.path"), "/explain");
     assert_eq!(attr(request, "http.response.status_code"), 200);
     assert!(attr(request, "http.request.body.size").as_i64().unwrap() > 1000);
     assert_eq!(request["status"]["code"], "UNSET");
@@ -358,7 +372,17 @@ fn traces_over_otlp_http_follow_each_request_through_the_batch() {
 
     // No secret anywhere: not the key, not the URL's query, not the picture.
     let everything = std::fs::read_to_string(&receiver.out).unwrap();
-    for secret in [KEY, secret_query, "not a picture", "origin-secret"] {
+    assert_eq!(
+        attr(root(&spans, &made_up).unwrap(), "error.type"),
+        "not_found"
+    );
+    for secret in [
+        KEY,
+        secret_query,
+        "not a picture",
+        "origin-secret",
+        "made-up-path",
+    ] {
         assert!(!everything.contains(secret), "{secret} was exported");
     }
     // The exporter sends the configured headers.
@@ -473,10 +497,24 @@ fn traces_over_otlp_grpc_continue_a_grpc_clients_trace() {
         )
         .await
         .unwrap();
+        // A refusal: another model.
+        let mut request = super::grpc::infer_request("chelsea.png", &["class_index"]);
+        request.model_name = "another-model".into();
+        let refused = format!("00-{REFUSED_TRACE}-{CLIENT_SPAN}-01");
+        let e = super::grpc::infer(&mut client, &[("traceparent", &refused)], request)
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::NotFound);
     });
-    let spans = receiver.wait("the gRPC call's span", |spans| {
+    let spans = receiver.wait("the gRPC calls' spans", |spans| {
         root(spans, CLIENT_TRACE).is_some_and(|r| below(spans, r).contains(&"inference".into()))
+            && root(spans, REFUSED_TRACE).is_some()
     });
+    // The refusal names its problem type, as REST's do; a client's mistake is no error.
+    let refused = root(&spans, REFUSED_TRACE).unwrap();
+    assert_eq!(attr(refused, "rpc.grpc.status_code"), 5);
+    assert_eq!(attr(refused, "error.type"), "not_found");
+    assert_eq!(refused["status"]["code"], "UNSET");
     let call = root(&spans, CLIENT_TRACE).unwrap();
     assert_eq!(call["parent_span_id"], CLIENT_SPAN);
     assert_eq!(call["name"], "inference.GRPCInferenceService/ModelInfer");

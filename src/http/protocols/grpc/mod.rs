@@ -11,6 +11,7 @@
 //! graceful drain), as HTTP/2 without TLS (h2c), as gRPC is inside a cluster.
 
 mod convert;
+pub use convert::Problem;
 mod edge;
 mod health;
 mod service;
@@ -31,16 +32,19 @@ pub fn router(state: AppState) -> axum::Router {
     let health = HealthServer::new(health::Probe {
         state: state.clone(),
     });
-    tonic::service::Routes::new(inference)
+    let router = tonic::service::Routes::new(inference)
         .add_service(health)
         .into_axum_router()
         .layer(axum::middleware::from_fn_with_state(state, edge::edge))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(
             edge::panicked,
-        ))
-        .layer(axum::middleware::from_fn(
-            |req: axum::extract::Request, next| {
-                crate::http::traced::grpc(edge::route_of(req.uri().path()), req, next)
-            },
-        ))
+        ));
+    if !crate::telemetry::enabled() {
+        return router;
+    }
+    router.layer(axum::middleware::from_fn(
+        |req: axum::extract::Request, next| {
+            crate::http::traced::grpc(edge::route_of(req.uri().path()), req, next)
+        },
+    ))
 }
