@@ -70,16 +70,30 @@ impl Telemetry {
     /// by `RUST_LOG`, `info` by default) and, when `traces` names a protocol, this crate's
     /// spans exported over OTLP.
     pub fn install(format: LogFormat, traces: Option<Protocol>) -> anyhow::Result<Self> {
+        let (dispatch, telemetry) = Self::build(format, traces)?;
+        dispatch.try_init()?;
+        if let Some(protocol) = traces {
+            tracing::info!(?protocol, "exporting traces over OTLP");
+        }
+        Ok(telemetry)
+    }
+
+    /// The subscriber [`Telemetry::install`] installs, not yet installed (benches/tracing.rs
+    /// runs the same with and without traces in one process).
+    pub fn build(
+        format: LogFormat,
+        traces: Option<Protocol>,
+    ) -> anyhow::Result<(tracing::Dispatch, Self)> {
         let filter =
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
         // Log lines are events; spans are for traces only (a log line names its trace).
         let logs = logs::layer(format).with_filter(filter.and(filter_fn(|m| m.is_event())));
         let Some(protocol) = traces else {
-            tracing_subscriber::registry().with(logs).try_init()?;
-            return Ok(Self {
+            let telemetry = Self {
                 provider: None,
                 runtime: None,
-            });
+            };
+            return Ok((tracing_subscriber::registry().with(logs).into(), telemetry));
         };
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
@@ -101,16 +115,23 @@ impl Telemetry {
             .with_level(false)
             .with_tracked_inactivity(false)
             .with_filter(Targets::new().with_target("gradcam_serve", tracing::Level::INFO));
-        tracing_subscriber::registry()
+        let dispatch = tracing_subscriber::registry()
             .with(logs)
             .with(traces)
-            .try_init()?;
+            .into();
         let _ = COUNTS.set(counts);
-        tracing::info!(?protocol, "exporting traces over OTLP");
-        Ok(Self {
+        let telemetry = Self {
             provider: Some(provider),
             runtime: Some(runtime),
-        })
+        };
+        Ok((dispatch, telemetry))
+    }
+
+    /// Exports every span finished so far, now.
+    pub fn flush(&self) {
+        if let Some(p) = &self.provider {
+            let _ = p.force_flush();
+        }
     }
 
     /// Exports the spans still queued (within the exporter's timeout) and stops.
