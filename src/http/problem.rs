@@ -333,8 +333,10 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// The problem type of an error response, for metrics.
-#[derive(Debug, Clone, Copy)]
+/// The problem type of an error response, for metrics and traces (also the `source` of a
+/// gRPC refusal's status, which never leaves the process).
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("{0}")]
 pub struct ProblemType(pub &'static str);
 
 /// The problem's `detail`, for the inference protocols, which answer it in their own shape.

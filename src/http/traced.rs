@@ -8,7 +8,6 @@
 
 use super::Route;
 use super::problem::ProblemType;
-use super::protocols::grpc::Problem;
 use crate::telemetry;
 use axum::extract::Request;
 use axum::http::{HeaderMap, HeaderValue, header};
@@ -100,7 +99,7 @@ async fn traced(req: Request, next: Next, grpc: Option<&'static str>) -> Respons
             let problem = res
                 .extensions()
                 .get::<tonic::Status>()
-                .and_then(|s| std::error::Error::source(s)?.downcast_ref::<Problem>())
+                .and_then(|s| std::error::Error::source(s)?.downcast_ref::<ProblemType>())
                 .map(|p| p.0.to_string());
             let code = format!("{:?}", tonic::Code::from_i32(code));
             span.record("error.type", problem.unwrap_or(code));

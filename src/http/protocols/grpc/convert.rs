@@ -3,7 +3,7 @@
 //! as `raw_output_contents` (as Triton does: no base64, no per-element messages), and the
 //! service's refusals as gRPC status codes.
 
-use crate::http::problem::ApiError;
+use crate::http::problem::{ApiError, ProblemType};
 use crate::http::protocols::tensor::{
     self, Contents, InferRequest, RequestInput, RequestOutput, Tensor,
 };
@@ -222,11 +222,6 @@ pub fn code(e: &ApiError) -> Code {
 /// The longest message a refusal carries, in bytes.
 const MAX_MESSAGE: usize = 1024;
 
-/// A refusal's problem type, carried beside its gRPC status inside the process.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct Problem(pub &'static str);
-
 /// A refusal as a gRPC status: the same message as the REST answer's detail (an internal
 /// error's detail stays in the log), and for load the retry hint, in seconds as REST's
 /// `Retry-After` and in milliseconds as gRPC's own `grpc-retry-pushback-ms`.
@@ -261,7 +256,7 @@ pub fn status(e: &ApiError) -> Status {
         m.insert("grpc-retry-pushback-ms", MetadataValue::from(s * 1000));
     }
     // Stays in the process (tonic sends no source): the call's span names the problem type.
-    status.set_source(std::sync::Arc::new(Problem(e.parts().1)));
+    status.set_source(std::sync::Arc::new(ProblemType(e.parts().1)));
     status
 }
 

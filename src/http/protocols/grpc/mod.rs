@@ -11,7 +11,6 @@
 //! graceful drain), as HTTP/2 without TLS (h2c), as gRPC is inside a cluster.
 
 mod convert;
-pub use convert::Problem;
 mod edge;
 mod health;
 mod service;
