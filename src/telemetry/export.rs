@@ -249,15 +249,7 @@ impl opentelemetry_http::HttpClient for Blocking {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn env<'a>(pairs: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
-        |name| {
-            pairs
-                .iter()
-                .find(|(k, _)| *k == name)
-                .map(|(_, v)| v.to_string())
-        }
-    }
+    use crate::telemetry::tests::env;
 
     #[test]
     fn the_traces_protocol_wins_over_the_general_one() {
